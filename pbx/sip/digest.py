@@ -1,0 +1,736 @@
+"""SIP digest authentication: header values, digest maths, a server and a client.
+
+RFC 3261 §22 borrows HTTP digest (RFC 2617); RFC 8760 brings SIP up to
+RFC 7616 with SHA-256. This module is sans-I/O like the rest of `pbx.sip`:
+no clock is read (time arrives as ``now``), no randomness is drawn except
+through an injected ``random_bytes``, nothing is logged.
+
+Theory of operation (server side)
+---------------------------------
+
+Nonces are stateless. A nonce is base64url of::
+
+    created (8, IEEE double) | counter (4) | random (8) | HMAC-SHA-256 (16)
+
+where the HMAC, keyed with the authenticator's secret, covers the first 20
+bytes and the realm. Verifying one costs a base64 decode and one HMAC; no
+table lookup is needed to know that we issued it and when. A nonce whose
+HMAC fails is BAD_NONCE; one older than ``nonce_lifetime_s`` is STALE, and
+(RFC 7616 §3.3, ``stale``) only reported as such when the digest was right,
+so the phone retries with a new nonce without asking its user.
+
+The only state is the nonce-count table that stops replays (RFC 7616 §3.4,
+``nc``): per nonce, the highest nc accepted. It grows only on *successful*
+verification, so a flood of garbage costs CPU, never memory. It is bounded by
+``max_tracked_nonces``: when full, the entry first used longest ago is
+evicted, and every untracked nonce created no later than the newest evicted
+one is answered STALE. That closes the replay window eviction would open (an
+evicted nonce can never start over at nc=1); the price is an extra round
+trip for phones holding an old, never-used nonce. ``sweep(now)`` drops
+expired entries early; the shell calls it from a timer.
+
+Limits and their sources: a header value of at most `MAX_AUTH_VALUE_CHARS`
+and `MAX_AUTH_PARAMS` parameters. Neither RFC sets one; the largest genuine
+credentials (RFC 7616 §3.9.1) are about 400 characters and 10 parameters, so
+both bounds leave an order of magnitude of room while capping the work one
+header can cause.
+
+Text is hashed as UTF-8 (RFC 7616 §3.4 ``charset``; SIP is UTF-8 throughout,
+RFC 3261 §7.3.1), encoded with ``surrogateescape`` so that bytes the message
+layer could not decode hash as the very bytes the client sent.
+
+Not supported, and refused with UNSUPPORTED or `UnsupportedDigestError`:
+``qop=auth-int`` (the body would have to reach this layer, and no deployed
+phone needs it), SHA-512-256, and ``userhash`` / ``username*``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import re
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from pbx.sip.errors import LocalProtocolError, SipError, SipParseError
+
+__all__ = [
+    "MAX_AUTH_PARAMS",
+    "MAX_AUTH_VALUE_CHARS",
+    "AuthResult",
+    "Challenge",
+    "Credentials",
+    "DigestAuthenticator",
+    "UnsupportedDigestError",
+    "authorization_for",
+    "compute_ha1",
+    "compute_response",
+    "ha1_for",
+    "parse_auth_params",
+    "select_challenge",
+]
+
+MAX_AUTH_VALUE_CHARS = 4096
+MAX_AUTH_PARAMS = 32
+
+
+class UnsupportedDigestError(SipError):
+    """A digest computation was asked for an algorithm or qop we do not do.
+
+    Raised by the pure functions and the client side. The server side never
+    raises it: it answers `AuthResult.UNSUPPORTED` instead.
+    """
+
+
+# --------------------------------------------------------------------------
+# Algorithms (RFC 7616 §3.2 table; RFC 8760 §2.1)
+# --------------------------------------------------------------------------
+
+
+def _md5_hex(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Algorithm:
+    name: str
+    hexdigest: Callable[[bytes], str]
+    session: bool
+
+
+# Keyed by upper case: algorithm tokens compare case-insensitively, and
+# phones have been seen sending "md5".
+_ALGORITHMS: dict[str, _Algorithm] = {
+    a.name.upper(): a
+    for a in (
+        _Algorithm(name="MD5", hexdigest=_md5_hex, session=False),
+        _Algorithm(name="MD5-sess", hexdigest=_md5_hex, session=True),
+        _Algorithm(name="SHA-256", hexdigest=_sha256_hex, session=False),
+        _Algorithm(name="SHA-256-sess", hexdigest=_sha256_hex, session=True),
+    )
+}
+
+
+def _algorithm(name: str) -> _Algorithm:
+    alg = _ALGORITHMS.get(name.upper())
+    if alg is None:
+        raise UnsupportedDigestError(f"digest algorithm {name!r} is not supported")
+    return alg
+
+
+def _canonical_algorithm(name: str) -> str:
+    """The registry spelling of a known algorithm, else the name as given."""
+    alg = _ALGORITHMS.get(name.upper())
+    return name if alg is None else alg.name
+
+
+def _h(alg: _Algorithm, text: str) -> str:
+    return alg.hexdigest(text.encode("utf-8", "surrogateescape"))
+
+
+# --------------------------------------------------------------------------
+# Digest computation (RFC 7616 §3.4.1-§3.4.3, RFC 2617 §3.2.2, RFC 2069 §2.1.2)
+# --------------------------------------------------------------------------
+
+
+def compute_ha1(username: str, realm: str, password: str, algorithm: str = "MD5") -> str:
+    """H(username ":" realm ":" password), what a password store keeps.
+
+    For the ``-sess`` variants this is still the stored part: the session key
+    H(HA1 ":" nonce ":" cnonce) needs both nonces and is derived by
+    `compute_response`, so one stored HA1 per hash serves both variants
+    (RFC 7616 §3.4.2).
+    """
+    return _h(_algorithm(algorithm), f"{username}:{realm}:{password}")
+
+
+def ha1_for(username: str, realm: str, password: str, algorithm: str = "MD5") -> str:
+    """The HA1 to hand to `DigestAuthenticator.verify`; same as `compute_ha1`."""
+    return compute_ha1(username, realm, password, algorithm)
+
+
+def compute_response(
+    *,
+    ha1: str,
+    nonce: str,
+    method: str,
+    uri: str,
+    algorithm: str = "MD5",
+    qop: str | None = None,
+    nc: str | None = None,
+    cnonce: str | None = None,
+) -> str:
+    """The request-digest, lowercase hex (RFC 7616 §3.4.1).
+
+    With ``qop`` absent this is the RFC 2069 form KD(HA1, nonce:HA2) that old
+    phones still send. ``qop`` and ``nc`` are hashed exactly as sent: the
+    client hashed its own spelling. The ``-sess`` session key uses the hex
+    HA1, as RFC 7616 §3.4.2 settles (RFC 2617's sample code hashed raw bytes).
+    """
+    alg = _algorithm(algorithm)
+    if alg.session:
+        if cnonce is None:
+            raise UnsupportedDigestError(f"{alg.name} needs a cnonce, hence qop")
+        ha1 = _h(alg, f"{ha1}:{nonce}:{cnonce}")
+    ha2 = _h(alg, f"{method}:{uri}")
+    if qop is None:
+        return _h(alg, f"{ha1}:{nonce}:{ha2}")
+    if qop.lower() != "auth":
+        raise UnsupportedDigestError(f"qop={qop} is not supported, only qop=auth")
+    if nc is None or cnonce is None:
+        raise UnsupportedDigestError("qop=auth needs nc and cnonce")
+    return _h(alg, f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
+
+
+# --------------------------------------------------------------------------
+# Header values (RFC 3261 §25.1, §20.7, §20.27, §20.28, §20.44)
+# --------------------------------------------------------------------------
+
+# token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_TOKEN_RE = re.compile(_TOKEN)
+
+# challenge / credentials = auth-scheme LWS auth-param *(COMMA auth-param)
+_SCHEME_RE = re.compile(rf"[ \t]*({_TOKEN})(?:[ \t]+|\Z)")
+
+# auth-param    = auth-param-name EQUAL ( token / quoted-string )
+# EQUAL         = SWS "=" SWS
+# quoted-string = SWS DQUOTE *(qdtext / quoted-pair ) DQUOTE
+# qdtext        = LWS / %x21 / %x23-5B / %x5D-7E / UTF8-NONASCII
+# quoted-pair   = "\" (%x00-09 / %x0B-0C / %x0E-7F)
+# The unquoted value is more lenient than token (any VCHAR but DQUOTE, ","
+# and "\"), because phones send base64 nonces and URIs bare. Lone surrogates
+# other than surrogateescape's U+DC80-DCFF are refused so that every value
+# returned can be encoded for hashing.
+_PARAM_RE = re.compile(
+    rf"({_TOKEN})[ \t]*=[ \t]*"
+    r'(?:"((?:[^"\\\x00-\x08\x0a-\x1f\x7f\ud800-\udc7f\udd00-\udfff]'
+    r'|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*)"'
+    r"|([\x21\x23-\x2b\x2d-\x5b\x5d-\x7e]+))[ \t]*"
+)
+# LWS = [*WSP CRLF] 1*WSP: a folded line becomes one space (RFC 3261 §7.3.1).
+_FOLD_RE = re.compile(r"[ \t]*\r?\n[ \t]+")
+_QUOTED_PAIR_RE = re.compile(r"\\(.)", re.DOTALL)
+# What must be escaped inside a quoted-string we write.
+_NEEDS_ESCAPE_RE = re.compile(r'[\\"\x00-\x08\x0b-\x1f\x7f]')
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
+    """Split a challenge or credentials value into its scheme and parameters.
+
+    Parameter names are lowercased (RFC 3261 §7.3.1: they compare
+    case-insensitively); values come back unquoted, with quoted-pairs
+    resolved. The scheme is returned as written; compare it case-insensitively
+    (RFC 7235 §2.1). A parameter given twice is refused rather than resolved,
+    so no two components can read different values (RFC 3261 §7.3.1).
+    """
+    if len(value) > MAX_AUTH_VALUE_CHARS:
+        raise SipParseError(f"authentication header longer than {MAX_AUTH_VALUE_CHARS} chars")
+    if "\n" in value:
+        value = _FOLD_RE.sub(" ", value)
+    m = _SCHEME_RE.match(value)
+    if m is None:
+        raise SipParseError("authentication header does not start with 'scheme '")
+    scheme = m.group(1)
+    pos, end = m.end(), len(value)
+    params: dict[str, str] = {}
+    while True:
+        # COMMA = SWS "," SWS; empty list elements are skipped, as RFC 7230 §7
+        # asks of recipients.
+        while pos < end and value[pos] in " \t,":
+            pos += 1
+        if pos == end:
+            return scheme, params
+        m = _PARAM_RE.match(value, pos)
+        if m is None:
+            raise SipParseError(f"malformed auth-param at offset {pos}")
+        name = m.group(1).lower()
+        if name in params:
+            raise SipParseError(f"auth-param {name!r} appears twice")
+        if len(params) == MAX_AUTH_PARAMS:
+            raise SipParseError(f"more than {MAX_AUTH_PARAMS} auth-params")
+        quoted = m.group(2)
+        if quoted is None:
+            params[name] = m.group(3)
+        elif "\\" in quoted:
+            params[name] = _QUOTED_PAIR_RE.sub(r"\1", quoted)
+        else:
+            params[name] = quoted
+        pos = m.end()
+        if pos != end and value[pos] != ",":
+            raise SipParseError(f"expected ',' between auth-params at offset {pos}")
+
+
+def _quote(value: str) -> str:
+    """A quoted-string for `value`; CR and LF cannot be quoted (RFC 3261 §25.1)."""
+    if "\r" in value or "\n" in value:
+        raise LocalProtocolError("CR or LF in an authentication parameter")
+    if _NEEDS_ESCAPE_RE.search(value) is not None:
+        value = _NEEDS_ESCAPE_RE.sub(lambda m: "\\" + m.group(0), value)
+    return f'"{value}"'
+
+
+def _token_or_quoted(value: str) -> str:
+    """Token-valued parameters go bare when they are tokens, quoted otherwise."""
+    return value if _TOKEN_RE.fullmatch(value) else _quote(value)
+
+
+def _require_digest(scheme: str) -> None:
+    if scheme.lower() != "digest":
+        raise SipParseError(f"authentication scheme {scheme!r} is not Digest")
+
+
+def _required(params: dict[str, str], name: str) -> str:
+    value = params.get(name)
+    if value is None:
+        raise SipParseError(f"Digest {name} is missing")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Challenge:
+    """One Digest challenge of a WWW-Authenticate / Proxy-Authenticate header.
+
+    ``algorithm`` defaults to MD5, as an absent parameter means
+    (RFC 7616 §3.3). ``qop`` holds the offered qop-options; empty means none
+    were offered (RFC 2069 style). ``domain`` is the space-separated URI list
+    as written.
+    """
+
+    realm: str
+    nonce: str
+    algorithm: str = "MD5"
+    qop: tuple[str, ...] = ()
+    opaque: str | None = None
+    stale: bool = False
+    domain: str | None = None
+
+    @classmethod
+    def parse(cls, value: str) -> Challenge:
+        """Parse a challenge (RFC 3261 §25.1 ``challenge``, RFC 7616 §3.3)."""
+        scheme, params = parse_auth_params(value)
+        _require_digest(scheme)
+        qop = params.get("qop")
+        return cls(
+            realm=_required(params, "realm"),
+            nonce=_required(params, "nonce"),
+            algorithm=_canonical_algorithm(params.get("algorithm", "MD5")),
+            qop=() if qop is None else tuple(q for q in map(str.strip, qop.split(",")) if q),
+            opaque=params.get("opaque"),
+            stale=params.get("stale", "").lower() == "true",
+            domain=params.get("domain"),
+        )
+
+    def to_header_value(self) -> str:
+        """The header value, parameters spelled as RFC 7616 §3.3 spells them."""
+        parts = [f"Digest realm={_quote(self.realm)}"]
+        if self.domain is not None:
+            parts.append(f"domain={_quote(self.domain)}")
+        parts.append(f"nonce={_quote(self.nonce)}")
+        if self.opaque is not None:
+            parts.append(f"opaque={_quote(self.opaque)}")
+        if self.stale:
+            parts.append("stale=TRUE")
+        parts.append(f"algorithm={_token_or_quoted(self.algorithm)}")
+        if self.qop:
+            parts.append(f"qop={_quote(','.join(self.qop))}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Credentials:
+    """Digest credentials of an Authorization / Proxy-Authorization header.
+
+    The invariants of a well-formed value are checked on construction, so a
+    `Credentials` in hand is always well formed: ``nc`` is eight hex digits
+    (RFC 7616 §3.4 ``nc-value``) and a ``qop`` comes with ``cnonce`` and
+    ``nc`` (RFC 2617 §3.2.2). ``nc`` stays a string because it is hashed as
+    sent.
+    """
+
+    username: str
+    realm: str
+    nonce: str
+    uri: str
+    response: str
+    algorithm: str = "MD5"
+    cnonce: str | None = None
+    nc: str | None = None
+    qop: str | None = None
+    opaque: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.nc is not None and (len(self.nc) != 8 or not _HEX.issuperset(self.nc)):
+            raise SipParseError(f"Digest nc {self.nc!r} is not 8 hex digits")
+        if self.qop is not None and (self.cnonce is None or self.nc is None):
+            raise SipParseError(f"Digest qop={self.qop} without cnonce and nc")
+
+    @classmethod
+    def parse(cls, value: str) -> Credentials:
+        """Parse credentials (RFC 3261 §25.1 ``credentials``, RFC 7616 §3.4).
+
+        Unknown parameters are ignored, as auth-param extensions must be.
+        """
+        scheme, params = parse_auth_params(value)
+        _require_digest(scheme)
+        return cls(
+            username=_required(params, "username"),
+            realm=_required(params, "realm"),
+            nonce=_required(params, "nonce"),
+            uri=_required(params, "uri"),
+            response=_required(params, "response"),
+            algorithm=_canonical_algorithm(params.get("algorithm", "MD5")),
+            cnonce=params.get("cnonce"),
+            nc=params.get("nc"),
+            qop=params.get("qop"),
+            opaque=params.get("opaque"),
+        )
+
+    def to_header_value(self) -> str:
+        """The header value; qop, nc and algorithm bare (RFC 7616 §3.4)."""
+        parts = [
+            f"Digest username={_quote(self.username)}",
+            f"realm={_quote(self.realm)}",
+            f"nonce={_quote(self.nonce)}",
+            f"uri={_quote(self.uri)}",
+            f"response={_quote(self.response)}",
+            f"algorithm={_token_or_quoted(self.algorithm)}",
+        ]
+        if self.cnonce is not None:
+            parts.append(f"cnonce={_quote(self.cnonce)}")
+        if self.opaque is not None:
+            parts.append(f"opaque={_quote(self.opaque)}")
+        if self.qop is not None:
+            parts.append(f"qop={_token_or_quoted(self.qop)}")
+        if self.nc is not None:
+            parts.append(f"nc={self.nc}")
+        return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------
+# Server side
+# --------------------------------------------------------------------------
+
+
+class AuthResult(Enum):
+    """The outcome of `DigestAuthenticator.verify`, and what to answer.
+
+    Everything but OK is answered 401 (407 for a proxy) with fresh
+    `DigestAuthenticator.challenges`; STALE with ``stale=True``.
+    """
+
+    OK = "ok"
+    """The digest is right and the nonce fresh and not replayed."""
+    STALE = "stale"
+    """Right digest, but the nonce expired: challenge again with stale=TRUE."""
+    BAD_NONCE = "bad-nonce"
+    """We did not issue this nonce (or opaque) under this secret and realm."""
+    WRONG_PASSWORD = "wrong-password"
+    """Wrong digest, or unknown user: the two are deliberately one result."""
+    REPLAY = "replay"
+    """Right digest, but nc is not above the highest nc seen for the nonce."""
+    REALM_MISMATCH = "realm-mismatch"
+    """Credentials for another realm (RFC 3261 §22.1)."""
+    UNSUPPORTED = "unsupported"
+    """An algorithm or qop not offered, e.g. auth-int, or no qop when refused."""
+
+
+_NONCE_BODY = struct.Struct(">dI8s")  # created, counter, random
+_NONCE_MAC_BYTES = 16  # HMAC-SHA-256 truncated to 128 bits (RFC 2104 §5)
+_NONCE_BYTES = _NONCE_BODY.size + _NONCE_MAC_BYTES
+_NONCE_CHARS = (_NONCE_BYTES * 4 + 2) // 3
+_MIN_SECRET_BYTES = 16
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+class DigestAuthenticator:
+    """Issues challenges and verifies credentials for one realm, sans-I/O.
+
+    The caller looks the user up and passes HA1 for the credentials'
+    algorithm (see `ha1_for`), or None for an unknown user; the password
+    store is not this object's business. ``secret`` keys the nonce HMAC: keep
+    it across restarts (with a wall clock for ``now``) if nonces must survive
+    them, otherwise a restart turns outstanding nonces into BAD_NONCE and
+    phones simply authenticate again.
+
+    With ``allow_no_qop`` (the default, for old phones), credentials without
+    qop (RFC 2069) are accepted; they carry no nonce-count, so nothing but
+    the nonce lifetime limits their replay.
+
+    `verify` does not compare the credentials' ``uri`` with the
+    Request-URI (RFC 2617 §3.2.2.5): that needs SIP URI equality, which
+    belongs to the caller.
+    """
+
+    def __init__(
+        self,
+        realm: str,
+        secret: bytes,
+        *,
+        nonce_lifetime_s: float = 300.0,
+        algorithms: Sequence[str] = ("SHA-256", "MD5"),
+        max_tracked_nonces: int = 100_000,
+        allow_no_qop: bool = True,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        if len(secret) < _MIN_SECRET_BYTES:
+            raise ValueError(f"secret must be at least {_MIN_SECRET_BYTES} bytes")
+        if not nonce_lifetime_s > 0:
+            raise ValueError("nonce_lifetime_s must be positive")
+        if max_tracked_nonces < 1:
+            raise ValueError("max_tracked_nonces must be at least 1")
+        if not algorithms:
+            raise ValueError("at least one algorithm is needed")
+        try:
+            algs = [_algorithm(a) for a in algorithms]
+        except UnsupportedDigestError as e:
+            raise ValueError(str(e)) from None
+        if len({a.name for a in algs}) != len(algs):
+            raise ValueError("an algorithm is listed twice")
+        self._realm = realm
+        self._realm_bytes = realm.encode("utf-8", "surrogateescape")
+        self._secret = secret
+        self._lifetime_s = nonce_lifetime_s
+        self._algorithms = {a.name.upper(): a for a in algs}
+        self._offered = tuple(a.name for a in algs)
+        self._max_tracked = max_tracked_nonces
+        self._allow_no_qop = allow_no_qop
+        self._random_bytes = random_bytes
+        self._counter = 0
+        mac = hmac.digest(secret, b"opaque\x00" + self._realm_bytes, "sha256")
+        self._opaque = _b64(mac[:12])
+        # A stand-in HA1 per hash, so an unknown user costs the same work.
+        dummy = hmac.digest(secret, b"dummy\x00", "sha256")
+        self._dummy_ha1 = {a.name: a.hexdigest(dummy) for a in algs}
+        # Nonce body (created|counter|random) -> highest nc accepted, in
+        # first-use order.
+        self._seen: OrderedDict[bytes, int] = OrderedDict()
+        self._evicted_through = float("-inf")
+
+    @property
+    def realm(self) -> str:
+        return self._realm
+
+    @property
+    def tracked_nonce_count(self) -> int:
+        """How many nonces the replay table holds (at most max_tracked_nonces)."""
+        return len(self._seen)
+
+    def challenges(self, now: float, *, stale: bool = False) -> list[Challenge]:
+        """One challenge per algorithm, most preferred first (RFC 8760 §2.3-2.4).
+
+        Each becomes its own WWW-Authenticate header, in this order. They
+        share one nonce and opaque, as in the RFC 7616 §3.9.1 example.
+        """
+        nonce = self._make_nonce(now)
+        return [
+            Challenge(
+                realm=self._realm,
+                nonce=nonce,
+                algorithm=name,
+                qop=("auth",),
+                opaque=self._opaque,
+                stale=stale,
+            )
+            for name in self._offered
+        ]
+
+    def _make_nonce(self, now: float) -> str:
+        rand = self._random_bytes(8)
+        if len(rand) != 8:
+            raise LocalProtocolError("random_bytes(8) returned a wrong length")
+        self._counter = (self._counter + 1) & 0xFFFFFFFF
+        body = _NONCE_BODY.pack(now, self._counter, rand)
+        mac = hmac.digest(self._secret, body + self._realm_bytes, "sha256")
+        return _b64(body + mac[:_NONCE_MAC_BYTES])
+
+    def _nonce_body(self, nonce: str) -> bytes | None:
+        """The authenticated body of a nonce we issued, else None."""
+        if len(nonce) != _NONCE_CHARS or not nonce.isascii():
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(nonce)
+        except (binascii.Error, ValueError):
+            return None
+        # Re-encoding refuses other spellings of the same bytes ("+" for "-").
+        if len(raw) != _NONCE_BYTES or _b64(raw) != nonce:
+            return None
+        body = raw[: _NONCE_BODY.size]
+        mac = hmac.digest(self._secret, body + self._realm_bytes, "sha256")
+        if not hmac.compare_digest(mac[:_NONCE_MAC_BYTES], raw[_NONCE_BODY.size :]):
+            return None
+        return body
+
+    def verify(
+        self, credentials: Credentials, method: str, *, ha1: str | None, now: float
+    ) -> AuthResult:
+        """Check credentials for a request (RFC 3261 §22.4, RFC 7616 §3.4.1-§3.4.3).
+
+        Pass ``ha1=None`` for an unknown user: a stand-in HA1 is hashed and
+        compared just the same, so the answer and the work match a wrong
+        password. The nonce-count table changes only when the digest is right.
+        """
+        if credentials.realm != self._realm:
+            return AuthResult.REALM_MISMATCH
+        alg = self._algorithms.get(credentials.algorithm.upper())
+        if alg is None:
+            return AuthResult.UNSUPPORTED
+        qop = credentials.qop
+        if qop is None:
+            if not self._allow_no_qop or alg.session:
+                return AuthResult.UNSUPPORTED
+        elif qop.lower() != "auth":
+            return AuthResult.UNSUPPORTED
+        body = self._nonce_body(credentials.nonce)
+        if body is None:
+            return AuthResult.BAD_NONCE
+        if credentials.opaque is not None and credentials.opaque != self._opaque:
+            return AuthResult.BAD_NONCE
+
+        expected = compute_response(
+            ha1=self._dummy_ha1[alg.name] if ha1 is None else ha1,
+            nonce=credentials.nonce,
+            method=method,
+            uri=credentials.uri,
+            algorithm=alg.name,
+            qop=qop,
+            nc=credentials.nc,
+            cnonce=credentials.cnonce,
+        )
+        given = credentials.response.lower().encode("ascii", "replace")
+        matched = hmac.compare_digest(expected.encode("ascii"), given)
+        if not matched or ha1 is None:
+            return AuthResult.WRONG_PASSWORD
+
+        created: float = _NONCE_BODY.unpack(body)[0]
+        if now >= created + self._lifetime_s or now < created:
+            return AuthResult.STALE
+        if qop is None:
+            return AuthResult.OK
+        assert credentials.nc is not None  # Credentials' invariant with qop
+        return self._count(body, created, int(credentials.nc, 16))
+
+    def _count(self, body: bytes, created: float, nc: int) -> AuthResult:
+        """Accept `nc` only if above the last one seen (RFC 7616 §3.4 ``nc``)."""
+        seen = self._seen
+        last = seen.get(body)
+        if last is None:
+            if created <= self._evicted_through:
+                return AuthResult.STALE  # possibly evicted: its history is gone
+            if nc < 1:
+                return AuthResult.REPLAY
+            if len(seen) >= self._max_tracked:
+                old, _ = seen.popitem(last=False)
+                old_created: float = _NONCE_BODY.unpack(old)[0]
+                self._evicted_through = max(self._evicted_through, old_created)
+        elif nc <= last:
+            return AuthResult.REPLAY
+        seen[body] = nc
+        return AuthResult.OK
+
+    def sweep(self, now: float) -> int:
+        """Forget expired nonces; return how many were dropped.
+
+        The table is in first-use order, not creation order, so this stops at
+        the first live entry: a few expired entries may wait one lifetime
+        more, which the size bound already covers. Cost is O(dropped).
+        """
+        seen, dropped = self._seen, 0
+        while seen:
+            body = next(iter(seen))
+            created: float = _NONCE_BODY.unpack(body)[0]
+            if now < created + self._lifetime_s:
+                break  # live, or from a clock that went back: keep its count
+            del seen[body]
+            dropped += 1
+        return dropped
+
+
+# --------------------------------------------------------------------------
+# Client side (the B2BUA authenticating upstream)
+# --------------------------------------------------------------------------
+
+
+def _usable_qop(challenge: Challenge) -> str | None:
+    """``auth`` if offered, None if no qop was offered; else unsupported."""
+    if not challenge.qop:
+        return None
+    for q in challenge.qop:
+        if q.lower() == "auth":
+            return q
+    raise UnsupportedDigestError(f"qop {','.join(challenge.qop)} offered, only auth is supported")
+
+
+def select_challenge(challenges: Iterable[Challenge]) -> Challenge | None:
+    """The topmost challenge we can answer (RFC 8760 §2.4), or None."""
+    for challenge in challenges:
+        alg = _ALGORITHMS.get(challenge.algorithm.upper())
+        try:
+            qop = _usable_qop(challenge)
+        except UnsupportedDigestError:
+            continue
+        if alg is not None and (qop is not None or not alg.session):
+            return challenge
+    return None
+
+
+def authorization_for(
+    challenge: Challenge,
+    *,
+    username: str,
+    password: str,
+    method: str,
+    uri: str,
+    cnonce: str,
+    nc: int = 1,
+) -> Credentials:
+    """Credentials answering `challenge` for one request (RFC 3261 §22.2).
+
+    ``cnonce`` comes from the caller (sans-I/O: no randomness here); make it
+    base64url or hex of random bytes. ``nc`` counts requests sent with this
+    nonce, starting at 1. Without a qop offer the RFC 2069 form is used and
+    cnonce is not sent.
+    """
+    if not 1 <= nc <= 0xFFFFFFFF:
+        raise ValueError(f"nc {nc} is outside 1..0xFFFFFFFF")
+    alg = _algorithm(challenge.algorithm)
+    qop = _usable_qop(challenge)
+    nc_value = None if qop is None else f"{nc:08x}"
+    used_cnonce = None if qop is None else cnonce
+    ha1 = compute_ha1(username, challenge.realm, password, alg.name)
+    response = compute_response(
+        ha1=ha1,
+        nonce=challenge.nonce,
+        method=method,
+        uri=uri,
+        algorithm=alg.name,
+        qop=qop,
+        nc=nc_value,
+        cnonce=used_cnonce,
+    )
+    return Credentials(
+        username=username,
+        realm=challenge.realm,
+        nonce=challenge.nonce,
+        uri=uri,
+        response=response,
+        algorithm=alg.name,
+        cnonce=used_cnonce,
+        nc=nc_value,
+        qop=qop,
+        opaque=challenge.opaque,
+    )

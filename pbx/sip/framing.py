@@ -1,0 +1,124 @@
+"""Cutting a byte stream (TCP, TLS) into SIP messages (RFC 3261 §18.3).
+
+Theory of operation
+-------------------
+A stream has no message boundaries, so the header section is read up to the
+blank line and the body is exactly Content-Length bytes, which is therefore
+mandatory. `StreamFramer.feed` takes whatever the socket delivered (half a
+message, or three and a bit) and returns the events it completed:
+
+- `FramedMessage`: the bytes of one whole message, for `parse_message`;
+- `KeepAlivePing`: a double CRLF between messages (RFC 5626 §4.4.1), which
+  the transport must answer with a single CRLF ("pong");
+- `FramingFailed`: the stream is broken beyond repair (no Content-Length, a
+  header section or body over the limit); the shell answers if it can and
+  closes the connection, since the next byte's place is unknown.
+
+A lone CRLF between messages is a pong (or harmless padding) and is skipped.
+Every buffer is bounded by `ParseLimits.max_message_bytes` [h11].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pbx.sip.errors import SipParseError
+from pbx.sip.message import DEFAULT_LIMITS, ParseLimits
+
+
+@dataclass(frozen=True, slots=True)
+class FramedMessage:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAlivePing:
+    """A CRLFCRLF ping: answer with CRLF."""
+
+
+@dataclass(frozen=True, slots=True)
+class FramingFailed:
+    error: SipParseError
+    data: bytes
+    """What we had of the failing message, to build an error response from."""
+
+
+FramingEvent = FramedMessage | KeepAlivePing | FramingFailed
+
+
+class StreamFramer:
+    """Sans-I/O framer for one connection."""
+
+    __slots__ = ("_broken", "_buffer", "_limits")
+
+    def __init__(self, limits: ParseLimits = DEFAULT_LIMITS) -> None:
+        self._buffer = bytearray()
+        self._limits = limits
+        self._broken = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received that do not yet form a whole message (for stall checks)."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[FramingEvent]:
+        if self._broken:
+            return []
+        self._buffer += data
+        events: list[FramingEvent] = []
+        buffer = self._buffer
+        while buffer:
+            if buffer[0] in b"\r\n":
+                if buffer.startswith(b"\r\n\r\n"):
+                    events.append(KeepAlivePing())
+                    del buffer[:4]
+                    continue
+                if bytes(buffer) in (b"\r", b"\r\n", b"\r\n\r"):
+                    break  # maybe the start of a ping; wait for more
+                del buffer[: 2 if buffer.startswith(b"\r\n") else 1]
+                continue
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > self._limits.max_message_bytes:
+                    events.append(self._fail("header section too large", 513))
+                break
+            body_start = end + 4
+            try:
+                length = _content_length(bytes(buffer[:end]))
+            except SipParseError as error:
+                events.append(self._fail(error.reason, error.status))
+                break
+            total = body_start + length
+            if total > self._limits.max_message_bytes:
+                events.append(self._fail(f"message of {total} bytes is too large", 513))
+                break
+            if len(buffer) < total:
+                break
+            events.append(FramedMessage(bytes(buffer[:total])))
+            del buffer[:total]
+        return events
+
+    def _fail(self, reason: str, status: int) -> FramingFailed:
+        self._broken = True
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return FramingFailed(SipParseError(reason, status), data)
+
+
+def _content_length(head: bytes) -> int:
+    """The Content-Length (or compact ``l``) of a raw header section; required on streams."""
+    found: int | None = None
+    for line in head.split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            continue
+        name = name.strip().lower()
+        if name == b"content-length" or name == b"l":
+            text = value.strip()
+            if not text.isdigit() or len(text) > 10:
+                raise SipParseError(f"bad Content-Length {text[:20]!r}")
+            found = int(text)
+            break
+    if found is None:
+        raise SipParseError("missing Content-Length on a stream transport")
+    return found

@@ -1,0 +1,769 @@
+"""SIP requests and responses: parse from bytes, build, write back to bytes.
+
+Theory of operation
+-------------------
+`parse_message` splits the start line and the header lines, unfolds
+continuation lines, and stores each header line as (key, name, value, raw)
+in received order. ``raw`` is the exact received line, so a header nobody
+touched is written back byte for byte; editing a header drops its ``raw`` and
+it is written as ``Name: value``. Typed views (Via, From, To, CSeq...) are
+parsed from the stored text on first use and cached until the headers change
+[sippy, h11].
+
+The headers every transaction needs (top Via, From, To, Call-ID, CSeq,
+Max-Forwards) are checked while parsing, so a malformed one is answered
+with 400 at once, and ``SipParseError.answerable`` can tell the transport
+whether a response could be routed at all: a request without a usable Via
+cannot be answered and is dropped (RFC 3261 §18.2.1).
+
+Content-Length is never trusted on output: `to_bytes` writes the body's real
+length, in place of the received header when there was one.
+
+Limits [h11]: `ParseLimits` bounds the message size and the number of
+headers; every limit has a status to answer with (513 Message Too Large,
+413 for a declared body over the limit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pbx.sip.errors import SipParseError
+from pbx.sip.headers import (
+    LIST_HEADERS,
+    TOKEN,
+    CSeq,
+    Event,
+    NameAddr,
+    SubscriptionState,
+    ValueWithParams,
+    Via,
+    canonical_name,
+    header_key,
+    parse_non_negative_int,
+    parse_token_list,
+    split_list,
+)
+from pbx.sip.status import reason_phrase
+from pbx.sip.uri import SipUri, TelUri, is_simple_sip_uri, parse_request_uri
+
+SIP_VERSION = "SIP/2.0"
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParseLimits:
+    """Bounds on what one message may cost us.
+
+    64 KiB is the largest UDP payload in practice and what RFC 3261 §18.1.1
+    lets a TCP message grow to before we would have to buffer without end;
+    100 headers is several times what any phone sends (a real INVITE has
+    15-30), and stops a header flood from costing memory and CPU.
+    """
+
+    max_message_bytes: int = 65536
+    max_headers: int = 100
+
+
+DEFAULT_LIMITS = ParseLimits()
+
+
+_Line = tuple[str, str, str, str | None]
+"""One header line: (lookup key, name as written, value, raw line or None once edited).
+
+Plain tuples: eleven or so are made for every message received, and a tuple
+literal is several times cheaper than any object.
+"""
+
+
+class Headers:
+    """An ordered, case-insensitive multi-map of header lines.
+
+    One entry per header *line*; a list header with several comma-separated
+    values on one line stays one entry until a typed view splits it.
+    """
+
+    __slots__ = ("_entries", "_first", "_typed")
+
+    def __init__(self, entries: Iterable[tuple[str, str]] = ()) -> None:
+        self._entries: list[_Line] = [
+            (header_key(name), name, value, None) for name, value in entries
+        ]
+        self._typed: dict[str, Any] = {}  # typed views by key, see Message
+        # key -> first line with that key; rebuilt lazily after any change.
+        self._first: dict[str, _Line] | None = None
+
+    @classmethod
+    def _from_parsed(
+        cls, entries: list[_Line], first: dict[str, _Line] | None = None
+    ) -> Headers:
+        headers = cls.__new__(cls)
+        headers._entries = entries
+        headers._typed = {}
+        headers._first = first
+        return headers
+
+    def _changed(self) -> None:
+        self._typed.clear()
+        self._first = None
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        """(name as written, value) pairs in order."""
+        for _, name, value, _ in self._entries:
+            yield name, value
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        key = header_key(name)
+        return any(entry[0] == key for entry in self._entries)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The value of the first line of this header."""
+        first = self._first
+        if first is None:
+            first = {}
+            for entry in self._entries:
+                first.setdefault(entry[0], entry)
+            self._first = first
+        found = first.get(name) or first.get(header_key(name))
+        return default if found is None else found[2]
+
+    def get_all(self, name: str) -> list[str]:
+        """The value of every line of this header, in order (not comma-split)."""
+        key = header_key(name)
+        return [entry[2] for entry in self._entries if entry[0] == key]
+
+    def values(self, name: str) -> list[str]:
+        """Every value of this header: lines in order, list headers split on commas."""
+        key = header_key(name)
+        lines = [entry[2] for entry in self._entries if entry[0] == key]
+        if key not in LIST_HEADERS:
+            return lines
+        values: list[str] = []
+        for line in lines:
+            values.extend(split_list(line))
+        return values
+
+    def add(self, name: str, value: str) -> None:
+        """Append a header line at the end."""
+        self._entries.append((header_key(name), canonical_name(name), value, None))
+        self._changed()
+
+    def add_first(self, name: str, value: str) -> None:
+        """Insert a header line before every other line (a new top Via or Record-Route)."""
+        key = header_key(name)
+        index = next((i for i, e in enumerate(self._entries) if e[0] == key), 0)
+        self._entries.insert(index, (key, canonical_name(name), value, None))
+        self._changed()
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every line of this header by one, where the first one stood."""
+        key = header_key(name)
+        for index, entry in enumerate(self._entries):
+            if entry[0] == key:
+                self._entries[index] = (key, entry[1], value, None)
+                self._entries[index + 1 :] = [e for e in self._entries[index + 1 :]
+                                              if e[0] != key]
+                break
+        else:
+            self._entries.append((key, canonical_name(name), value, None))
+        self._changed()
+
+    def set_all(self, name: str, values: Iterable[str]) -> None:
+        """Replace every line of this header by one line per value, in place."""
+        key = header_key(name)
+        new: list[_Line] = [(key, canonical_name(name), value, None) for value in values]
+        index = next((i for i, e in enumerate(self._entries) if e[0] == key), None)
+        rest = [e for e in self._entries if e[0] != key]
+        if index is None:
+            index = len(rest)
+        self._entries = rest[:index] + new + rest[index:]
+        self._changed()
+
+    def remove(self, name: str) -> None:
+        key = header_key(name)
+        self._entries = [e for e in self._entries if e[0] != key]
+        self._changed()
+
+    def copy(self) -> Headers:
+        return Headers._from_parsed(list(self._entries))
+
+    def _typed_value(self, key: str, parse: Callable[[Headers], _T]) -> _T:
+        try:
+            return self._typed[key]  # type: ignore[no-any-return]  # stored by this method
+        except KeyError:
+            value = parse(self)
+            self._typed[key] = value
+            return value
+
+    def _lines(self, content_length: int) -> list[str]:
+        """Header lines for the wire; Content-Length, where it stood, says the real length."""
+        lines: list[str] = []
+        written = False
+        for key, name, value, raw in self._entries:
+            if key == "content-length":
+                if not written:
+                    lines.append(f"{name}: {content_length}")
+                    written = True
+            else:
+                lines.append(raw if raw is not None else f"{name}: {value}")
+        if not written:
+            lines.append(f"Content-Length: {content_length}")
+        return lines
+
+
+def _top_via(headers: Headers) -> Via:
+    line = headers.get("via")
+    if line is None:
+        raise SipParseError("missing Via", answerable=False)
+    first = line.split(",", 1)[0] if '"' not in line else split_list(line)[0]
+    try:
+        return Via.parse(first)
+    except SipParseError as error:
+        raise SipParseError(error.reason, answerable=False) from None
+
+
+def _required(headers: Headers, name: str) -> str:
+    value = headers.get(name)
+    if value is None or not value.strip():
+        raise SipParseError(f"missing {canonical_name(name)}")
+    return value
+
+
+class Message:
+    """What requests and responses share: headers, body, typed views."""
+
+    __slots__ = ("body", "headers")
+
+    def __init__(self, headers: Headers | None = None, body: bytes = b"") -> None:
+        self.headers = headers if headers is not None else Headers()
+        self.body = body
+
+    # Typed views, parsed on first use. Each raises SipParseError if malformed.
+
+    @property
+    def vias(self) -> list[Via]:
+        return self.headers._typed_value(
+            "via*", lambda h: [Via.parse(v) for v in h.values("via")])
+
+    # The five views every message needs are cached without the generic
+    # helper's closure: they are on the hot path of every transaction.
+
+    @property
+    def top_via(self) -> Via:
+        typed = self.headers._typed
+        via: Via | None = typed.get("via")
+        if via is None:
+            via = typed["via"] = _top_via(self.headers)
+        return via
+
+    @property
+    def from_addr(self) -> NameAddr:
+        typed = self.headers._typed
+        addr: NameAddr | None = typed.get("from")
+        if addr is None:
+            addr = typed["from"] = NameAddr.parse(_required(self.headers, "from"), "From")
+        return addr
+
+    @property
+    def to_addr(self) -> NameAddr:
+        typed = self.headers._typed
+        addr: NameAddr | None = typed.get("to")
+        if addr is None:
+            addr = typed["to"] = NameAddr.parse(_required(self.headers, "to"), "To")
+        return addr
+
+    @property
+    def call_id(self) -> str:
+        typed = self.headers._typed
+        call_id: str | None = typed.get("call-id")
+        if call_id is None:
+            call_id = typed["call-id"] = _required(self.headers, "call-id").strip()
+        return call_id
+
+    @property
+    def cseq(self) -> CSeq:
+        typed = self.headers._typed
+        cseq: CSeq | None = typed.get("cseq")
+        if cseq is None:
+            cseq = typed["cseq"] = CSeq.parse(_required(self.headers, "cseq"))
+        return cseq
+
+    @property
+    def contacts(self) -> list[NameAddr]:
+        return self._address_list("contact", "Contact")
+
+    @property
+    def routes(self) -> list[NameAddr]:
+        return self._address_list("route", "Route")
+
+    @property
+    def record_routes(self) -> list[NameAddr]:
+        return self._address_list("record-route", "Record-Route")
+
+    @property
+    def reply_to(self) -> NameAddr | None:
+        value = self.headers.get("reply-to")
+        return None if value is None else NameAddr.parse(value, "Reply-To")
+
+    def _address_list(self, key: str, what: str) -> list[NameAddr]:
+        return self.headers._typed_value(
+            key,
+            lambda h: [NameAddr.parse(v, what) for v in h.values(key)],
+        )
+
+    @property
+    def max_forwards(self) -> int | None:
+        value = self.headers.get("max-forwards")
+        return None if value is None else parse_non_negative_int(value, "Max-Forwards", 255)
+
+    @property
+    def content_length(self) -> int | None:
+        """The *declared* Content-Length (the body's real length is ``len(body)``)."""
+        value = self.headers.get("content-length")
+        return None if value is None else parse_non_negative_int(value, "Content-Length")
+
+    @property
+    def content_type(self) -> ValueWithParams | None:
+        value = self.headers.get("content-type")
+        if value is None:
+            return None
+        parsed = ValueWithParams.parse(value, "Content-Type")
+        if "/" not in parsed.value:
+            raise SipParseError(f"bad Content-Type {value[:40]!r}")
+        return ValueWithParams(value=parsed.value.lower(), params=parsed.params)
+
+    @property
+    def expires(self) -> int | None:
+        value = self.headers.get("expires")
+        return None if value is None else parse_non_negative_int(value, "Expires")
+
+    @property
+    def require(self) -> list[str]:
+        return parse_token_list(self.headers.values("require"), "Require")
+
+    @property
+    def proxy_require(self) -> list[str]:
+        return parse_token_list(self.headers.values("proxy-require"), "Proxy-Require")
+
+    @property
+    def supported(self) -> list[str]:
+        return parse_token_list(self.headers.values("supported"), "Supported")
+
+    @property
+    def unsupported(self) -> list[str]:
+        return parse_token_list(self.headers.values("unsupported"), "Unsupported")
+
+    @property
+    def allow(self) -> list[str]:
+        return parse_token_list(self.headers.values("allow"), "Allow")
+
+    @property
+    def event(self) -> Event | None:
+        value = self.headers.get("event")
+        return None if value is None else Event.parse(value)
+
+    @property
+    def subscription_state(self) -> SubscriptionState | None:
+        value = self.headers.get("subscription-state")
+        return None if value is None else SubscriptionState.parse(value)
+
+    def _start_line(self) -> str:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        """The message as sent on the wire; Content-Length is the body's real length."""
+        lines = self.headers._lines(len(self.body))
+        text = "\r\n".join([self._start_line(), *lines, "", ""])
+        return text.encode() + self.body if self.body else text.encode()
+
+    def __bytes__(self) -> bytes:
+        return self.to_bytes()
+
+
+class Request(Message):
+    """A SIP request (RFC 3261 §7.1).
+
+    A received Request-URI is validated while parsing but only turned into a
+    `SipUri` when somebody reads ``uri``: relaying and matching mostly don't.
+    """
+
+    __slots__ = ("_uri", "_uri_text", "method")
+
+    def __init__(
+        self,
+        method: str,
+        uri: SipUri | TelUri,
+        headers: Headers | None = None,
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(headers, body)
+        self.method = method
+        self._uri: SipUri | TelUri | None = uri
+        self._uri_text = uri.text
+
+    @classmethod
+    def _received(cls, method: str, uri_text: str) -> Request:
+        """A request whose Request-URI text is already known to be valid."""
+        request = cls.__new__(cls)
+        request.headers = Headers()
+        request.body = b""
+        request.method = method
+        request._uri = None
+        request._uri_text = uri_text
+        return request
+
+    @property
+    def uri(self) -> SipUri | TelUri:
+        if self._uri is None:
+            self._uri = parse_request_uri(self._uri_text)
+        return self._uri
+
+    @uri.setter
+    def uri(self, uri: SipUri | TelUri) -> None:
+        self._uri = uri
+        self._uri_text = uri.text
+
+    def _start_line(self) -> str:
+        return f"{self.method} {self._uri_text} {SIP_VERSION}"
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri}>"
+
+
+class Response(Message):
+    """A SIP response (RFC 3261 §7.2)."""
+
+    __slots__ = ("reason", "status")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str | None = None,
+        headers: Headers | None = None,
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(headers, body)
+        self.status = status
+        self.reason = reason_phrase(status) if reason is None else reason
+
+    def _start_line(self) -> str:
+        return f"{SIP_VERSION} {self.status} {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason}>"
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _parse(
+    data: bytes,
+    *,
+    datagram: bool = True,
+    limits: ParseLimits = DEFAULT_LIMITS,
+) -> Request | Response:
+    """Parse one whole SIP message.
+
+    ``datagram`` selects the framing rule of RFC 3261 §18.3: in a datagram
+    a missing Content-Length means "the rest of the datagram"; a stream
+    framer (`pbx.sip.framing`) hands over exactly one message whose
+    Content-Length it has already honoured. Raises only `SipParseError`.
+    """
+    if len(data) > limits.max_message_bytes:
+        raise SipParseError("Message Too Large", 513, answerable=False)
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        head_bytes, rest = data[:end], data[end + 4 :]
+        separator = "\r\n"
+    else:
+        end = data.find(b"\n\n")  # bare-LF messages: lenient, as many stacks are
+        if end < 0:
+            head_bytes, rest = data.rstrip(b"\r\n"), b""
+        else:
+            head_bytes, rest = data[:end], data[end + 2 :]
+        separator = "\n"
+    try:
+        head = head_bytes.decode()
+    except UnicodeDecodeError:
+        raise SipParseError("header section is not UTF-8", answerable=False) from None
+    if separator == "\r\n" and head.count("\n") != head.count("\r\n"):
+        head = head.replace("\r\n", "\n")  # mixed line ends: treat all as bare LF
+        separator = "\n"
+    lines = head.split(separator)
+    start_line = lines[0]
+    message = _parse_start_line(start_line.strip(" \t") if start_line[:1] != " " else start_line)
+    entries, first = _parse_header_lines(lines, separator, limits)
+    message.headers = Headers._from_parsed(entries, first)
+    try:
+        _check_and_frame(message, rest, datagram)
+    except SipParseError as error:
+        if isinstance(message, Response):
+            error.answerable = False
+        raise
+    return message
+
+
+def _parse_start_line(line: str) -> Request | Response:
+    if line.startswith("SIP/") or line[:4].upper() == "SIP/":
+        parts = line.split(" ", 2)
+        if len(parts) < 2:
+            raise SipParseError(f"bad status line {line[:60]!r}", answerable=False)
+        version, code = parts[0], parts[1]
+        if version.upper() != SIP_VERSION:
+            raise SipParseError(f"unsupported version {version[:20]!r}", 505, answerable=False)
+        if len(code) != 3 or not code.isdigit() or code[0] == "0":
+            raise SipParseError(f"bad status code {code[:10]!r}", answerable=False)
+        return Response(int(code), parts[2] if len(parts) == 3 else "")
+    parts = line.split(" ")
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        raise SipParseError(f"bad request line {line[:80]!r}", answerable=False)
+    method, uri_text, version = parts
+    if not TOKEN.fullmatch(method):
+        raise SipParseError(f"bad method {method[:20]!r}", answerable=False)
+    uri_error: SipParseError | None = None
+    if not is_simple_sip_uri(uri_text):
+        try:
+            parse_request_uri(uri_text)
+        except SipParseError as error:
+            uri_error = error
+    if version.upper() != SIP_VERSION:
+        if not version.upper().startswith("SIP/"):
+            raise SipParseError(f"bad request line {line[:80]!r}", answerable=False)
+        raise _WithLine(SipParseError(f"unsupported version {version[:20]!r}", 505), method)
+    if uri_error is not None:
+        raise _WithLine(uri_error, method)
+    return Request._received(method, uri_text)
+
+
+class _WithLine(Exception):
+    """Carries a start-line error until the headers are read, to know if it is answerable."""
+
+    def __init__(self, error: SipParseError, method: str) -> None:
+        self.error = error
+        self.method = method
+
+
+# Header name as received -> lookup key. Names phones send are few; caching
+# them skips validation and lowering on the hot path. Bounded: past the cap,
+# unknown spellings are still parsed, just not remembered.
+_KEY_OF_NAME: dict[str, tuple[str, str]] = {}
+_KEY_CACHE_LIMIT = 2000
+
+
+def _key_of(name: str) -> tuple[str, str]:
+    """(lookup key, name without trailing blanks) of a received header name."""
+    known = _KEY_OF_NAME.get(name)
+    if known is None:
+        stripped = name.rstrip(" \t")
+        if not TOKEN.fullmatch(stripped):
+            raise SipParseError(f"bad header name {stripped[:40]!r}")
+        known = (header_key(stripped), stripped)
+        if len(_KEY_OF_NAME) < _KEY_CACHE_LIMIT:
+            _KEY_OF_NAME[name] = known
+    return known
+
+
+def _parse_header_lines(
+    lines: list[str], separator: str, limits: ParseLimits
+) -> tuple[list[_Line], dict[str, _Line]]:
+    entries: list[_Line] = []
+    first: dict[str, _Line] = {}
+    if len(lines) > limits.max_headers + 1 and sum(
+        1 for line in lines if line[:1] not in (" ", "\t")
+    ) > limits.max_headers + 1:
+        raise SipParseError(f"more than {limits.max_headers} headers", 513)
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            # A folded continuation line (RFC 3261 §7.3.1): part of the line above.
+            if not entries:
+                raise SipParseError("continuation line before any header")
+            old = entries[-1]
+            key, name, value, raw = old
+            entries[-1] = (key, name, f"{value} {line.strip()}".strip(), f"{raw}{separator}{line}")
+            if first.get(key) is old:
+                first[key] = entries[-1]
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise SipParseError(f"header line without colon {line[:40]!r}")
+        key, name = _key_of(name)
+        entry = (key, name, value.strip(" \t"), line)
+        entries.append(entry)
+        if key not in first:
+            first[key] = entry
+    return entries, first
+
+
+def _check_and_frame(message: Request | Response, rest: bytes, datagram: bool) -> None:
+    message.top_via  # noqa: B018 - parsing it is the check; it raises unanswerable
+    message.from_addr  # noqa: B018
+    message.to_addr  # noqa: B018
+    message.call_id  # noqa: B018
+    message.cseq  # noqa: B018
+    declared = message.content_length
+    if isinstance(message, Request) and message.cseq.method != message.method:
+        raise SipParseError(f"CSeq method {message.cseq.method} does not match {message.method}")
+    if declared is None:
+        if not datagram and rest:
+            raise SipParseError("missing Content-Length on a stream")
+        message.body = rest
+    elif declared > len(rest):
+        raise SipParseError(f"Content-Length {declared} larger than the {len(rest)} bytes received")
+    else:
+        message.body = rest[:declared] if declared < len(rest) else rest
+
+
+def parse_message(
+    data: bytes,
+    *,
+    datagram: bool = True,
+    limits: ParseLimits = DEFAULT_LIMITS,
+) -> Request | Response:
+    """Parse one whole SIP message.
+
+    ``datagram`` selects the framing rule of RFC 3261 §18.3: in a datagram
+    a missing Content-Length means "the rest of the datagram"; a stream
+    framer (`pbx.sip.framing`) hands over exactly one message whose
+    Content-Length it has already honoured.
+
+    Raises only `SipParseError`; its ``answerable`` says whether a response
+    could be routed (a request with a usable top Via).
+    """
+    try:
+        return _parse(data, datagram=datagram, limits=limits)
+    except _WithLine as start_error:
+        error = start_error.error
+        error.answerable = _has_usable_via(data)
+        raise error from None
+    except SipParseError as error:
+        if error.answerable and not _has_usable_via(data):
+            error.answerable = False
+        raise
+
+
+def _raw_header_lines(data: bytes) -> tuple[str, list[tuple[str, str]]]:
+    """Start line and (key, line) pairs of a message that may be broken; never raises."""
+    head = data.split(b"\r\n\r\n", 1)[0].decode(errors="replace").replace("\r\n", "\n")
+    lines = head.split("\n")
+    pairs = []
+    for line in lines[1:]:
+        name, colon, _ = line.partition(":")
+        if colon and line[:1] not in (" ", "\t"):
+            pairs.append((header_key(name.strip()), line))
+    return lines[0], pairs
+
+
+def _has_usable_via(data: bytes) -> bool:
+    """Could a response to this (broken) request be routed? Best effort, never raises."""
+    start_line, pairs = _raw_header_lines(data)
+    if start_line[:4].upper() == "SIP/":
+        return False
+    for key, line in pairs:
+        if key == "via":
+            entries: list[_Line] = [(key, "Via", line.partition(":")[2].strip(), line)]
+            try:
+                _top_via(Headers._from_parsed(entries))
+            except SipParseError:
+                return False
+            return True
+    return False
+
+
+def make_error_response(data: bytes, error: SipParseError, *, to_tag: str) -> bytes | None:
+    """The stateless answer to a request that failed to parse, or None to drop it.
+
+    Copies the raw Via, From, To, Call-ID and CSeq lines that are there
+    (§8.2.6.2 as far as the broken request allows) and names the problem in
+    the reason phrase, so a developer looking at a trace sees what was wrong.
+    """
+    if not error.answerable:
+        return None
+    _, pairs = _raw_header_lines(data)
+    lines = [f"SIP/2.0 {error.status} {_reason_for(error)}"]
+    for key, line in pairs:
+        if key in ("via", "from", "call-id", "cseq"):
+            lines.append(line)
+        elif key == "to":
+            lines.append(line if "tag=" in line else f"{line};tag={to_tag}")
+    lines.append("Content-Length: 0")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _reason_for(error: SipParseError) -> str:
+    """A reason phrase: the standard one, then what was wrong, on one safe line."""
+    detail = "".join(c if c.isprintable() else "?" for c in error.reason)[:120]
+    standard = reason_phrase(error.status)
+    return standard if detail == standard else f"{standard} ({detail})"
+
+
+# ---------------------------------------------------------------- building
+
+
+def make_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+) -> Response:
+    """A response to `request` per RFC 3261 §8.2.6.2.
+
+    Via (every value, in order), From, Call-ID and CSeq are copied; To is
+    copied and, when it has no tag and the status is not 100, gets
+    ``to_tag`` (which the UAS must supply for dialog-creating answers). A
+    100 Trying also copies Timestamp (§8.2.6.1).
+    """
+    source = request.headers
+    entries: list[_Line] = []
+    for entry in source._entries:
+        key = entry[0]
+        if key in ("via", "from", "call-id", "cseq") or (key == "timestamp" and status == 100):
+            entries.append(entry)
+        elif key == "to":
+            if to_tag is not None and status != 100 and request.to_addr.tag is None:
+                tagged = str(request.to_addr.with_tag(to_tag))
+                entries.append((key, entry[1], tagged, None))
+            else:
+                entries.append(entry)
+    response = Response(status, reason, Headers._from_parsed(entries), body)
+    for name, value in headers:
+        response.headers.add(name, value)
+    return response
+
+
+def build_request(
+    method: str,
+    uri: SipUri | TelUri,
+    *,
+    via: Via | str,
+    from_addr: NameAddr | str,
+    to_addr: NameAddr | str,
+    call_id: str,
+    cseq: int,
+    max_forwards: int = 70,
+    contact: NameAddr | str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+) -> Request:
+    """A request from scratch with the headers of RFC 3261 §8.1.1 in the usual order."""
+    entries: list[tuple[str, str]] = [
+        ("Via", str(via)),
+        ("Max-Forwards", str(max_forwards)),
+        ("From", str(from_addr)),
+        ("To", str(to_addr)),
+        ("Call-ID", call_id),
+        ("CSeq", f"{cseq} {method}"),
+    ]
+    if contact is not None:
+        entries.append(("Contact", str(contact)))
+    entries.extend(headers)
+    return Request(method, uri, Headers(entries), body)

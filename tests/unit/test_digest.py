@@ -1,0 +1,763 @@
+"""Tests of SIP digest authentication (`pbx.sip.digest`).
+
+Known answers come from RFC 7616 §3.9.1 and RFC 2617 §3.5; the SIP cases are
+recomputed here with plain hashlib from the RFC formulas, independently of the
+module's own helpers. The authenticator is driven with an injected `now` and
+deterministic random bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pbx.sip.digest import (
+    AuthResult,
+    Challenge,
+    Credentials,
+    DigestAuthenticator,
+    UnsupportedDigestError,
+    authorization_for,
+    compute_ha1,
+    compute_response,
+    ha1_for,
+    parse_auth_params,
+    select_challenge,
+)
+from pbx.sip.errors import SipParseError
+
+# RFC 7616 §3.9.1
+RFC7616_REALM = "http-auth@example.org"
+RFC7616_NONCE = "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v"
+RFC7616_CNONCE = "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ"
+RFC7616_OPAQUE = "FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"
+RFC7616_RESPONSES = {
+    "MD5": "8ca523f5e9506fed4657c9700eebdbec",
+    "SHA-256": "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1",
+}
+
+REALM = "pbx.example.org"
+SECRET = b"0123456789abcdef0123456789abcdef"
+URI = "sip:pbx.example.org"
+T0 = 1000.0
+
+
+def zeros(n: int) -> bytes:
+    """Deterministic stand-in for os.urandom: uniqueness must not rely on it."""
+    return b"\x00" * n
+
+
+def make_auth(**kwargs: object) -> DigestAuthenticator:
+    return DigestAuthenticator(REALM, SECRET, random_bytes=zeros, **kwargs)  # type: ignore[arg-type]
+
+
+def answer(
+    auth: DigestAuthenticator,
+    now: float,
+    *,
+    algorithm: str = "SHA-256",
+    password: str = "secret",
+    nc: int = 1,
+) -> Credentials:
+    """What a phone sends back to a new challenge for `algorithm` issued at `now`."""
+    (challenge,) = [c for c in auth.challenges(now) if c.algorithm == algorithm]
+    return respond(challenge, password=password, nc=nc)
+
+
+def respond(challenge: Challenge, *, password: str = "secret", nc: int = 1) -> Credentials:
+    """A phone's next request with the nonce of `challenge`."""
+    return authorization_for(
+        challenge,
+        username="1001",
+        password=password,
+        method="REGISTER",
+        uri=URI,
+        cnonce="0a4f113b",
+        nc=nc,
+    )
+
+
+def good_ha1(algorithm: str = "SHA-256") -> str:
+    return ha1_for("1001", REALM, "secret", algorithm)
+
+
+def verify(auth: DigestAuthenticator, creds: Credentials, now: float) -> AuthResult:
+    return auth.verify(creds, "REGISTER", ha1=good_ha1(creds.algorithm), now=now)
+
+
+def hexhash(algorithm: str, text: str) -> str:
+    name = "md5" if algorithm.upper().startswith("MD5") else "sha256"
+    return hashlib.new(name, text.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------
+# Known answers
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["MD5", "SHA-256"])
+def test_rfc7616_known_answer(algorithm: str) -> None:
+    ha1 = compute_ha1("Mufasa", RFC7616_REALM, "Circle of Life", algorithm)
+    response = compute_response(
+        ha1=ha1,
+        nonce=RFC7616_NONCE,
+        method="GET",
+        uri="/dir/index.html",
+        algorithm=algorithm,
+        qop="auth",
+        nc="00000001",
+        cnonce=RFC7616_CNONCE,
+    )
+    assert response == RFC7616_RESPONSES[algorithm]
+
+
+def test_rfc2617_known_answer() -> None:
+    ha1 = compute_ha1("Mufasa", "testrealm@host.com", "Circle Of Life")
+    response = compute_response(
+        ha1=ha1,
+        nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093",
+        method="GET",
+        uri="/dir/index.html",
+        qop="auth",
+        nc="00000001",
+        cnonce="0a4f113b",
+    )
+    assert response == "6629fae49393a05397450978507c4ef1"
+
+
+def test_sip_register_by_hand() -> None:
+    """A REGISTER as a phone would hash it, written out with hashlib."""
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()
+
+    ha1 = md5("alice:pbx.example.org:s3cr3t")
+    ha2 = md5("REGISTER:sip:pbx.example.org;transport=tcp")
+    expected = md5(f"{ha1}:abcNONCE:0000000a:xyz:auth:{ha2}")
+    assert ha1_for("alice", "pbx.example.org", "s3cr3t", "MD5") == ha1
+    got = compute_response(
+        ha1=ha1,
+        nonce="abcNONCE",
+        method="REGISTER",
+        uri="sip:pbx.example.org;transport=tcp",
+        algorithm="MD5",
+        qop="auth",
+        nc="0000000a",
+        cnonce="xyz",
+    )
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "qop"),
+    [
+        ("MD5", None),
+        ("MD5", "auth"),
+        ("SHA-256", None),
+        ("SHA-256", "auth"),
+        ("MD5-sess", "auth"),
+        ("SHA-256-sess", "auth"),
+    ],
+)
+def test_response_matches_rfc_formulas(algorithm: str, qop: str | None) -> None:
+    """RFC 7616 §3.4.1-§3.4.2, RFC 2069 §2.1.2 for qop absent."""
+    nonce, cnonce, nc, uri = "n0nce", "cn0nce", "00000002", "sip:1002@pbx.example.org"
+    ha1 = hexhash(algorithm, "bob:pbx.example.org:pw")
+    assert compute_ha1("bob", "pbx.example.org", "pw", algorithm) == ha1
+    session_key = hexhash(algorithm, f"{ha1}:{nonce}:{cnonce}") if "sess" in algorithm else ha1
+    ha2 = hexhash(algorithm, f"INVITE:{uri}")
+    if qop is None:
+        expected = hexhash(algorithm, f"{session_key}:{nonce}:{ha2}")
+    else:
+        expected = hexhash(algorithm, f"{session_key}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
+    got = compute_response(
+        ha1=ha1,
+        nonce=nonce,
+        method="INVITE",
+        uri=uri,
+        algorithm=algorithm,
+        qop=qop,
+        nc=nc if qop else None,
+        cnonce=cnonce if qop else None,
+    )
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "qop"), [("MD5", "auth-int"), ("SHA-512-256", "auth"), ("MD5-sess", None)]
+)
+def test_compute_refuses_what_it_does_not_support(algorithm: str, qop: str | None) -> None:
+    with pytest.raises(UnsupportedDigestError):
+        compute_response(
+            ha1="0" * 32,
+            nonce="n",
+            method="GET",
+            uri="/",
+            algorithm=algorithm,
+            qop=qop,
+            nc="00000001",
+            cnonce="c" if qop else None,
+        )
+
+
+# --------------------------------------------------------------------------
+# Parsing and formatting
+# --------------------------------------------------------------------------
+
+RFC7616_AUTHORIZATION = (
+    'Digest username="Mufasa",\r\n'
+    '    realm="http-auth@example.org",\r\n'
+    '    uri="/dir/index.html",\r\n'
+    "    algorithm=SHA-256,\r\n"
+    f'    nonce="{RFC7616_NONCE}",\r\n'
+    "    nc=00000001,\r\n"
+    f'    cnonce="{RFC7616_CNONCE}",\r\n'
+    "    qop=auth,\r\n"
+    f'    response="{RFC7616_RESPONSES["SHA-256"]}",\r\n'
+    f'    opaque="{RFC7616_OPAQUE}"'
+)
+
+
+def test_parse_rfc7616_header_with_folded_lines() -> None:
+    creds = Credentials.parse(RFC7616_AUTHORIZATION)
+    assert creds == Credentials(
+        username="Mufasa",
+        realm=RFC7616_REALM,
+        nonce=RFC7616_NONCE,
+        uri="/dir/index.html",
+        response=RFC7616_RESPONSES["SHA-256"],
+        algorithm="SHA-256",
+        cnonce=RFC7616_CNONCE,
+        nc="00000001",
+        qop="auth",
+        opaque=RFC7616_OPAQUE,
+    )
+    ha1 = compute_ha1("Mufasa", creds.realm, "Circle of Life", creds.algorithm)
+    recomputed = compute_response(
+        ha1=ha1,
+        nonce=creds.nonce,
+        method="GET",
+        uri=creds.uri,
+        algorithm=creds.algorithm,
+        qop=creds.qop,
+        nc=creds.nc,
+        cnonce=creds.cnonce,
+    )
+    assert recomputed == creds.response
+
+
+def test_parse_awkward_quoting() -> None:
+    scheme, params = parse_auth_params(
+        r'Digest realm="a\"b", nonce="x, y=z", opaque="back\\slash", domain=""'
+    )
+    assert scheme == "Digest"
+    assert params == {"realm": 'a"b', "nonce": "x, y=z", "opaque": "back\\slash", "domain": ""}
+
+
+def test_parse_is_lenient_about_case_spacing_and_empty_elements() -> None:
+    scheme, params = parse_auth_params(
+        '  digest   REALM = "r" ,, Nonce="n"\t,ALGORITHM=md5 ,qop=auth,  '
+    )
+    assert scheme == "digest"
+    assert params == {"realm": "r", "nonce": "n", "algorithm": "md5", "qop": "auth"}
+    creds = Credentials.parse(
+        'digest username="u", realm="r", nonce="n", uri="sip:x", response="00", algorithm=md5'
+    )
+    assert creds.algorithm == "MD5"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "   ",
+        "Digest,realm=x",
+        'Digest realm="unterminated',
+        "Digest realm",
+        "Digest realm=a nonce=b",
+        "Digest realm=a, realm=b",
+        'Digest realm="a\r\nb"',
+        "Digest realm=\x00",
+        "Digest realm=x, Basic realm=y",
+        "Digest " + ", ".join(f"p{i}=v" for i in range(40)),
+        "Digest realm=" + "x" * 5000,
+    ],
+)
+def test_parse_rejects_malformed(value: str) -> None:
+    with pytest.raises(SipParseError) as info:
+        parse_auth_params(value)
+    assert info.value.status == 400
+
+
+FULL = 'username="u", realm="r", nonce="n", uri="sip:x", response="00"'
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ('Basic realm="r"', "not Digest"),
+        ('Digest realm="r", nonce="n", uri="sip:x", response="00"', "username is missing"),
+        ('Digest username="u", nonce="n", uri="sip:x", response="00"', "realm is missing"),
+        ('Digest username="u", realm="r", uri="sip:x", response="00"', "nonce is missing"),
+        ('Digest username="u", realm="r", nonce="n", response="00"', "uri is missing"),
+        ('Digest username="u", realm="r", nonce="n", uri="sip:x"', "response is missing"),
+        (f"Digest {FULL}, qop=auth, cnonce=c, nc=0001", "nc '0001' is not 8 hex digits"),
+        (f"Digest {FULL}, qop=auth, cnonce=c, nc=0000000g", "not 8 hex digits"),
+        (f"Digest {FULL}, qop=auth, cnonce=c, nc=0x000001", "not 8 hex digits"),
+        (f"Digest {FULL}, qop=auth, nc=00000001", "without cnonce and nc"),
+        (f"Digest {FULL}, qop=auth, cnonce=c", "without cnonce and nc"),
+    ],
+)
+def test_credentials_parse_errors(value: str, reason: str) -> None:
+    with pytest.raises(SipParseError) as info:
+        Credentials.parse(value)
+    assert info.value.status == 400
+    assert reason in info.value.reason
+
+
+def test_credentials_round_trip_with_awkward_values() -> None:
+    creds = Credentials(
+        username='a"b\\c',
+        realm="x, y",
+        nonce="n=1",
+        uri="sip:1001@pbx.example.org;transport=tcp",
+        response="ab" * 16,
+        algorithm="MD5",
+        cnonce="c,c",
+        nc="0000000A",
+        qop="auth",
+        opaque="",
+    )
+    text = creds.to_header_value()
+    assert text == (
+        'Digest username="a\\"b\\\\c", realm="x, y", nonce="n=1", '
+        'uri="sip:1001@pbx.example.org;transport=tcp", response="' + "ab" * 16 + '", '
+        'algorithm=MD5, cnonce="c,c", opaque="", qop=auth, nc=0000000A'
+    )
+    assert Credentials.parse(text) == creds
+
+
+def test_challenge_parse_rfc3261_example() -> None:
+    challenge = Challenge.parse(
+        'Digest realm="atlanta.com", domain="sip:boxesbybob.com", qop="auth, auth-int", '
+        'nonce="f84f1cec41e6cbe5aea9c8e88d359", opaque="", stale=FALSE, algorithm=MD5'
+    )
+    assert challenge == Challenge(
+        realm="atlanta.com",
+        nonce="f84f1cec41e6cbe5aea9c8e88d359",
+        algorithm="MD5",
+        qop=("auth", "auth-int"),
+        opaque="",
+        stale=False,
+        domain="sip:boxesbybob.com",
+    )
+    assert Challenge.parse(challenge.to_header_value()) == challenge
+    with pytest.raises(SipParseError, match="nonce is missing"):
+        Challenge.parse('Digest realm="r"')
+
+
+def test_challenge_header_value_as_sent() -> None:
+    auth = make_auth()
+    sha, md5 = auth.challenges(T0, stale=True)
+    assert sha.opaque is not None
+    assert sha.to_header_value() == (
+        f'Digest realm="pbx.example.org", nonce="{sha.nonce}", opaque="{sha.opaque}", '
+        'stale=TRUE, algorithm=SHA-256, qop="auth"'
+    )
+    assert Challenge.parse(md5.to_header_value()) == md5
+
+
+@given(
+    st.one_of(
+        st.text(),
+        st.text().map(lambda s: "Digest " + s),
+        st.text(alphabet='Digest rnoc="\\,=\t\r\n\x00\udc80\ud800é').map(lambda s: "Digest " + s),
+    )
+)
+def test_parse_arbitrary_text_returns_or_raises_sip_parse_error(value: str) -> None:
+    try:
+        scheme, params = parse_auth_params(value)
+    except SipParseError as e:
+        assert e.status == 400
+    else:
+        assert scheme
+        assert all(name == name.lower() for name in params)
+    for parse in (Credentials.parse, Challenge.parse):
+        with contextlib.suppress(SipParseError):
+            parse(value)
+
+
+quotable = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"))
+
+
+@given(
+    username=quotable,
+    realm=quotable,
+    nonce=quotable,
+    uri=quotable,
+    response=quotable,
+    algorithm=st.sampled_from(["MD5", "SHA-256", "MD5-sess", "SHA-256-sess", "X-new", "a b"]),
+    auth=st.one_of(
+        st.none(),
+        st.tuples(quotable, st.from_regex(r"[0-9a-fA-F]{8}", fullmatch=True)),
+    ),
+    opaque=st.none() | quotable,
+)
+def test_credentials_round_trip(
+    username: str,
+    realm: str,
+    nonce: str,
+    uri: str,
+    response: str,
+    algorithm: str,
+    auth: tuple[str, str] | None,
+    opaque: str | None,
+) -> None:
+    creds = Credentials(
+        username=username,
+        realm=realm,
+        nonce=nonce,
+        uri=uri,
+        response=response,
+        algorithm=algorithm,
+        cnonce=None if auth is None else auth[0],
+        nc=None if auth is None else auth[1],
+        qop=None if auth is None else "auth",
+        opaque=opaque,
+    )
+    assert Credentials.parse(creds.to_header_value()) == creds
+
+
+# --------------------------------------------------------------------------
+# Server side
+# --------------------------------------------------------------------------
+
+
+def test_challenges_one_per_algorithm_in_preference_order() -> None:
+    auth = make_auth()
+    plain = auth.challenges(T0)
+    assert [c.algorithm for c in plain] == ["SHA-256", "MD5"]
+    assert all(c.realm == REALM and c.qop == ("auth",) and c.opaque for c in plain)
+    assert not any(c.stale for c in plain)
+    assert all(c.stale for c in auth.challenges(T0, stale=True))
+
+
+def test_nonces_unique_even_with_constant_randomness() -> None:
+    auth = make_auth()
+    nonces = {auth.challenges(T0)[0].nonce for _ in range(1000)}
+    assert len(nonces) == 1000
+    alphabet = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+    assert all(set(n) <= alphabet for n in nonces)  # base64url, no padding
+
+
+@pytest.mark.parametrize("algorithm", ["SHA-256", "MD5", "SHA-256-sess", "MD5-sess"])
+def test_right_password_is_ok(algorithm: str) -> None:
+    auth = make_auth(algorithms=(algorithm,))
+    creds = answer(auth, T0, algorithm=algorithm)
+    wire = Credentials.parse(creds.to_header_value())
+    assert verify(auth, wire, T0 + 1) is AuthResult.OK
+    assert auth.tracked_nonce_count == 1
+
+
+def test_wrong_password() -> None:
+    auth = make_auth()
+    creds = answer(auth, T0, password="guess")
+    assert verify(auth, creds, T0 + 1) is AuthResult.WRONG_PASSWORD
+
+
+def test_unknown_user_answers_like_wrong_password() -> None:
+    auth = make_auth()
+    creds = answer(auth, T0)
+    result = auth.verify(creds, "REGISTER", ha1=None, now=T0 + 1)
+    assert result is AuthResult.WRONG_PASSWORD
+    assert auth.tracked_nonce_count == 0
+
+
+def test_method_is_part_of_the_digest() -> None:
+    auth = make_auth()
+    creds = answer(auth, T0)  # hashed for REGISTER
+    result = auth.verify(creds, "INVITE", ha1=good_ha1(), now=T0 + 1)
+    assert result is AuthResult.WRONG_PASSWORD
+
+
+def test_realm_mismatch() -> None:
+    auth = make_auth()
+    (challenge, _) = auth.challenges(T0)
+    other = Challenge(realm="evil.example.com", nonce=challenge.nonce, qop=("auth",))
+    creds = authorization_for(
+        other, username="1001", password="secret", method="REGISTER", uri=URI, cnonce="c"
+    )
+    assert verify(auth, creds, T0 + 1) is AuthResult.REALM_MISMATCH
+
+
+def _with(creds: Credentials, **changes: str | None) -> Credentials:
+    fields = {name: getattr(creds, name) for name in Credentials.__dataclass_fields__}
+    fields.update(changes)
+    return Credentials(**fields)
+
+
+@pytest.mark.parametrize(
+    ("offered", "changes", "allow_no_qop"),
+    [
+        (("SHA-256",), {"algorithm": "MD5"}, True),  # not offered
+        (("SHA-256", "MD5"), {"algorithm": "SHA-512-256"}, True),  # unknown to us
+        (("SHA-256", "MD5"), {"qop": "auth-int"}, True),
+        (("SHA-256", "MD5"), {"qop": None, "nc": None, "cnonce": None}, False),
+        (("MD5-sess",), {"qop": None, "nc": None, "cnonce": None, "algorithm": "MD5-sess"}, True),
+    ],
+)
+def test_unsupported(
+    offered: tuple[str, ...], changes: dict[str, str | None], allow_no_qop: bool
+) -> None:
+    auth = make_auth(algorithms=offered, allow_no_qop=allow_no_qop)
+    creds = _with(answer(auth, T0, algorithm=offered[0]), **changes)
+    result = auth.verify(creds, "REGISTER", ha1=good_ha1(offered[0]), now=T0 + 1)
+    assert result is AuthResult.UNSUPPORTED
+
+
+def test_no_qop_is_accepted_by_default_without_replay_protection() -> None:
+    auth = make_auth()
+    (sha, _) = auth.challenges(T0)
+    legacy = Challenge(realm=REALM, nonce=sha.nonce, algorithm="MD5")  # no qop offered
+    creds = authorization_for(
+        legacy, username="1001", password="secret", method="REGISTER", uri=URI, cnonce="x"
+    )
+    assert creds.qop is None and creds.nc is None and creds.cnonce is None
+    assert verify(auth, creds, T0 + 1) is AuthResult.OK
+    assert verify(auth, creds, T0 + 2) is AuthResult.OK  # documented: replayable
+    assert auth.tracked_nonce_count == 0
+    assert verify(auth, creds, T0 + 300) is AuthResult.STALE  # only the lifetime limits it
+
+
+def test_nonce_forged_with_another_secret_is_bad_nonce() -> None:
+    forger = DigestAuthenticator(REALM, b"another secret, 32 bytes long!!!", random_bytes=zeros)
+    creds = answer(forger, T0)
+    assert verify(make_auth(), creds, T0 + 1) is AuthResult.BAD_NONCE
+
+
+def test_nonce_from_another_realm_same_secret_is_bad_nonce() -> None:
+    other = DigestAuthenticator("other.example.org", SECRET, random_bytes=zeros)
+    (challenge, _) = other.challenges(T0)
+    mine = Challenge(realm=REALM, nonce=challenge.nonce, qop=("auth",), algorithm="SHA-256")
+    creds = authorization_for(
+        mine, username="1001", password="secret", method="REGISTER", uri=URI, cnonce="c"
+    )
+    assert verify(make_auth(), creds, T0 + 1) is AuthResult.BAD_NONCE
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda n: n[:-1] + ("A" if n[-1] != "A" else "B"),  # HMAC no longer matches
+        lambda n: n[:10] + ("B" if n[10] != "B" else "C") + n[11:],  # created time changed
+        lambda n: n.replace("-", "+").replace("_", "/") if ("-" in n or "_" in n) else n[:-1],
+        lambda n: n[:-2],
+        lambda n: n + "AAAA",
+        lambda n: "é" * len(n),
+        lambda n: "",
+    ],
+)
+def test_tampered_or_garbage_nonce_is_bad_nonce(mangle: Callable[[str], str]) -> None:
+    auth = make_auth()
+    creds = answer(auth, T0)
+    bad_nonce = mangle(creds.nonce)
+    assert bad_nonce != creds.nonce
+    challenge = Challenge(
+        realm=REALM, nonce=bad_nonce, algorithm="SHA-256", qop=("auth",), opaque=creds.opaque
+    )
+    forged = authorization_for(
+        challenge, username="1001", password="secret", method="REGISTER", uri=URI, cnonce="c"
+    )
+    assert verify(auth, forged, T0 + 1) is AuthResult.BAD_NONCE
+
+
+def test_opaque_mismatch_is_bad_nonce_and_absent_opaque_is_tolerated() -> None:
+    auth = make_auth()
+    creds = answer(auth, T0)
+    assert verify(auth, _with(creds, opaque="not-ours"), T0 + 1) is AuthResult.BAD_NONCE
+    assert verify(auth, _with(creds, opaque=None), T0 + 1) is AuthResult.OK
+
+
+def test_stale_at_exactly_the_lifetime() -> None:
+    auth = make_auth(nonce_lifetime_s=300.0)
+    (challenge, _) = auth.challenges(T0)
+    assert verify(auth, respond(challenge, nc=1), T0 + 299.999) is AuthResult.OK
+    assert verify(auth, respond(challenge, nc=2), T0 + 300.0) is AuthResult.STALE
+    (fresh, _) = auth.challenges(T0, stale=True)
+    assert fresh.stale
+    assert verify(auth, respond(fresh, nc=1), T0 + 300.0) is AuthResult.STALE
+
+
+def test_stale_is_only_said_to_a_right_digest() -> None:
+    auth = make_auth()
+    creds = answer(auth, T0, password="guess")
+    assert verify(auth, creds, T0 + 1000) is AuthResult.WRONG_PASSWORD
+
+
+def test_nonce_from_the_future_is_stale() -> None:
+    auth = make_auth()
+    assert verify(auth, answer(auth, T0), T0 - 1) is AuthResult.STALE
+
+
+def test_replay_is_detected() -> None:
+    auth = make_auth()
+    (challenge, _) = auth.challenges(T0)
+    first = respond(challenge, nc=1)
+    assert verify(auth, first, T0 + 1) is AuthResult.OK
+    assert verify(auth, first, T0 + 2) is AuthResult.REPLAY
+    assert verify(auth, respond(challenge, nc=3), T0 + 3) is AuthResult.OK
+    assert verify(auth, respond(challenge, nc=2), T0 + 4) is AuthResult.REPLAY
+    assert verify(auth, respond(challenge, nc=3), T0 + 5) is AuthResult.REPLAY
+    assert verify(auth, respond(challenge, nc=4), T0 + 6) is AuthResult.OK
+    assert auth.tracked_nonce_count == 1
+
+
+def test_failed_attempt_does_not_advance_the_count() -> None:
+    auth = make_auth()
+    (challenge, _) = auth.challenges(T0)
+    bogus = respond(challenge, nc=0xFFFFFFFF, password="guess")
+    assert verify(auth, bogus, T0 + 1) is AuthResult.WRONG_PASSWORD
+    assert verify(auth, respond(challenge, nc=1), T0 + 2) is AuthResult.OK
+
+
+def test_garbage_flood_costs_no_memory() -> None:
+    auth = make_auth(max_tracked_nonces=10)
+    for i in range(500):
+        verify(auth, answer(auth, T0 + i, password="guess"), T0 + i)
+    assert auth.tracked_nonce_count == 0
+
+
+def test_table_is_bounded_and_an_evicted_nonce_cannot_start_over() -> None:
+    auth = make_auth(max_tracked_nonces=3)
+    unused = answer(auth, T0)
+    first = answer(auth, T0 + 1)
+    for i in range(1, 11):
+        creds = first if i == 1 else answer(auth, T0 + i)
+        assert verify(auth, creds, T0 + i) is AuthResult.OK
+        assert auth.tracked_nonce_count == min(i, 3)
+    # Evicted: replaying nc=1 would pass if the table had simply forgotten it.
+    assert verify(auth, first, T0 + 20) is AuthResult.STALE
+    assert verify(auth, unused, T0 + 20) is AuthResult.STALE
+    assert verify(auth, answer(auth, T0 + 20), T0 + 20) is AuthResult.OK
+    assert auth.tracked_nonce_count == 3
+
+
+def test_sweep_forgets_expired_nonces() -> None:
+    auth = make_auth(nonce_lifetime_s=300.0)
+    for created in (T0, T0 + 10, T0 + 20):
+        assert verify(auth, answer(auth, created), created + 1) is AuthResult.OK
+    assert auth.sweep(T0 + 299) == 0
+    assert auth.sweep(T0 + 305) == 1
+    assert auth.tracked_nonce_count == 2
+    assert auth.sweep(T0 + 400) == 2
+    assert auth.tracked_nonce_count == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"algorithms": ("SHA-512-256",)},
+        {"algorithms": ()},
+        {"algorithms": ("MD5", "md5")},
+        {"nonce_lifetime_s": 0.0},
+        {"max_tracked_nonces": 0},
+    ],
+)
+def test_constructor_refuses_bad_settings(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        make_auth(**kwargs)
+    with pytest.raises(ValueError):
+        DigestAuthenticator(REALM, b"short")
+
+
+@given(
+    field=st.sampled_from(["username", "uri", "response", "cnonce", "opaque", "nonce"]),
+    text=st.text(),
+    nc=st.from_regex(r"[0-9a-fA-F]{8}", fullmatch=True),
+    algorithm=st.sampled_from(["MD5", "sha-256", "MD5-sess", "X"]),
+)
+def test_verify_answers_any_well_formed_credentials(
+    field: str, text: str, nc: str, algorithm: str
+) -> None:
+    """Whatever arrives parses or raises SipParseError; verify then always answers."""
+    auth = make_auth(algorithms=("SHA-256", "MD5", "MD5-sess"))
+    base = answer(auth, T0)
+    header = _with(base, algorithm=algorithm, nc=nc).to_header_value()
+    try:
+        creds = Credentials.parse(header.replace(f'{field}="', f'{field}="{text}', 1))
+    except SipParseError:
+        return
+    assert isinstance(verify_any(auth, creds), AuthResult)
+
+
+def verify_any(auth: DigestAuthenticator, creds: Credentials) -> AuthResult:
+    return auth.verify(creds, "REGISTER", ha1=good_ha1(), now=T0 + 1)
+
+
+def test_undecodable_bytes_hash_as_sent() -> None:
+    """The message layer keeps undecodable bytes as surrogateescape; so do we."""
+    raw_uri = b"sip:\xe9t\xe9@pbx.example.org"  # Latin-1, not UTF-8
+    uri = raw_uri.decode("utf-8", "surrogateescape")
+    ha1 = good_ha1("MD5")
+    ha2 = hashlib.md5(b"REGISTER:" + raw_uri).hexdigest()
+    expected = hashlib.md5(f"{ha1}:n:{ha2}".encode()).hexdigest()
+    assert compute_response(ha1=ha1, nonce="n", method="REGISTER", uri=uri) == expected
+    header = f'Digest username="1001", realm="r", nonce="n", uri="{uri}", response="{expected}"'
+    assert Credentials.parse(header).uri == uri
+
+
+# --------------------------------------------------------------------------
+# Client side
+# --------------------------------------------------------------------------
+
+
+def test_client_answers_the_rfc7616_challenge() -> None:
+    challenge = Challenge.parse(
+        f'Digest realm="{RFC7616_REALM}", qop="auth, auth-int", algorithm=SHA-256, '
+        f'nonce="{RFC7616_NONCE}", opaque="{RFC7616_OPAQUE}"'
+    )
+    creds = authorization_for(
+        challenge,
+        username="Mufasa",
+        password="Circle of Life",
+        method="GET",
+        uri="/dir/index.html",
+        cnonce=RFC7616_CNONCE,
+    )
+    assert creds == Credentials.parse(RFC7616_AUTHORIZATION)
+
+
+@pytest.mark.parametrize(
+    "challenge",
+    [
+        Challenge(realm="r", nonce="n", qop=("auth-int",)),
+        Challenge(realm="r", nonce="n", algorithm="SHA-512-256", qop=("auth",)),
+        Challenge(realm="r", nonce="n", algorithm="MD5-sess"),
+    ],
+)
+def test_client_refuses_what_it_cannot_answer(challenge: Challenge) -> None:
+    with pytest.raises(UnsupportedDigestError):
+        authorization_for(
+            challenge, username="u", password="p", method="INVITE", uri="sip:x", cnonce="c"
+        )
+    assert select_challenge([challenge]) is None
+
+
+def test_select_challenge_takes_the_topmost_usable() -> None:
+    unusable = Challenge(realm="r", nonce="n", algorithm="SHA-512-256", qop=("auth",))
+    sha = Challenge(realm="r", nonce="n", algorithm="SHA-256", qop=("auth",))
+    md5 = Challenge(realm="r", nonce="n", algorithm="MD5", qop=("auth",))
+    assert select_challenge([unusable, sha, md5]) is sha
+    assert select_challenge([]) is None
+
+
+def test_sip_core_stays_sans_io() -> None:
+    code = "import sys, pbx.sip.digest; assert 'twisted.internet.reactor' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
