@@ -1,0 +1,947 @@
+"""The PBX configuration: one TOML file read into frozen dataclasses.
+
+Theory of operation
+-------------------
+`load_config` reads the file with `tomllib` and hands the resulting dict to
+`parse_config`, which walks every section once. Each value is checked where it
+is read; a bad value is recorded as a `ConfigProblem` (file, dotted key, what
+was expected, what was found) and the walk goes on with the default in its
+place, so one run reports every problem at once [buildbot ConfigErrors, with
+no global]. Keys nobody asked for are reported as unknown, with a "did you
+mean" from `difflib`: a typo must stop start-up rather than silently leave a
+default in force. Checks that tie two keys together (t1 < t2, min <= default
+<= max, both TLS files or neither, distinct ports) run only when both keys
+read cleanly, so one mistake is not reported twice. Only when the problem list
+is empty are the dataclasses returned; otherwise `ConfigError` carries them
+all.
+
+Nothing here binds a socket or writes a file. Paths are resolved against the
+directory of the config file (not the working directory, which twistd may
+change) and only the files the PBX must read at start-up (TLS certificate and
+key, dialplan module) are checked for existence. Secrets (passwords, HA1
+hashes, voicemail PINs) are never echoed in error messages nor shown in
+reprs, since both end up in logs.
+
+On SIGHUP the service calls `load_config` again; if it raises, the old config
+stays in force and the error is logged. `diff_users` tells it which users to
+add, update and remove.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal, overload
+
+__all__ = [
+    "MAX_EXTENSION_CHARS",
+    "SIP_TRANSPORTS",
+    "AdminSection",
+    "Config",
+    "ConfigError",
+    "ConfigProblem",
+    "DialplanSection",
+    "DigestAlgorithm",
+    "Listen",
+    "LogFormat",
+    "PbxSection",
+    "RegistrarSection",
+    "SecuritySection",
+    "SipSection",
+    "UserConfig",
+    "UsersDiff",
+    "diff_users",
+    "load_config",
+    "parse_config",
+]
+
+LogFormat = Literal["text", "json"]
+DigestAlgorithm = Literal["MD5", "SHA-256"]
+
+# Limits of our own choosing, to keep values sane and messages short.
+MAX_EXTENSION_CHARS = 64  # longer user parts are a mistake, not a phone number
+_MAX_SHOWN_CHARS = 60  # a value quoted in an error message is cut here
+
+# SIP names of the listeners, in the order they are reported and started.
+SIP_TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
+
+# RFC 3261 §25.1: user = 1*( unreserved / escaped / user-unreserved ), minus
+# the escapes and the user-unreserved punctuation (&=+$,;?/) that would need
+# quoting in a URI: unreserved = alphanum / "-" / "_" / "." / "!" / "~" /
+# "*" / "'" / "(" / ")". Digits-only extensions are a subset.
+_EXTENSION_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()]+")
+# RFC 1123 §2.1 host name: labels of letters, digits and inner hyphens.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_DIGITS_RE = re.compile(r"[0-9]+")
+_MD5_HEX_RE = re.compile(r"[0-9a-fA-F]{32}")
+_SHA256_HEX_RE = re.compile(r"[0-9a-fA-F]{64}")
+# TOML bare keys (TOML 1.0 §Keys); anything else is quoted in a dotted key.
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_LISTEN_EXAMPLE = 'expected "address:port" such as "0.0.0.0:5060" or "[::1]:5060"'
+
+
+# --------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigProblem:
+    """One thing wrong with a config file: where, and what was expected."""
+
+    file: str
+    key: str  # dotted, e.g. "users.1001.password"; "" for the file as a whole
+    message: str
+
+    def __str__(self) -> str:
+        if self.key:
+            return f"{self.file}: {self.key}: {self.message}"
+        return f"{self.file}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The config cannot be used; `problems` lists every reason at once.
+
+    ``str(error)`` is one line per problem, each starting with the file path,
+    ready to log or print for the administrator.
+    """
+
+    def __init__(self, problems: Iterable[ConfigProblem]) -> None:
+        self.problems = tuple(problems)
+        if not self.problems:
+            raise ValueError("a ConfigError needs at least one problem")
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+    def __str__(self) -> str:
+        return "\n".join(str(p) for p in self.problems)
+
+
+# --------------------------------------------------------------------------
+# The configuration
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Listen:
+    """An address and port to listen on; port 0 asks for an ephemeral one.
+
+    ``host`` is bare (no brackets around IPv6), as Twisted's ``interface``
+    argument wants it; ``str()`` gives the "address:port" form back.
+    """
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str) -> Listen:
+        """Parse "address:port" ("[v6]:port" for IPv6); ValueError says why not."""
+
+        def bad(reason: str) -> ValueError:
+            return ValueError(f"{_LISTEN_EXAMPLE}, got {_quote(text)} ({reason})")
+
+        if text.startswith("["):
+            close = text.find("]")
+            if close < 0:
+                raise bad('"]" is missing')
+            host, rest = text[1:close], text[close + 1 :]
+            if not rest.startswith(":"):
+                raise bad('expected ":port" after "]"')
+            port_text = rest[1:]
+            if not _is_ipv6(host):
+                raise bad(f"{_quote(host)} is not an IPv6 address")
+        else:
+            if ":" not in text:
+                if _DIGITS_RE.fullmatch(text):
+                    raise bad(f'the address is missing; for all interfaces write "0.0.0.0:{text}"')
+                raise bad("the port is missing")
+            host, _, port_text = text.rpartition(":")
+            if ":" in host:
+                raise bad("an IPv6 address goes in brackets")
+            if not host:
+                raise bad('the address is missing; for all interfaces write "0.0.0.0"')
+            if not _is_host(host):
+                raise bad(f"{_quote(host)} is not an IP address or host name")
+        if not port_text:
+            raise bad("the port is missing")
+        if not _DIGITS_RE.fullmatch(port_text):
+            raise bad("the port must be a number")
+        port = int(port_text)
+        if port > 65535:
+            raise bad("the port must be 0-65535")
+        return cls(host=host, port=port)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PbxSection:
+    """[pbx]: where the PBX keeps its files and how it logs."""
+
+    data_dir: Path  # absolute: SQLite database, voicemail, prompts, generated TLS
+    debug: bool = False  # log whole SIP messages (under pbx.sip.wire)
+    log_format: LogFormat = "text"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SipSection:
+    """[sip]: the domain served, the listeners and the RFC 3261 timers."""
+
+    domain: str  # also the digest realm
+    udp: Listen | None = None
+    tcp: Listen | None = None
+    tls: Listen | None = None
+    ws: Listen | None = None
+    wss: Listen | None = None
+    # Both or neither. Neither, with tls or wss set: the service makes a
+    # self-signed certificate in data_dir on first start.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    public_address: str | None = None  # host for Via/Contact; None: derive from the listener
+    user_agent: str = "pbx/0.1"
+    t1_ms: int = 500  # RFC 3261 §17.1.1.1: RTT estimate
+    t2_ms: int = 4000  # RFC 3261 §17.1.2.2: cap on non-INVITE retransmit interval
+    t4_ms: int = 5000  # RFC 3261 §17.1.2.2: how long a message lingers in the network
+    max_transactions: int = 100_000  # bound on the transaction table
+
+    @property
+    def listeners(self) -> Mapping[str, Listen]:
+        """The transports that are enabled ("udp", "tcp", ...) and their address."""
+        found = {name: getattr(self, name) for name in SIP_TRANSPORTS}
+        return MappingProxyType({k: v for k, v in found.items() if v is not None})
+
+    @property
+    def needs_tls(self) -> bool:
+        """Whether a certificate is needed (given, or to be generated)."""
+        return self.tls is not None or self.wss is not None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistrarSection:
+    """[registrar]: binding lifetimes (RFC 3261 §10.3) and limits."""
+
+    min_expires_s: int = 60  # shorter requests get 423 Interval Too Brief
+    max_expires_s: int = 3600  # longer requests are cut down to this
+    default_expires_s: int = 3600  # when the REGISTER asks for none
+    max_contacts_per_user: int = 10
+    nonce_lifetime_s: int = 300
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecuritySection:
+    """[security]: answers to password guessing."""
+
+    max_auth_failures: int = 10  # failures within the window before a cooldown
+    failure_window_s: int = 60
+    cooldown_s: int = 300  # how long a source is refused after too many failures
+    slowdown_after: int = 3  # failures after which answers are delayed
+    slowdown_s: float = 1.0  # the delay; 0 turns slowing down off
+    log_file: Path | None = None  # one line per security event, for fail2ban
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminSection:
+    """[admin]: status pages, REST API and metrics over HTTP."""
+
+    http: Listen | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DialplanSection:
+    """[dialplan]: the Python file that routes calls."""
+
+    module: Path | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserConfig:
+    """[users.<extension>]: one phone user.
+
+    Credentials are either a ``password`` or stored hashes (``ha1`` for MD5,
+    ``ha1_sha256`` for SHA-256, RFC 7616 §3.4.2), never both. A stored hash
+    is only valid for the realm it was computed with, which is sip.domain.
+    Secrets stay out of the repr so a logged config leaks nothing.
+    """
+
+    extension: str
+    name: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ha1: str | None = field(default=None, repr=False)  # 32 lowercase hex digits
+    ha1_sha256: str | None = field(default=None, repr=False)  # 64 lowercase hex digits
+    voicemail_pin: str | None = field(default=None, repr=False)  # digits
+    enabled: bool = True
+
+    def ha1_for(self, realm: str, algorithm: DigestAlgorithm) -> str | None:
+        """H(extension:realm:password) for `algorithm`, or None if unknown.
+
+        With a password the hash is computed for any realm; otherwise the
+        stored hash for that algorithm is returned (it was made for
+        sip.domain), or None when only the other algorithm's hash is stored,
+        so the registrar offers only what it can verify. The ``-sess``
+        variants use the same HA1. ``enabled`` is the caller's to check.
+        """
+        if algorithm == "MD5":
+            stored, hasher = self.ha1, hashlib.md5
+        elif algorithm == "SHA-256":
+            stored, hasher = self.ha1_sha256, hashlib.sha256
+        else:
+            raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+        if self.password is not None:
+            text = f"{self.extension}:{realm}:{self.password}"
+            return hasher(text.encode("utf-8")).hexdigest()
+        return stored
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """A whole, checked configuration; ``users`` is keyed by extension, in file order."""
+
+    path: Path
+    pbx: PbxSection
+    sip: SipSection
+    registrar: RegistrarSection
+    security: SecuritySection
+    admin: AdminSection
+    dialplan: DialplanSection
+    users: Mapping[str, UserConfig]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsersDiff:
+    """What a reload changes among the users, as extensions."""
+
+    added: tuple[str, ...]
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.changed or self.removed)
+
+
+def diff_users(old: Config, new: Config) -> UsersDiff:
+    """Compare the users of two configs, for the SIGHUP reload.
+
+    A user counts as changed when any of its settings differ, or when the
+    domain did: the realm is part of every digest credential, so all
+    surviving users' credentials change with it. Extensions come in file
+    order (removed ones in the old file's order).
+    """
+    realm_changed = old.sip.domain != new.sip.domain
+    return UsersDiff(
+        added=tuple(ext for ext in new.users if ext not in old.users),
+        changed=tuple(
+            ext
+            for ext, user in new.users.items()
+            if ext in old.users and (realm_changed or old.users[ext] != user)
+        ),
+        removed=tuple(ext for ext in old.users if ext not in new.users),
+    )
+
+
+# --------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and check a TOML config file; raise ConfigError listing every problem."""
+    path = Path(path).resolve()
+    file = str(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        reason = e.strerror or str(e)
+        message = f"cannot read: {reason}"
+        raise ConfigError([ConfigProblem(file=file, key="", message=message)]) from None
+    except UnicodeDecodeError as e:
+        message = f"not UTF-8 text: byte {e.start} cannot be decoded"
+        raise ConfigError([ConfigProblem(file=file, key="", message=message)]) from None
+    except tomllib.TOMLDecodeError as e:
+        message = f"invalid TOML: {e}"
+        raise ConfigError([ConfigProblem(file=file, key="", message=message)]) from None
+    return parse_config(data, file)
+
+
+def parse_config(
+    data: Mapping[str, object], source: str, *, base_dir: Path | None = None
+) -> Config:
+    """Check an already-decoded config; `source` names the file in messages.
+
+    Relative paths are resolved against `base_dir`, by default the directory
+    of `source`.
+    """
+    path = Path(source).resolve()
+    problems = _Problems(source)
+    root = _Table(problems, (), data, base_dir or path.parent)
+    pbx = _read_pbx(root.table("pbx"))
+    sip = _read_sip(root.table("sip"))
+    registrar = _read_registrar(root.table("registrar"))
+    security = _read_security(root.table("security"))
+    admin = _read_admin(root.table("admin"))
+    dialplan = _read_dialplan(root.table("dialplan"))
+    users = _read_users(root.table("users", example="[users.1001]"))
+    root.finish()
+    _check_ports(problems, sip, admin)
+    if problems.items:
+        raise ConfigError(problems.items)
+    return Config(
+        path=path,
+        pbx=pbx,
+        sip=sip,
+        registrar=registrar,
+        security=security,
+        admin=admin,
+        dialplan=dialplan,
+        users=MappingProxyType(users),
+    )
+
+
+def _read_pbx(t: _Table) -> PbxSection:
+    data_dir = t.path("data_dir", default="var")
+    debug = t.boolean("debug", False)
+    log_format: LogFormat = "text"
+    if t.choice("log_format", "text", ("text", "json")) == "json":
+        log_format = "json"
+    t.finish()
+    return PbxSection(data_dir=data_dir or Path(), debug=debug, log_format=log_format)
+
+
+_SIP = SipSection(domain="")
+
+
+def _read_sip(t: _Table) -> SipSection:
+    domain = t.host("domain", required='the SIP domain this PBX serves, such as "pbx.example.org"')
+    found = {name: t.listen(name) for name in SIP_TRANSPORTS}
+    if not any(found.values()) and t.ok(*SIP_TRANSPORTS):
+        t.error_here("expected at least one listener: " + ", ".join(SIP_TRANSPORTS))
+    tls_cert = t.path("tls_cert", must_exist=True)
+    tls_key = t.path("tls_key", must_exist=True)
+    for given, missing in (("tls_cert", "tls_key"), ("tls_key", "tls_cert")):
+        if t.has(given) and not t.has(missing):
+            t.error(
+                missing,
+                f"expected together with sip.{given}: give both, or neither to have"
+                " a self-signed certificate made in pbx.data_dir",
+            )
+    public_address = t.host("public_address")
+    user_agent = t.string("user_agent", _SIP.user_agent)
+    t1_ms = t.integer("t1_ms", _SIP.t1_ms, minimum=1)
+    t2_ms = t.integer("t2_ms", _SIP.t2_ms, minimum=1)
+    t4_ms = t.integer("t4_ms", _SIP.t4_ms, minimum=1)
+    if t.ok("t1_ms", "t2_ms") and t2_ms <= t1_ms:
+        t.error("t2_ms", f"expected more than sip.t1_ms ({t1_ms}), got {t2_ms}")
+    max_transactions = t.integer("max_transactions", _SIP.max_transactions, minimum=1)
+    t.finish()
+    return SipSection(
+        domain=domain or "",
+        **found,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        public_address=public_address,
+        user_agent=user_agent,
+        t1_ms=t1_ms,
+        t2_ms=t2_ms,
+        t4_ms=t4_ms,
+        max_transactions=max_transactions,
+    )
+
+
+_REGISTRAR = RegistrarSection()
+
+
+def _read_registrar(t: _Table) -> RegistrarSection:
+    d = _REGISTRAR
+    min_s = t.integer("min_expires_s", d.min_expires_s, minimum=1)
+    max_s = t.integer("max_expires_s", d.max_expires_s, minimum=1)
+    default_s = t.integer("default_expires_s", d.default_expires_s, minimum=1)
+    if t.ok("min_expires_s", "max_expires_s") and min_s > max_s:
+        t.error("min_expires_s", f"expected at most registrar.max_expires_s ({max_s}), got {min_s}")
+    elif t.ok("min_expires_s", "max_expires_s", "default_expires_s") and not (
+        min_s <= default_s <= max_s
+    ):
+        t.error(
+            "default_expires_s",
+            f"expected between registrar.min_expires_s ({min_s})"
+            f" and registrar.max_expires_s ({max_s}), got {default_s}",
+        )
+    section = RegistrarSection(
+        min_expires_s=min_s,
+        max_expires_s=max_s,
+        default_expires_s=default_s,
+        max_contacts_per_user=t.integer(
+            "max_contacts_per_user", d.max_contacts_per_user, minimum=1
+        ),
+        nonce_lifetime_s=t.integer("nonce_lifetime_s", d.nonce_lifetime_s, minimum=1),
+    )
+    t.finish()
+    return section
+
+
+_SECURITY = SecuritySection()
+
+
+def _read_security(t: _Table) -> SecuritySection:
+    d = _SECURITY
+    section = SecuritySection(
+        max_auth_failures=t.integer("max_auth_failures", d.max_auth_failures, minimum=1),
+        failure_window_s=t.integer("failure_window_s", d.failure_window_s, minimum=1),
+        cooldown_s=t.integer("cooldown_s", d.cooldown_s, minimum=1),
+        slowdown_after=t.integer("slowdown_after", d.slowdown_after, minimum=1),
+        slowdown_s=t.number("slowdown_s", d.slowdown_s, minimum=0.0),
+        log_file=t.path("log_file"),
+    )
+    t.finish()
+    return section
+
+
+def _read_admin(t: _Table) -> AdminSection:
+    section = AdminSection(http=t.listen("http"))
+    t.finish()
+    return section
+
+
+def _read_dialplan(t: _Table) -> DialplanSection:
+    section = DialplanSection(module=t.path("module", must_exist=True, suffix=".py"))
+    t.finish()
+    return section
+
+
+def _read_users(t: _Table) -> dict[str, UserConfig]:
+    users: dict[str, UserConfig] = {}
+    for ext, value in t.take_all():
+        key = (*t.key, ext)
+        if len(ext) > MAX_EXTENSION_CHARS or not _EXTENSION_RE.fullmatch(ext):
+            t.problems.add(
+                key,
+                "expected an extension: digits, or a SIP user name of letters, digits"
+                f" and -_.!~*'() (at most {MAX_EXTENSION_CHARS}), got {_quote(ext)}",
+            )
+        if not isinstance(value, Mapping):
+            t.problems.add(key, f"expected a table such as [users.1001], got {_kind(value)}")
+            continue
+        users[ext] = _read_user(_Table(t.problems, key, value, t.base_dir), ext)
+    return users
+
+
+def _read_user(t: _Table, ext: str) -> UserConfig:
+    name = t.string("name", None)
+    password = t.string("password", None, secret=True)
+    ha1 = t.hex_digest("ha1", _MD5_HEX_RE, "32", f'MD5 of "{ext}:<domain>:<password>"')
+    ha1_sha256 = t.hex_digest(
+        "ha1_sha256", _SHA256_HEX_RE, "64", f'SHA-256 of "{ext}:<domain>:<password>"'
+    )
+    if t.has("password") and (t.has("ha1") or t.has("ha1_sha256")):
+        t.error_here("expected either password or ha1/ha1_sha256, not both")
+    elif not (t.has("password") or t.has("ha1") or t.has("ha1_sha256")):
+        t.error_here("expected credentials: password, or ha1 and/or ha1_sha256")
+    pin = t.pin("voicemail_pin")
+    enabled = t.boolean("enabled", True)
+    t.finish()
+    return UserConfig(
+        extension=ext,
+        name=name,
+        password=password,
+        ha1=ha1,
+        ha1_sha256=ha1_sha256,
+        voicemail_pin=pin,
+        enabled=enabled,
+    )
+
+
+def _check_ports(problems: _Problems, sip: SipSection, admin: AdminSection) -> None:
+    """Two TCP listeners on one port would fail at bind time; say so now."""
+    stream = {"sip.tcp": sip.tcp, "sip.tls": sip.tls, "sip.ws": sip.ws, "sip.wss": sip.wss}
+    stream["admin.http"] = admin.http
+    taken: list[tuple[str, Listen]] = []
+    for key, listen in stream.items():
+        if listen is None or listen.port == 0:
+            continue
+        for other_key, other in taken:
+            if other.port == listen.port and _overlap(other.host, listen.host):
+                problems.add(
+                    tuple(key.split(".")),
+                    f"port {listen.port} is already used by {other_key} ({_quote(str(other))});"
+                    " TCP, TLS, WebSocket and admin listeners need distinct ports",
+                )
+                break
+        taken.append((key, listen))
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether binding both hosts to one port would collide.
+
+    "::" is taken as dual-stack (Linux's default, which Twisted keeps), so
+    it collides with everything; "0.0.0.0" with anything but IPv6 literals.
+    A host name may resolve to anything, so it collides with a wildcard.
+    """
+    if a == b:
+        return True
+    ip_a, ip_b = _ip(a), _ip(b)
+    return any(
+        wild is not None
+        and wild.is_unspecified
+        and (wild.version == 6 or other is None or other.version == 4)
+        for wild, other in ((ip_a, ip_b), (ip_b, ip_a))
+    )
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------
+# Reading values
+# --------------------------------------------------------------------------
+
+
+_Key = tuple[str, ...]
+
+
+class _Missing:
+    """Marks a key absent from the file, apart from a value that was bad (None)."""
+
+
+_MISSING = _Missing()
+
+_SECTIONS = ("pbx", "sip", "registrar", "security", "admin", "dialplan", "users")
+
+# Words people reach for that are spelled otherwise here.
+_ALIASES = {
+    "realm": "domain",
+    "secret": "password",
+    "pin": "voicemail_pin",
+    "display_name": "name",
+    "expires": "default_expires_s",
+}
+
+
+class _Problems:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.items: list[ConfigProblem] = []
+
+    def add(self, key: _Key, message: str) -> None:
+        self.items.append(ConfigProblem(file=self.file, key=_dotted(key), message=message))
+
+
+class _Table:
+    """One TOML table being read: each getter checks one key, `finish` flags the rest.
+
+    A getter that finds a bad value records the problem, remembers the key
+    as bad (see `ok`) and returns the default so reading can go on.
+    """
+
+    def __init__(
+        self, problems: _Problems, key: _Key, data: Mapping[str, object], base_dir: Path
+    ) -> None:
+        self.problems = problems
+        self.key = key
+        self.base_dir = base_dir
+        self._data = data
+        self._known: list[str] = []
+        self._bad: set[str] = set()
+
+    # -- bookkeeping
+
+    def _get(self, name: str) -> object:
+        self._known.append(name)
+        return self._data.get(name, _MISSING)
+
+    def has(self, name: str) -> bool:
+        return name in self._data
+
+    def ok(self, *names: str) -> bool:
+        """Whether none of these keys had a problem."""
+        return not self._bad.intersection(names)
+
+    def error(self, name: str, message: str) -> None:
+        self._bad.add(name)
+        self.problems.add((*self.key, name), message)
+
+    def error_here(self, message: str) -> None:
+        self.problems.add(self.key, message)
+
+    def _wrong_type(self, name: str, expected: str, value: object, *, secret: bool = False) -> None:
+        got = _kind(value) if secret else _describe(value)
+        self.error(name, f"expected {expected}, got {got}")
+
+    def finish(self) -> None:
+        """Report every key no getter asked for; a typo must not pass silently."""
+        for name in self._data:
+            if name in self._known:
+                continue
+            what = "section" if not self.key else "key"
+            hint = _ALIASES.get(name)
+            if hint not in self._known:
+                close = difflib.get_close_matches(name, self._known, n=1, cutoff=0.6)
+                hint = close[0] if close else None
+            message = f"unknown {what}"
+            if self.key and name in _SECTIONS:
+                # TOML puts every key after a [header] into that table.
+                message += f"; [{name}] is a section: move it above [{self.key[0]}] or give it"
+                message += f" its own [{name}] header"
+            elif hint is not None:
+                message += f"; did you mean {_quote(hint)}?"
+            elif self._known:
+                message += "; expected one of " + ", ".join(self._known)
+            self.problems.add((*self.key, name), message)
+
+    def take_all(self) -> Iterator[tuple[str, object]]:
+        """Every key of a table whose keys are data (the users)."""
+        for name, value in self._data.items():
+            self._known.append(name)
+            yield name, value
+
+    # -- values
+
+    def table(self, name: str, *, example: str | None = None) -> _Table:
+        value = self._get(name)
+        if isinstance(value, _Missing):
+            value = {}
+        elif not isinstance(value, Mapping):
+            self._wrong_type(name, f"a table {example or f'[{name}]'}", value)
+            value = {}
+        return _Table(self.problems, (*self.key, name), value, self.base_dir)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self._get(name)
+        if isinstance(value, _Missing):
+            return default
+        if not isinstance(value, bool):
+            self._wrong_type(name, "true or false", value)
+            return default
+        return value
+
+    def integer(self, name: str, default: int, *, minimum: int) -> int:
+        value = self._get(name)
+        if isinstance(value, _Missing):
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            self._wrong_type(name, f"an integer of at least {minimum}", value)
+            return default
+        if value < minimum:
+            self.error(name, f"expected an integer of at least {minimum}, got {value}")
+            return default
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float) -> float:
+        value = self._get(name)
+        if isinstance(value, _Missing):
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self._wrong_type(name, f"a number of at least {minimum:g}", value)
+            return default
+        if not (minimum <= value < float("inf")):  # also rejects nan
+            self.error(name, f"expected a number of at least {minimum:g}, got {value}")
+            return default
+        return float(value)
+
+    @overload
+    def string(self, name: str, default: str, *, secret: bool = False) -> str: ...
+    @overload
+    def string(self, name: str, default: None, *, secret: bool = False) -> str | None: ...
+    def string(self, name: str, default: str | None, *, secret: bool = False) -> str | None:
+        value = self._string(name, secret=secret)
+        if value is None or isinstance(value, _Missing):
+            return default
+        return value
+
+    def _string(self, name: str, *, secret: bool = False) -> str | _Missing | None:
+        """A non-empty string on one line, None if bad, _MISSING if absent."""
+        value = self._get(name)
+        if isinstance(value, _Missing):
+            return value
+        if not isinstance(value, str):
+            self._wrong_type(name, "a string", value, secret=secret)
+            return None
+        if not value:
+            self.error(name, 'expected a non-empty string, got ""')
+            return None
+        if _CONTROL_RE.search(value):
+            self.error(name, "expected a single line without control characters")
+            return None
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self._get(name)
+        if isinstance(value, _Missing):
+            return default
+        if value not in choices:
+            expected = "one of " + ", ".join(_quote(c) for c in choices)
+            self.error(name, f"expected {expected}, got {_describe(value)}")
+            return default
+        assert isinstance(value, str)
+        return value
+
+    def host(self, name: str, *, required: str | None = None) -> str | None:
+        """A host name or IP address (IPv6 with or without brackets), stored bare."""
+        value = self._string(name)
+        if isinstance(value, _Missing):
+            if required is not None:
+                self.error(name, f"required: {required}")
+            return None
+        if value is None:
+            return None
+        bare = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+        if not (_is_host(bare) or _is_ipv6(bare)):
+            self.error(name, f"expected a host name or IP address, got {_quote(value)}")
+            return None
+        return bare
+
+    def listen(self, name: str) -> Listen | None:
+        value = self._get(name)
+        if isinstance(value, _Missing):
+            return None
+        if not isinstance(value, str):
+            hint = ""
+            if isinstance(value, int) and not isinstance(value, bool):
+                hint = f'; for all interfaces write "0.0.0.0:{value}"'
+            self.error(name, f"{_LISTEN_EXAMPLE}, got {_describe(value)}{hint}")
+            return None
+        try:
+            return Listen.parse(value)
+        except ValueError as e:
+            self.error(name, str(e))
+            return None
+
+    def path(
+        self,
+        name: str,
+        default: str | None = None,
+        *,
+        must_exist: bool = False,
+        suffix: str | None = None,
+    ) -> Path | None:
+        """A path, resolved against the config file's directory."""
+        value = self._string(name)
+        if isinstance(value, _Missing):
+            value = default
+        if value is None:
+            return None
+        if value.startswith("~"):
+            self.error(
+                name,
+                f'expected an absolute path or one relative to the config file ("~" is not'
+                f" expanded), got {_quote(value)}",
+            )
+            return None
+        resolved = (self.base_dir / value).resolve()
+        if suffix is not None and resolved.suffix != suffix:
+            self.error(name, f"expected a {suffix} file, got {_quote(value)}")
+        elif must_exist:
+            if not resolved.exists():
+                self.error(name, f"file not found: {resolved}")
+            elif not resolved.is_file():
+                self.error(name, f"not a file: {resolved}")
+            elif not os.access(resolved, os.R_OK):
+                self.error(name, f"file not readable: {resolved}")
+        return resolved
+
+    def hex_digest(self, name: str, pattern: re.Pattern[str], digits: str, what: str) -> str | None:
+        value = self._string(name, secret=True)
+        if value is None or isinstance(value, _Missing):
+            return None
+        if not pattern.fullmatch(value):
+            got = f"{len(value)} characters"
+            if len(value) == int(digits):
+                got += ", not all hex digits"
+            self.error(name, f"expected {digits} hex digits (the {what}), got {got}")
+            return None
+        return value.lower()
+
+    def pin(self, name: str) -> str | None:
+        """Digits, written as a string or as a TOML integer.
+
+        An integer loses nothing: TOML forbids leading zeros in integers, so
+        a PIN starting with 0 has to be written as a string anyway.
+        """
+        value = self._get(name)
+        if isinstance(value, _Missing):
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return str(value)
+        if isinstance(value, str) and _DIGITS_RE.fullmatch(value):
+            return value
+        got = "a string with other characters" if isinstance(value, str) else _kind(value)
+        self.error(name, f'expected digits such as "1234", got {got}')
+        return None
+
+
+# --------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_host(text: str) -> bool:
+    """An IPv4 address or an RFC 1123 host name (IPv6 is checked apart)."""
+    if len(text) > 253:
+        return False
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        # A name whose last label is numeric would be a mistyped IPv4 address.
+        return bool(_HOSTNAME_RE.fullmatch(text)) and not text.rsplit(".", 1)[-1].isdigit()
+    return True
+
+
+def _dotted(key: _Key) -> str:
+    return ".".join(k if _BARE_KEY_RE.fullmatch(k) else json.dumps(k) for k in key)
+
+
+def _quote(text: str) -> str:
+    if len(text) > _MAX_SHOWN_CHARS:
+        text = text[: _MAX_SHOWN_CHARS - 3] + "..."
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _kind(value: object) -> str:
+    """The TOML type of a value, with its article."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "a table"
+    return "a date or time"
+
+
+def _describe(value: object) -> str:
+    """The value as the administrator wrote it, and its type."""
+    if isinstance(value, str):
+        return f"{_quote(value)} (a string)"
+    if isinstance(value, bool):
+        return f"{'true' if value else 'false'} (a boolean)"
+    if isinstance(value, int | float):
+        return f"{value!r} ({_kind(value)})"
+    return _kind(value)

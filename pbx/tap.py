@@ -1,0 +1,45 @@
+"""``twistd pbx`` options and service construction [twisted.names ``tap.py``].
+
+``makeService`` reads and checks the whole config before anything starts;
+a config with mistakes stops twistd with every mistake listed, each naming
+the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from pbx.config import ConfigError, load_config
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run the PBX: SIP over UDP, TCP, TLS and WebSocket, a registrar for the "
+        "users in the config, calls routed by the dialplan. `kill -HUP` re-reads "
+        "the config. Ordinary twistd options (--logfile, --pidfile, -n) apply."
+    )
+    optParameters = [
+        ["config", "c", "etc/pbx.toml", "The TOML configuration file."],
+    ]
+    optFlags = [
+        ["debug", "d", "Log every SIP message in full (overrides pbx.debug)."],
+        ["check", None, "Check the config, print the result and exit."],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self["loaded_config"] = load_config(self["config"])
+        except ConfigError as error:
+            raise usage.UsageError(str(error)) from None
+        if self["check"]:
+            print(f"{self['config']}: OK")  # noqa: T201 - answering a command-line question
+            raise SystemExit(0)
+
+
+def makeService(options: Options) -> IService:
+    from pbx.service import PbxService
+
+    return PbxService(options["loaded_config"], config_path=options["config"],
+                      force_debug=bool(options["debug"]))

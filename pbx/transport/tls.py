@@ -1,0 +1,62 @@
+"""TLS contexts: the server certificate, and a self-signed one when none is configured.
+
+A laptop install should come up with TLS and WSS listening, so when the
+config names no certificate a self-signed one is made in the data directory
+on first start (and reused after), and the log says so: phones must then be
+told to accept it. Outbound TLS verifies the peer's name with
+service-identity through `optionsForClientTLS`.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+
+
+def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path, bool]:
+    """(cert, key, created): paths of a self-signed pair in `directory`, made if missing."""
+    cert_path = directory / "tls" / "pbx-selfsigned.crt"
+    key_path = directory / "tls" / "pbx-selfsigned.key"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path, False
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName(hostname), x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path, True
+
+
+def server_context(cert_path: Path, key_path: Path) -> ssl.CertificateOptions:
+    """Server options from PEM files (a chain in the cert file is sent along)."""
+    pem = cert_path.read_bytes() + b"\n" + key_path.read_bytes()
+    options: ssl.CertificateOptions = ssl.PrivateCertificate.loadPEM(pem).options()
+    return options
+
+
+def client_context(hostname: str) -> IOpenSSLClientConnectionCreator:
+    """Outbound TLS that checks the peer's certificate names `hostname`."""
+    return ssl.optionsForClientTLS(hostname)
