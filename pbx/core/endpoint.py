@@ -1,0 +1,331 @@
+"""The SIP endpoint: the one object behind every listener [twisted.names].
+
+Theory of operation
+-------------------
+Transports hand each message to `receive_data`. It is parsed; a message
+that fails is answered statelessly with the status its `SipParseError`
+carries, or dropped when no answer can be routed. A request gets RFC 3581
+``received``/``rport`` on its top Via and goes into the `TransactionLayer`;
+a response goes there too. Then the endpoint *pumps*: it drains the layer's
+events (a new request is handled here: REGISTER to the registrar, OPTIONS
+answered, everything else through the §8.2 checks), writes what the layer
+wants sent through `Connections`, and re-arms its single timer to the
+layer's next deadline [aioquic ``asyncio/protocol.py``].
+
+Responses always go back to the address and connection the request came
+from (symmetric response routing, RFC 3581 §4 and §18.2.2 for streams):
+that is where a phone behind NAT can be reached.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from pbx.core.registrar import RegisterOutcome, Registrar, SecurityEvent
+from pbx.core.uas import UasPolicy, check_request
+from pbx.sip.errors import SipParseError
+from pbx.sip.events import (
+    AckReceived,
+    RequestReceived,
+    RequestRejected,
+    ResponseReceived,
+    StrayResponseReceived,
+    TransactionTerminated,
+    TransactionTimedOut,
+    TransportErrorReported,
+)
+from pbx.sip.message import Request, Response, make_error_response, make_response, parse_message
+from pbx.sip.peer import Peer
+from pbx.sip.transaction import ServerTransaction, TransactionLayer
+from pbx.store import BindingWriter
+
+ENDPOINT_POLICY = UasPolicy(
+    allowed_methods=("REGISTER", "OPTIONS", "ACK", "BYE", "CANCEL"),
+    supported_extensions=(),
+    accepted_types=("application/sdp",),
+)
+"""What the PBX answers itself today. BYE and CANCEL are "allowed" so that
+one outside any dialog or transaction gets the 481 it deserves, not a 405."""
+
+_SECRET_HEADERS = ("authorization:", "proxy-authorization:")
+
+
+class Sender(Protocol):
+    """How the endpoint sends bytes: `pbx.transport.connections.Connections` is one.
+
+    A protocol rather than an import because the transports sit above the
+    core (DESIGN.md): they call the endpoint, it never imports them.
+    """
+
+    def send(self, data: bytes, peer: Peer) -> bool: ...
+
+
+def new_tag() -> str:
+    return os.urandom(5).hex()
+
+
+@dataclass(slots=True)
+class _Merged:
+    """Key of §8.2.2.2 merged-request detection: same request, another branch."""
+
+    branch: str | None
+    transaction: ServerTransaction[Peer]
+
+
+class SipEndpoint:
+    log = Logger()
+    wire = Logger(namespace="pbx.sip.wire")
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        connections: Sender,
+        layer: TransactionLayer[Peer],
+        registrar: Registrar,
+        writer: BindingWriter | None,
+        server_header: str,
+        debug: bool = False,
+        on_security_event: Callable[[SecurityEvent], None] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.connections = connections
+        self.layer = layer
+        self.registrar = registrar
+        self.writer = writer
+        self.server_header = server_header
+        self.debug = debug
+        self.on_security_event = on_security_event
+        self.policy = ENDPOINT_POLICY
+        self._timer: IDelayedCall | None = None
+        self._merged: dict[tuple[str, str, int, str], _Merged] = {}
+
+    # ------------------------------------------------------------ MessageSink
+
+    def receive_data(self, data: bytes, peer: Peer, *, datagram: bool) -> None:
+        now = self.clock.seconds()
+        if self.debug:
+            self.wire.debug("Got from {peer}:\n{message}", peer=str(peer), message=_redacted(data))
+        try:
+            message = parse_message(data, datagram=datagram)
+            if isinstance(message, Request):
+                _stamp_received(message, peer)
+                self.layer.receive_request(message, peer, now, reliable=peer.is_reliable)
+            else:
+                self.layer.receive_response(message, peer, now)
+        except SipParseError as error:
+            self._answer_broken(error, data, peer)
+            return
+        self._pump(now)
+
+    def receive_broken_stream(self, error: SipParseError, data: bytes, peer: Peer) -> None:
+        self._answer_broken(error, data, peer)
+
+    def connection_closed(self, peer: Peer) -> None:
+        self.log.debug("Connection closed: {peer}", peer=str(peer))
+
+    # ------------------------------------------------------------- handling
+
+    def _answer_broken(self, error: SipParseError, data: bytes, peer: Peer) -> None:
+        answer = make_error_response(data, error, to_tag=new_tag())
+        self.log.warn("Bad message from {peer}: {status} {reason}{dropped}", peer=str(peer),
+                      status=error.status, reason=error.reason,
+                      dropped="" if answer else " (dropped: no way to answer)")
+        if answer is not None:
+            self.connections.send(answer, peer)
+
+    def _pump(self, now: float) -> None:
+        layer = self.layer
+        while (event := layer.next_event()) is not None:
+            match event:
+                case RequestReceived(transaction=transaction, request=request, source=source):
+                    self._handle_request(transaction, request, source, now)
+                case AckReceived(request=request, source=source):
+                    # An ACK outside any transaction or dialog: nothing to answer (§17.2.3).
+                    self.log.debug("Stray ACK from {peer}", peer=str(source))
+                case StrayResponseReceived(response=response, source=source):
+                    self.log.debug("Unsolicited {status} from {peer} dropped",
+                                   status=response.status, peer=str(source))
+                case TransactionTerminated(transaction=transaction):
+                    self._forget_merged(transaction)
+                case TransactionTimedOut() | TransportErrorReported() | ResponseReceived():
+                    self.log.debug("{event}", event=event)
+                case RequestRejected(request=request, source=source, status=status):
+                    self.log.warn("Rejected {method} from {peer}: {status} (table full)",
+                                  method=request.method, peer=str(source), status=status)
+        for outgoing in layer.take_outgoing():
+            if self.debug:
+                self.wire.debug("Sent to {peer}:\n{message}", peer=str(outgoing.destination),
+                                message=_redacted(outgoing.data))
+            if not self.connections.send(outgoing.data, outgoing.destination) and (
+                    outgoing.transaction is not None):
+                layer.receive_transport_error(outgoing.transaction, now)
+        self._arm_timer()
+
+    def _handle_request(
+        self, transaction: ServerTransaction[Peer], request: Request, peer: Peer, now: float
+    ) -> None:
+        try:
+            response = self._answer(transaction, request, peer, now)
+        except SipParseError as error:
+            # A header the early checks did not need turned out malformed.
+            response = make_response(request, error.status, error.reason, to_tag=new_tag())
+        if response is not None:
+            self._respond(transaction, request, peer, response, now)
+
+    def _answer(
+        self, transaction: ServerTransaction[Peer], request: Request, peer: Peer, now: float
+    ) -> Response | None:
+        """The response to a new request, or None when it will come later."""
+        early = check_request(request, self.policy, to_tag=new_tag())
+        if early is not None:
+            return early
+        method = request.method
+        if method == "CANCEL":
+            # No INVITE is in progress here yet, so no CANCEL matches (§9.2).
+            return make_response(request, 481, to_tag=new_tag())
+        if request.to_addr.tag is not None:
+            # In a dialog the PBX does not know (§12.2.2).
+            return make_response(request, 481, to_tag=None)
+        if self._is_merged(transaction, request):
+            return make_response(request, 482, to_tag=new_tag())
+        if method == "REGISTER":
+            return self._register(transaction, request, peer, now)
+        if method == "OPTIONS":
+            return make_response(request, 200, to_tag=new_tag(), headers=[
+                ("Allow", self.policy.allow_header),
+                ("Accept", self.policy.accept_header),
+                ("Supported", self.policy.supported_header),
+                ("Server", self.server_header),
+            ])
+        return make_response(request, 481, to_tag=new_tag())
+
+    def _register(
+        self, transaction: ServerTransaction[Peer], request: Request, peer: Peer, now: float
+    ) -> Response | None:
+        outcome: RegisterOutcome = self.registrar.handle_register(request, peer, now)
+        if outcome.changes is not None and self.writer is not None:
+            self.writer.record_result(outcome.changes)
+        if outcome.security_event is not None:
+            self._security(outcome.security_event)
+        if outcome.authenticated_user is not None and outcome.response.status == 200:
+            self.log.info("Registered {user} from {peer} ({count} contact(s))",
+                          user=outcome.authenticated_user, peer=str(peer),
+                          count=len(outcome.response.headers.get_all("contact")))
+        if outcome.delay_s > 0:
+            self.clock.callLater(outcome.delay_s, self._respond_later, transaction, request,
+                                 peer, outcome.response)
+            return None
+        return outcome.response
+
+    def _respond_later(self, transaction: ServerTransaction[Peer], request: Request,
+                       peer: Peer, response: Response) -> None:
+        now = self.clock.seconds()
+        if transaction.state.name == "TERMINATED":
+            return
+        self._respond(transaction, request, peer, response, now)
+        self._pump(now)
+
+    def _respond(self, transaction: ServerTransaction[Peer], request: Request, peer: Peer,
+                 response: Response, now: float) -> None:
+        response.headers.add("Server", self.server_header)
+        self.layer.respond(transaction, response, now)
+        self.log.info(
+            "{method} from {peer} answered {status} {reason} (call-id {call_id})",
+            method=request.method, peer=str(peer), status=response.status,
+            reason=response.reason, call_id=request.call_id)
+
+    def _security(self, event: SecurityEvent) -> None:
+        self.log.warn("Security: {kind} from {address} user={user} ({detail})",
+                      kind=event.kind, address=event.address, user=event.user,
+                      detail=event.detail)
+        if self.on_security_event is not None:
+            self.on_security_event(event)
+
+    # ---------------------------------------- merged requests (§8.2.2.2)
+
+    def _is_merged(self, transaction: ServerTransaction[Peer], request: Request) -> bool:
+        """A request with no To tag seen before on another path is a loop: 482."""
+        from_tag = request.from_addr.tag
+        if from_tag is None:
+            return False
+        key = (from_tag, request.call_id, request.cseq.number, request.method)
+        seen = self._merged.get(key)
+        branch = request.top_via.branch
+        if seen is not None and seen.transaction is not transaction and seen.branch != branch:
+            return True
+        self._merged[key] = _Merged(branch, transaction)
+        return False
+
+    def _forget_merged(self, transaction: object) -> None:
+        request = getattr(transaction, "request", None)
+        if not isinstance(request, Request) or request.from_addr.tag is None:
+            return
+        key = (request.from_addr.tag, request.call_id, request.cseq.number, request.method)
+        seen = self._merged.get(key)
+        if seen is not None and seen.transaction is transaction:
+            del self._merged[key]
+
+    # ------------------------------------------------------------- timers
+
+    def _arm_timer(self) -> None:
+        deadline = self.layer.next_deadline()
+        timer = self._timer
+        if deadline is None:
+            if timer is not None and timer.active():
+                timer.cancel()
+            self._timer = None
+            return
+        delay = max(0.0, deadline - self.clock.seconds())
+        if timer is not None and timer.active():
+            if abs(timer.getTime() - deadline) > 0.001:
+                timer.reset(delay)
+            return
+        self._timer = self.clock.callLater(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self.clock.seconds()
+        self.layer.handle_timer(now)
+        self._pump(now)
+
+    def stop(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
+def _stamp_received(request: Request, peer: Peer) -> None:
+    """RFC 3261 §18.2.1 ``received`` and RFC 3581 ``rport`` on the top Via."""
+    via = request.top_via
+    stamped = via
+    if via.host.strip("[]") != peer.host:
+        stamped = stamped.with_param("received", peer.host)
+    if via.wants_rport and via.rport is None:
+        stamped = stamped.with_param("rport", str(peer.port))
+    if stamped is not via:
+        _replace_top_via(request, str(stamped))
+
+
+def _replace_top_via(request: Request, new_top: str) -> None:
+    values = request.headers.values("via")
+    values[0] = new_top
+    request.headers.set_all("via", values)
+
+
+def _redacted(data: bytes) -> str:
+    text = data.decode(errors="replace")
+    lines = []
+    for line in text.split("\r\n"):
+        if line.lower().startswith(_SECRET_HEADERS):
+            name = line.split(":", 1)[0]
+            line = f"{name}: <redacted>"
+        lines.append(line)
+    return "\r\n".join(lines)
+

@@ -1,0 +1,422 @@
+"""The SIP transaction layer: one table of transactions, matching, timers (RFC 3261 §17).
+
+Theory of operation
+-------------------
+`TransactionLayer` is a sans-I/O object [h11, aioquic]. The shell feeds it
+parsed messages with where they came from and the time, ``now`` in seconds
+from any monotonic origin:
+
+* ``receive_request(request, source, now)``
+* ``receive_response(response, source, now)``
+* ``handle_timer(now)`` once ``now`` reaches ``next_deadline()``
+* ``receive_transport_error(transaction, now)`` when writing an `Outgoing`
+  of that transaction failed
+
+and the TU (the dialog and call layers above) gives it commands:
+``send_request``, ``respond``, ``cancel`` and ``send_stateless``. What comes
+out is pulled: ``next_event()`` for `pbx.sip.events`, ``take_outgoing()``
+for bytes to write, and ``next_deadline()`` for the one timer the shell
+keeps armed.
+
+Matching an incoming message to a transaction is a dictionary lookup:
+
+* A response matches the client transaction whose request had the same
+  top-Via branch and CSeq method (§17.1.3): the method tells the CANCEL,
+  which shares the INVITE's branch (§9.1), from the INVITE.
+* A request with an RFC 3261 branch (magic cookie ``z9hG4bK``) matches the
+  server transaction with the same branch, top-Via sent-by and method, an
+  ACK counting as an INVITE (§17.2.3). A CANCEL is its own transaction;
+  `find_server_invite_for_cancel` finds the INVITE it cancels (§9.2).
+* A request without the cookie comes from an RFC 2543 element and is
+  matched on the Request-URI, From tag, Call-ID, CSeq, top Via and To tag;
+  its ACK matches on the To tag of the response we sent (§17.2.3), because
+  a 2543 INVITE has no To tag and its ACK carries ours.
+
+A matched request is a retransmission: the transaction re-sends its last
+response and nothing goes up. An unmatched one creates a server transaction
+and goes up as `RequestReceived`; an unmatched ACK goes up as `AckReceived`
+(the ACK for a 2xx is a transaction of its own, §17.1.1.3, and the core
+matches it to a dialog); an unmatched response goes up as
+`StrayResponseReceived`, for the core to drop or, for a late 2xx, to ACK.
+
+What the layer does and what it leaves to the TU:
+
+* It retransmits requests (A, E), non-2xx INVITE responses (G) and ACKs
+  for non-2xx responses, absorbs retransmissions, and sends 100 Trying for
+  a slow TU. It does not retransmit 2xx responses or ACK them: both belong
+  to the dialog layer (§13.3.1.4, §13.2.2.4, RFC 6026), which sends the
+  2xx through ``respond`` in Accepted and the ACK through
+  ``send_stateless``.
+* It does not choose addresses: a request goes to the ``destination`` the
+  TU gives (after RFC 3263 in the shell), a response back to the
+  ``source`` of its request, opaque values of the shell's choosing (the
+  layer is generic in their type). RFC 3581/§18.2.2 are the shell's job.
+* It serialises each message once and keeps the bytes for retransmission.
+
+Limits: at most ``max_transactions`` live transactions (client and server
+together). When full, a new request is answered 503 statelessly and reported
+as `RequestRejected`, and ``send_request`` raises `TableFullError`, so a
+flood costs CPU, never unbounded memory. A transaction leaves the table the
+moment it reaches Terminated (`TransactionTerminated`); its timers are
+cancelled and the heap sheds stale entries (see `TimerQueue`). A CANCEL is
+exempt from the bound: there is at most one per INVITE client transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections import deque
+from typing import Generic, NewType, TypeVar
+
+from pbx.sip.errors import LocalProtocolError, SipError
+from pbx.sip.events import (
+    AckReceived,
+    Outgoing,
+    RequestReceived,
+    RequestRejected,
+    StrayResponseReceived,
+    TransactionEvent,
+    TransactionTerminated,
+)
+from pbx.sip.message import Request, Response, make_response
+from pbx.sip.timers import Timer, TimerSettings
+from pbx.sip.transaction_base import (
+    MAGIC_COOKIE,
+    Action,
+    Input,
+    TimerQueue,
+    Transaction,
+    TransactionState,
+)
+from pbx.sip.transaction_client import (
+    ClientInviteTransaction,
+    ClientNonInviteTransaction,
+    ClientTransaction,
+    build_ack,
+    build_cancel,
+)
+from pbx.sip.transaction_server import (
+    ServerInviteTransaction,
+    ServerNonInviteTransaction,
+    ServerTransaction,
+)
+
+__all__ = [
+    "MAGIC_COOKIE",
+    "Action",
+    "Branch",
+    "ClientInviteTransaction",
+    "ClientNonInviteTransaction",
+    "ClientTransaction",
+    "Input",
+    "ServerInviteTransaction",
+    "ServerNonInviteTransaction",
+    "ServerTransaction",
+    "TableFullError",
+    "Timer",
+    "TimerSettings",
+    "Transaction",
+    "TransactionLayer",
+    "TransactionState",
+    "build_ack",
+    "build_cancel",
+    "new_branch",
+]
+
+A = TypeVar("A")
+
+Branch = NewType("Branch", str)
+"""A Via branch parameter that starts with the magic cookie (RFC 3261 §8.1.1.7)."""
+
+_RFC2543 = "rfc2543"  # first element of the keys of RFC 2543 server transactions
+
+
+def new_branch() -> Branch:
+    """A fresh RFC 3261 branch: the magic cookie and 64 random bits (§8.1.1.7)."""
+    return Branch(MAGIC_COOKIE + secrets.token_hex(8))
+
+
+class TableFullError(SipError):
+    """``send_request`` found ``max_transactions`` live transactions: answer 503 upstream."""
+
+
+def _rfc2543_key(request: Request, method: str, to_tag: str | None) -> tuple[object, ...]:
+    """The §17.2.3 match of requests without the magic cookie, as one hashable value.
+
+    The Request-URI is compared as written: a retransmission repeats it byte
+    for byte, and §19.1.4 equality has no normal form to hash.
+    """
+    via = request.top_via
+    return (_RFC2543, str(request.uri), request.from_addr.tag, request.call_id,
+            request.cseq.number, method, via.transport, via.host.lower(), via.port,
+            via.branch, to_tag)
+
+
+def _stateless_tag(request: Request) -> str:
+    """A To tag that is the same for every retransmission of `request` (§8.2.7)."""
+    via = request.top_via
+    seed = f"{request.call_id}|{request.from_addr.tag}|{via.branch}|{request.cseq.number}"
+    return hashlib.blake2b(seed.encode(), digest_size=6).hexdigest()
+
+
+class TransactionLayer(Generic[A]):
+    """The transaction table and its four machines; `A` is the shell's address type.
+
+    ``settings`` holds T1/T2/T4 and the derived timers; ``max_transactions``
+    bounds the table (100,000 live transactions is some 30 seconds of a
+    3,000 calls-per-second flood, and well under the memory of one process).
+    """
+
+    def __init__(
+        self,
+        settings: TimerSettings | None = None,
+        *,
+        max_transactions: int = 100_000,
+    ) -> None:
+        if max_transactions < 1:
+            raise ValueError(f"max_transactions must be positive, not {max_transactions}")
+        self.settings = settings if settings is not None else TimerSettings()
+        self.max_transactions = max_transactions
+        self._clients: dict[tuple[object, ...], ClientTransaction[A]] = {}
+        self._servers: dict[tuple[object, ...], ServerTransaction[A]] = {}
+        self._events: deque[TransactionEvent[A]] = deque()
+        self._outgoing: list[Outgoing[A]] = []
+        self._timer_queue: TimerQueue[A] = TimerQueue()
+
+    def __len__(self) -> int:
+        """Live transactions, client and server."""
+        return len(self._clients) + len(self._servers)
+
+    def __repr__(self) -> str:
+        return (f"<TransactionLayer {len(self._clients)} client, "
+                f"{len(self._servers)} server transactions>")
+
+    # ---------------------------------------------------------------- inputs
+
+    def receive_request(
+        self, request: Request, source: A, now: float, *, reliable: bool | None = None
+    ) -> None:
+        """A request from the network (§17.2.3 matching, then the server machines).
+
+        ``reliable`` defaults to what the top Via's transport says.
+        """
+        via = request.top_via
+        branch = via.branch
+        method = request.method
+        found: ServerTransaction[A] | None
+        if branch is not None and branch.startswith(MAGIC_COOKIE):
+            key: tuple[object, ...] = (
+                branch, via.host.lower(), via.port, "INVITE" if method == "ACK" else method)
+            found = self._servers.get(key)
+            if method == "ACK":
+                if isinstance(found, ServerInviteTransaction):
+                    found._receive_ack(request, source, now)
+                else:
+                    self._emit(AckReceived(request=request, source=source))
+                return
+        elif method == "ACK":
+            invite = self._rfc2543_invite_for_ack(request)
+            if invite is not None:
+                invite._receive_ack(request, source, now)
+            else:
+                self._emit(AckReceived(request=request, source=source))
+            return
+        else:
+            key = _rfc2543_key(request, method, request.to_addr.tag)
+            found = self._servers.get(key)
+        if found is not None:
+            found._receive_request(now)
+            return
+        if len(self._clients) + len(self._servers) >= self.max_transactions:
+            self._reject(request, source, 503)
+            return
+        transaction: ServerTransaction[A]
+        if reliable is None:
+            reliable = via.is_reliable
+        if method == "INVITE":
+            transaction = ServerInviteTransaction(self, key, request, source, reliable)
+        else:
+            transaction = ServerNonInviteTransaction(self, key, request, source, reliable)
+        self._servers[key] = transaction
+        self._emit(RequestReceived(transaction=transaction, request=request, source=source))
+        transaction._start(now)
+
+    def receive_response(self, response: Response, source: A, now: float) -> None:
+        """A response from the network (§17.1.3: top-Via branch and CSeq method)."""
+        branch = response.top_via.branch
+        transaction = (None if branch is None
+                       else self._clients.get((branch, response.cseq.method)))
+        if transaction is None:
+            self._emit(StrayResponseReceived(response=response, source=source))
+            return
+        transaction._receive_response(response, now)
+
+    def receive_transport_error(self, transaction: Transaction[A], now: float) -> None:
+        """The shell failed to send an `Outgoing` of `transaction` (§17.1.4, §17.2.4)."""
+        transaction._apply(Input.TRANSPORT_ERROR, now)
+
+    def handle_timer(self, now: float) -> None:
+        """Fire every timer whose deadline is at or before `now`, earliest first."""
+        queue = self._timer_queue
+        while (due := queue.pop_due(now)) is not None:
+            transaction, timer = due
+            transaction._fire(timer, now)
+
+    # -------------------------------------------------------------- commands
+
+    def send_request(
+        self, request: Request, destination: A, now: float, *, reliable: bool | None = None
+    ) -> ClientTransaction[A]:
+        """Start a client transaction for `request` and send it to `destination`.
+
+        The request must carry a top Via with a fresh RFC 3261 branch (see
+        `new_branch`); ``reliable`` defaults to what that Via's transport
+        says. An ACK is not a transaction: send the ACK for a 2xx with
+        `send_stateless` (the ACK for a non-2xx is sent by the transaction).
+        """
+        method = request.method
+        if method == "ACK":
+            raise LocalProtocolError("an ACK is not a transaction: use send_stateless")
+        via = request.top_via
+        branch = via.branch
+        if branch is None or not branch.startswith(MAGIC_COOKIE) or branch == MAGIC_COOKIE:
+            raise LocalProtocolError(f"top Via branch {branch!r} lacks the magic cookie")
+        key: tuple[object, ...] = (branch, method)
+        if key in self._clients:
+            raise LocalProtocolError(f"a {method} transaction with branch {branch} exists")
+        if len(self._clients) + len(self._servers) >= self.max_transactions:
+            raise TableFullError(f"{self.max_transactions} transactions in progress")
+        if reliable is None:
+            reliable = via.is_reliable
+        return self._start_client(key, request, destination, reliable, now)
+
+    def respond(self, transaction: ServerTransaction[A], response: Response, now: float) -> None:
+        """Send `response` on a server transaction (the TU's "response from TU").
+
+        Raises `LocalProtocolError` if the transaction's state does not allow
+        it: a second final response, anything after Terminated, a non-2xx
+        after a 2xx. In Accepted, a 2xx is the TU's retransmission of it
+        (RFC 6026 §7.1) and is sent.
+        """
+        transaction._respond(response, now)
+
+    def cancel(self, transaction: ClientInviteTransaction[A], now: float) -> None:
+        """CANCEL a pending INVITE (RFC 3261 §9.1).
+
+        In Proceeding the CANCEL goes out now; in Calling it waits for the
+        first provisional response, as §9.1 requires; once a final response
+        arrived there is nothing left to cancel and the call does nothing.
+        The CANCEL's own transaction is `transaction.cancel_transaction`;
+        its responses come up as `ResponseReceived`.
+        """
+        if transaction._cancel_requested:
+            return
+        transaction._cancel_requested = True
+        if transaction.state is TransactionState.PROCEEDING:
+            transaction._send_pending_cancel(now)
+
+    def send_stateless(self, message: Request | Response, destination: A) -> None:
+        """Send a message outside any transaction: the ACK for a 2xx, a stateless reply."""
+        self._outgoing.append(Outgoing(data=message.to_bytes(), destination=destination))
+
+    # --------------------------------------------------------------- queries
+
+    def find_server_invite_for_cancel(
+        self, cancel: Request
+    ) -> ServerInviteTransaction[A] | None:
+        """The server INVITE transaction a CANCEL refers to, or None (answer 481), §9.2."""
+        via = cancel.top_via
+        branch = via.branch
+        if branch is not None and branch.startswith(MAGIC_COOKIE):
+            key: tuple[object, ...] = (branch, via.host.lower(), via.port, "INVITE")
+        else:
+            key = _rfc2543_key(cancel, "INVITE", cancel.to_addr.tag)
+        found = self._servers.get(key)
+        return found if isinstance(found, ServerInviteTransaction) else None
+
+    # --------------------------------------------------------------- outputs
+
+    def next_event(self) -> TransactionEvent[A] | None:
+        """The oldest event not yet taken, or None."""
+        return self._events.popleft() if self._events else None
+
+    def take_outgoing(self) -> list[Outgoing[A]]:
+        """Everything to write, in order; the list is the caller's."""
+        outgoing, self._outgoing = self._outgoing, []
+        return outgoing
+
+    def next_deadline(self) -> float | None:
+        """When ``handle_timer`` must be called next, or None if no timer runs."""
+        return self._timer_queue.next_deadline()
+
+    # ------------------------------------------------ for the machines only
+
+    def _emit(self, event: TransactionEvent[A]) -> None:
+        self._events.append(event)
+
+    def _transmit(self, data: bytes, destination: A, transaction: Transaction[A]) -> None:
+        self._outgoing.append(
+            Outgoing(data=data, destination=destination, transaction=transaction))
+
+    def _retire(self, transaction: Transaction[A]) -> None:
+        """Terminated: out of the table at once (§17.1.1.2 "destroyed the instant")."""
+        key = transaction._key
+        if isinstance(transaction, ClientTransaction):
+            if self._clients.get(key) is transaction:
+                del self._clients[key]
+        elif self._servers.get(key) is transaction:
+            del self._servers[key]
+        self._emit(TransactionTerminated(transaction=transaction))
+
+    def _start_client(
+        self,
+        key: tuple[object, ...],
+        request: Request,
+        destination: A,
+        reliable: bool,
+        now: float,
+    ) -> ClientTransaction[A]:
+        transaction: ClientTransaction[A]
+        if request.method == "INVITE":
+            transaction = ClientInviteTransaction(
+                self, key, request, destination, reliable, request.to_bytes())
+        else:
+            transaction = ClientNonInviteTransaction(
+                self, key, request, destination, reliable, request.to_bytes())
+        self._clients[key] = transaction
+        transaction._start(now)
+        return transaction
+
+    def _send_cancel(
+        self, invite: ClientInviteTransaction[A], now: float
+    ) -> ClientNonInviteTransaction[A]:
+        cancel = build_cancel(invite.request)
+        key: tuple[object, ...] = (invite.branch, "CANCEL")
+        existing = self._clients.get(key)
+        if isinstance(existing, ClientNonInviteTransaction):
+            return existing
+        transaction = self._start_client(key, cancel, invite.peer, invite.reliable, now)
+        assert isinstance(transaction, ClientNonInviteTransaction)
+        return transaction
+
+    def _rfc2543_invite_for_ack(self, ack: Request) -> ServerInviteTransaction[A] | None:
+        """§17.2.3: the ACK's To tag is the tag of our response, not of the INVITE.
+
+        A re-INVITE carried the dialog's tag already (so did our response);
+        an initial INVITE had none. Two lookups cover both.
+        """
+        ack_tag = ack.to_addr.tag
+        for to_tag in (ack_tag, None) if ack_tag is not None else (None,):
+            found = self._servers.get(_rfc2543_key(ack, "INVITE", to_tag))
+            if (isinstance(found, ServerInviteTransaction)
+                    and found.last_response is not None
+                    and found.last_response.to_addr.tag == ack_tag):
+                return found
+        return None
+
+    def _reject(self, request: Request, source: A, status: int) -> None:
+        response = make_response(request, status, to_tag=_stateless_tag(request))
+        self._outgoing.append(Outgoing(data=response.to_bytes(), destination=source))
+        self._emit(RequestRejected(
+            request=request, source=source, status=status, reason=response.reason))
