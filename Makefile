@@ -13,7 +13,9 @@ CONFIG ?= etc/pbx.toml
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# compat mode puts the source tree on sys.path, where twistd finds
+	# twisted/plugins/pbx_plugin.py (a plain install copies it instead).
+	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 # Debian packages the PBX and its tests use (SIPp, baresip, espeak-ng, sox).

@@ -238,6 +238,10 @@ class RegistrarSection:
     default_expires_s: int = 3600  # when the REGISTER asks for none
     max_contacts_per_user: int = 10
     nonce_lifetime_s: int = 300
+    # Challenges offered, most preferred first (RFC 8760 §2.4). Some clients
+    # (SIPp) answer only the first challenge and only MD5: put "MD5" first
+    # for them.
+    digest_algorithms: tuple[DigestAlgorithm, ...] = ("SHA-256", "MD5")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -486,9 +490,29 @@ def _read_registrar(t: _Table) -> RegistrarSection:
             "max_contacts_per_user", d.max_contacts_per_user, minimum=1
         ),
         nonce_lifetime_s=t.integer("nonce_lifetime_s", d.nonce_lifetime_s, minimum=1),
+        digest_algorithms=_digest_algorithms(t, d.digest_algorithms),
     )
     t.finish()
     return section
+
+
+def _digest_algorithms(
+    t: _Table, default: tuple[DigestAlgorithm, ...]
+) -> tuple[DigestAlgorithm, ...]:
+    value = t._get("digest_algorithms")
+    if value is _MISSING:
+        return default
+    expected = 'a list of "SHA-256" and/or "MD5", most preferred first, e.g. ["SHA-256", "MD5"]'
+    if not isinstance(value, list) or not value:
+        t._wrong_type("digest_algorithms", expected, value)
+        return default
+    chosen: list[DigestAlgorithm] = []
+    for item in value:
+        if item not in ("SHA-256", "MD5") or item in chosen:
+            t.error("digest_algorithms", f"expected {expected}, got {_describe(value)}")
+            return default
+        chosen.append(item)
+    return tuple(chosen)
 
 
 _SECURITY = SecuritySection()

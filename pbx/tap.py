@@ -34,7 +34,7 @@ class Options(usage.Options):
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
         if self["check"]:
-            print(f"{self['config']}: OK")  # noqa: T201 - answering a command-line question
+            print(f"{self['config']}: OK")  # answering a command-line question
             raise SystemExit(0)
 
 

@@ -132,6 +132,7 @@ class SipStreamFactory(Factory):
     """Accepts TCP (or, wrapped, TLS) connections from phones."""
 
     protocol = SipStreamProtocol
+    noisy = False  # the service logs what it listens on
 
     def __init__(
         self,
@@ -156,6 +157,7 @@ class SipStreamClientFactory(ClientFactory):
     """One outbound connection, carrying the message that made us open it."""
 
     log = Logger()
+    noisy = False
 
     def __init__(
         self,

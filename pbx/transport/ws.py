@@ -68,6 +68,7 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
 
 class SipWebSocketFactory(WebSocketServerFactory):
     protocol = SipWebSocketProtocol  # type: ignore[assignment]
+    noisy = False  # the service logs what it listens on
 
     def __init__(self, transport_name: str, sink: MessageSink, connections: Connections,
                  **kwargs: Any) -> None:

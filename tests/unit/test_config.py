@@ -605,3 +605,15 @@ def test_diff_users_counts_a_new_domain_as_changing_every_user() -> None:
     new = parse(f'[sip]\ndomain = "pbx.example.org"\nudp = "127.0.0.1:0"\n{users}')
 
     assert diff_users(old, new).changed == ("1001", "1002")
+
+
+def test_digest_algorithms_order_is_kept_and_checked(tmp_path: Path) -> None:
+    base = '[sip]\ndomain = "pbx.test"\nudp = "127.0.0.1:0"\n[registrar]\n'
+    good = parse_config(tomllib.loads(base + 'digest_algorithms = ["MD5", "SHA-256"]\n'),
+                        str(tmp_path / "pbx.toml"))
+    assert good.registrar.digest_algorithms == ("MD5", "SHA-256")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(tomllib.loads(base + 'digest_algorithms = ["SHA-1"]\n'),
+                     str(tmp_path / "pbx.toml"))
+    assert "registrar.digest_algorithms" in str(caught.value)
+    assert "SHA-256" in str(caught.value)

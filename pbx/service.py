@@ -1,0 +1,327 @@
+"""The PBX's service tree, built from a checked `Config`.
+
+Theory of operation
+-------------------
+`PbxService` is a `MultiService`. Nothing is started until the whole config
+has been checked (`pbx.config`); then, in `privilegedStartService` (before
+the reactor runs, while twistd may still hold privileges), it opens the
+SQLite store, loads the bindings saved by the last run, and binds every
+listener. If any listener cannot be bound, the ones already bound are
+closed and start-up stops with the file, the key and the reason: nothing
+runs half-configured.
+
+While running, three periodic jobs keep the tables bounded and the disk in
+step: binding changes are flushed to SQLite every 0.2 s (so a crash loses
+at most that much; phones repair it at their next refresh), expired
+bindings are removed as their time comes, and the authentication guard and
+nonce table are swept. A clean stop stops listening, then flushes.
+
+``SIGHUP`` re-reads the config file. A config that no longer validates is
+refused with every problem logged, and the running one stays. Otherwise the
+users are swapped in at once (a removed user's bindings go away), and
+changes that need new sockets are logged as needing a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet import reactor as global_reactor
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from pbx.config import Config, ConfigError, Listen, UserConfig, diff_users, load_config
+from pbx.core.endpoint import SipEndpoint, new_tag
+from pbx.core.guard import AuthGuard, GuardSettings
+from pbx.core.location import LocationService
+from pbx.core.registrar import Registrar, RegistrarSettings, SecurityEvent
+from pbx.sip.digest import DigestAuthenticator
+from pbx.sip.peer import Peer
+from pbx.sip.timers import TimerSettings
+from pbx.sip.transaction import TransactionLayer
+from pbx.store import BindingWriter, Store, StoreError
+from pbx.transport.connections import Connections
+from pbx.transport.stream import SipStreamClientFactory, SipStreamFactory
+from pbx.transport.tls import client_context, ensure_self_signed, server_context
+from pbx.transport.udp import SipDatagramProtocol
+from pbx.transport.ws import SipWebSocketFactory
+
+FLUSH_INTERVAL_S = 0.2
+HOUSEKEEPING_INTERVAL_S = 1.0
+
+
+class PbxService(MultiService):
+    log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: str | Path | None = None,
+        force_debug: bool = False,
+        reactor: Any = None,
+    ) -> None:
+        super().__init__()
+        self.setName("pbx")
+        self.config = config
+        self.config_path = Path(config_path) if config_path is not None else config.path
+        self.force_debug = force_debug
+        # Any: the reactor provides many interfaces (time, UDP, TCP, SSL, threads).
+        self.reactor: Any = reactor if reactor is not None else global_reactor
+        self.ports: dict[str, IListeningPort] = {}
+        self.store: Store | None = None
+        self.writer: BindingWriter | None = None
+        self._loops: list[LoopingCall] = []
+        self._users: dict[str, UserConfig] = dict(config.users)
+        self.connections = Connections()
+        self.location = LocationService(
+            max_contacts_per_aor=config.registrar.max_contacts_per_user)
+        self.guard = AuthGuard(GuardSettings(
+            max_failures=config.security.max_auth_failures,
+            failure_window_s=config.security.failure_window_s,
+            cooldown_s=config.security.cooldown_s,
+            slowdown_after=config.security.slowdown_after,
+            slowdown_s=config.security.slowdown_s,
+        ))
+        self.authenticator = DigestAuthenticator(
+            config.sip.domain, os.urandom(32),
+            nonce_lifetime_s=config.registrar.nonce_lifetime_s,
+            algorithms=config.registrar.digest_algorithms)
+        sip = config.sip
+        self.layer: TransactionLayer[Peer] = TransactionLayer(
+            TimerSettings(t1_s=sip.t1_ms / 1000, t2_s=sip.t2_ms / 1000, t4_s=sip.t4_ms / 1000),
+            max_transactions=sip.max_transactions)
+        self.registrar = Registrar(
+            domain=sip.domain,
+            ha1_lookup=self._ha1,
+            location=self.location,
+            authenticator=self.authenticator,
+            guard=self.guard,
+            settings=RegistrarSettings(
+                min_expires_s=config.registrar.min_expires_s,
+                max_expires_s=config.registrar.max_expires_s,
+                default_expires_s=config.registrar.default_expires_s,
+                max_contacts_per_user=config.registrar.max_contacts_per_user,
+            ),
+            make_tag=new_tag,
+        )
+        self.endpoint = SipEndpoint(
+            clock=self.reactor,
+            connections=self.connections,
+            layer=self.layer,
+            registrar=self.registrar,
+            writer=None,
+            server_header=sip.user_agent,
+            debug=force_debug or config.pbx.debug,
+            on_security_event=self._write_security_event,
+        )
+
+    # ------------------------------------------------------------ users
+
+    def _ha1(self, extension: str, algorithm: str) -> str | None:
+        user = self._users.get(extension)
+        if user is None or not user.enabled:
+            return None
+        # The realm in force is the one the service started with (see reload).
+        return user.ha1_for(self.registrar.domain, algorithm)  # type: ignore[arg-type]
+
+    # -------------------------------------------------------- lifecycle
+
+    def privilegedStartService(self) -> None:
+        config = self.config
+        data_dir = config.pbx.data_dir
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            self.store = Store.open(data_dir / "pbx.sqlite3")
+        except (OSError, StoreError) as error:
+            raise SystemExit(f"{config.path}: pbx.data_dir: {error}") from None
+        self.writer = BindingWriter(self.store)
+        self.endpoint.writer = self.writer
+        dropped = self.location.load(self.store.load_bindings(), self.reactor.seconds())
+        self.writer.record_removals(dropped)
+        self.log.info("Loaded {count} binding(s) from {path}", count=len(self.location),
+                      path=str(self.store.path))
+        try:
+            self._listen_all()
+        except SystemExit:
+            for port in self.ports.values():
+                port.stopListening()
+            self.ports.clear()
+            self.store.close()
+            raise
+        super().privilegedStartService()
+
+    def _listen_all(self) -> None:
+        sip = self.config.sip
+        path = self.config.path
+        cert_key: tuple[Path, Path] | None = None
+        if sip.needs_tls:
+            if sip.tls_cert is not None and sip.tls_key is not None:
+                cert_key = (sip.tls_cert, sip.tls_key)
+            else:
+                cert, key, created = ensure_self_signed(self.config.pbx.data_dir, sip.domain)
+                cert_key = (cert, key)
+                self.log.warn(
+                    "No tls_cert configured: {made} self-signed certificate {cert} for "
+                    "{domain}; phones must be told to trust it",
+                    made="made a" if created else "using the", cert=str(cert), domain=sip.domain)
+        for name, listen in sip.listeners.items():
+            try:
+                self.ports[name] = self._listen(name, listen, cert_key)
+            except CannotListenError as error:
+                raise SystemExit(
+                    f"{path}: sip.{name}: cannot listen on {listen}: "
+                    f"{error.socketError}") from None
+            except (OSError, ValueError) as error:
+                raise SystemExit(f"{path}: sip.{name}: {error}") from None
+            self.log.info("Listening for SIP over {transport} on {address}",
+                          transport=name.upper(), address=str(self.bound(name)))
+
+    def _listen(self, name: str, listen: Listen, cert_key: tuple[Path, Path] | None
+                ) -> IListeningPort:
+        reactor = self.reactor
+        host = listen.host
+        if name == "udp":
+            protocol = SipDatagramProtocol(self.endpoint, self.connections)
+            port: IListeningPort = reactor.listenUDP(listen.port, protocol, interface=host,
+                                                     maxPacketSize=65535)
+            return port
+        if name in ("tcp", "tls"):
+            factory: Any = SipStreamFactory(name, self.endpoint, self.connections, reactor)
+        else:
+            factory = SipWebSocketFactory(name, self.endpoint, self.connections)
+        if name in ("tls", "wss"):
+            assert cert_key is not None
+            context = server_context(*cert_key)
+            port = reactor.listenSSL(listen.port, factory, context, interface=host)
+            if name == "tls":
+                self.connections.connectors["tls"] = self._connect_tls
+            return port
+        port = reactor.listenTCP(listen.port, factory, interface=host)
+        if name == "tcp":
+            self.connections.connectors["tcp"] = self._connect_tcp
+        return port
+
+    def _connect_tcp(self, peer: Peer, data: bytes) -> None:
+        factory = SipStreamClientFactory(peer, data, self.endpoint, self.connections,
+                                         self.reactor)
+        self.reactor.connectTCP(peer.host, peer.port, factory, timeout=10)
+
+    def _connect_tls(self, peer: Peer, data: bytes) -> None:
+        factory = SipStreamClientFactory(peer, data, self.endpoint, self.connections,
+                                         self.reactor)
+        self.reactor.connectSSL(peer.host, peer.port, factory, client_context(peer.host),
+                                timeout=10)
+
+    def bound(self, name: str) -> Listen:
+        """Where listener `name` really listens (port 0 in the config means any)."""
+        address = self.ports[name].getHost()
+        return Listen(host=str(getattr(address, "host", "")),
+                      port=int(getattr(address, "port", 0)))
+
+    def startService(self) -> None:
+        super().startService()
+        self._every(FLUSH_INTERVAL_S, self._flush)
+        self._every(HOUSEKEEPING_INTERVAL_S, self._housekeeping)
+        if hasattr(signal, "SIGHUP") and self.reactor is global_reactor:
+            signal.signal(signal.SIGHUP, self._on_sighup)
+
+    def _every(self, interval_s: float, work: Any) -> None:
+        loop = LoopingCall(work)
+        loop.clock = self.reactor
+        loop.start(interval_s, now=False)
+        self._loops.append(loop)
+
+    def stopService(self) -> Any:
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops.clear()
+        self.endpoint.stop()
+        self.connections.close_all()
+        stopping = [port.stopListening() for port in self.ports.values()]
+        self.ports.clear()
+        self._flush()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        self.log.info("Stopped; bindings saved")
+        super().stopService()
+        from twisted.internet.defer import gatherResults
+
+        return gatherResults([d for d in stopping if d is not None])
+
+    # ------------------------------------------------------ periodic work
+
+    def _flush(self) -> None:
+        if self.writer is None or not self.writer.pending:
+            return
+        try:
+            self.writer.flush()
+        except StoreError as error:
+            self.log.warn("Could not save bindings yet: {error}", error=str(error))
+
+    def _housekeeping(self) -> None:
+        now = self.reactor.seconds()
+        expired = self.location.expire(now, limit=10_000)
+        if expired and self.writer is not None:
+            self.writer.record_removals(expired)
+            for binding in expired:
+                self.log.info("Registration of {user} at {contact} expired",
+                              user=binding.aor, contact=binding.contact)
+        self.guard.sweep(now)
+        self.authenticator.sweep(now)
+
+    def _write_security_event(self, event: SecurityEvent) -> None:
+        path = self.config.security.log_file
+        if path is None:
+            return
+        stamp = self.reactor.seconds()
+        import time
+
+        line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(stamp))}Z pbx security "
+                f"{event.kind} from {event.address} user={event.user} reason={event.detail}\n")
+        try:
+            with path.open("a", encoding="utf-8") as file:
+                file.write(line)
+        except OSError as error:
+            self.log.warn("Cannot write security log {path}: {error}", path=str(path),
+                          error=str(error))
+
+    # ------------------------------------------------------------ reload
+
+    def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> bool:
+        """Re-read the config file; True when the new one was applied."""
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as error:
+            self.log.error("Reload refused, keeping the running config:\n{problems}",
+                           problems=str(error))
+            return False
+        diff = diff_users(self.config, new)
+        self._users = dict(new.users)
+        for extension in diff.removed:
+            gone = self.location.remove_aor(extension)
+            if self.writer is not None:
+                self.writer.record_removals(gone)
+        unchanged = ("sip", "registrar", "security", "pbx")
+        needs_restart = [name for name in unchanged
+                         if getattr(new, name) != getattr(self.config, name)]
+        self.config = new
+        self.log.info("Reloaded {path}: users added {added}, changed {changed}, removed "
+                      "{removed}", path=str(self.config_path), added=list(diff.added),
+                      changed=list(diff.changed), removed=list(diff.removed))
+        if needs_restart:
+            self.log.warn("Changes to [{sections}] take effect at the next restart",
+                          sections=", ".join(needs_restart))
+        return True
