@@ -31,7 +31,9 @@ def test_messages_split_across_reads_and_several_in_one_read() -> None:
     bytewise = [event for i in range(len(STREAM)) for event in framer.feed(STREAM[i : i + 1])]
     assert whole == bytewise
     assert [type(e) for e in whole] == [FramedMessage, KeepAlivePing, FramedMessage, FramedMessage]
-    messages = [parse_message(e.data, datagram=False) for e in whole if isinstance(e, FramedMessage)]
+    messages = [
+        parse_message(e.data, datagram=False) for e in whole if isinstance(e, FramedMessage)
+    ]
     assert [m.call_id for m in messages] == ["one", "two", "three"]
     assert messages[1].body == b"hello body"
 
