@@ -222,21 +222,23 @@ def quote_string(text: str) -> str:
 
 
 def _parse_port(text: str, what: str) -> int:
-    if not text.isdigit() or len(text) > 5 or int(text) > 65535:
+    if not (text.isascii() and text.isdigit()) or len(text) > 5 or int(text) > 65535:
         raise SipParseError(f"bad port {text[:10]!r} in {what}")
     return int(text)
 
 
 def _split_host_port(text: str, what: str) -> tuple[str, int | None]:
+    """``sent-by = host [ COLON port ]``, where COLON = SWS ":" SWS (RFC 3261 §25.1)."""
     if text.startswith("["):
         end = text.find("]")
-        host, rest = text[: end + 1], text[end + 1 :]
+        host, rest = text[: end + 1], text[end + 1 :].lstrip(" \t")
         if end < 0 or (rest and not rest.startswith(":")):
             raise SipParseError(f"bad IPv6 reference in {what}")
         port_text = rest[1:]
         has_port = bool(rest)
     else:
         host, colon, port_text = text.partition(":")
+        host = host.rstrip(" \t")
         has_port = bool(colon)
     if not _HOST.fullmatch(host):
         raise SipParseError(f"bad host {host[:40]!r} in {what}")
@@ -269,7 +271,7 @@ class Via:
     def _parse_general(cls, value: str) -> Via:
         what = "Via"
         text = value.strip()
-        if text[:8].upper() == "SIP/2.0/":
+        if text[:8].upper() == "SIP/2.0/" and text[8:9] not in (" ", "\t"):
             space = text.find(" ", 8)
             if space < 0 or "\t" in text[8:space]:
                 space = min((i for i in (text.find(" ", 8), text.find("\t", 8)) if i >= 0),
@@ -304,7 +306,7 @@ class Via:
     def rport(self) -> int | None:
         """The filled-in rport value, or None (absent, or present but empty)."""
         value = get_param(self.params, "rport")
-        return int(value) if value and value.isdigit() else None
+        return int(value) if value and value.isascii() and value.isdigit() else None
 
     @property
     def wants_rport(self) -> bool:
@@ -318,7 +320,7 @@ class Via:
     @property
     def ttl(self) -> int | None:
         value = get_param(self.params, "ttl")
-        return int(value) if value and value.isdigit() else None
+        return int(value) if value and value.isascii() and value.isdigit() else None
 
     @property
     def sent_by(self) -> str:
@@ -452,7 +454,7 @@ class NameAddr:
     @property
     def expires(self) -> int | None:
         value = get_param(self.params, "expires")
-        return int(value) if value and value.isdigit() else None
+        return int(value) if value and value.isascii() and value.isdigit() else None
 
     @property
     def q(self) -> float | None:
@@ -501,7 +503,7 @@ class CSeq:
         if len(parts) != 2:
             raise SipParseError(f"bad CSeq {value[:40]!r}")
         number_text, method = parts
-        if not number_text.isdigit() or len(number_text) > 10:
+        if not (number_text.isascii() and number_text.isdigit()) or len(number_text) > 10:
             raise SipParseError(f"bad CSeq number {number_text[:12]!r}")
         number = int(number_text)
         if number > _MAX_CSEQ:
@@ -566,7 +568,8 @@ class SubscriptionState:
         parsed = ValueWithParams.parse(text, "Subscription-State")
         expires = parsed.param("expires")
         retry = parsed.param("retry-after")
-        if (expires and not expires.isdigit()) or (retry and not retry.isdigit()):
+        if (expires and not (expires.isascii() and expires.isdigit())) or (
+                retry and not (retry.isascii() and retry.isdigit())):
             raise SipParseError("bad number in Subscription-State")
         return cls(
             state=parsed.value.lower(),
@@ -593,6 +596,8 @@ def parse_token_list(values: list[str], what: str) -> list[str]:
 def parse_non_negative_int(value: str, what: str, maximum: int = 2**32 - 1) -> int:
     """Content-Length, Max-Forwards, Expires, Min-Expires (delta-seconds)."""
     text = value.strip()
-    if not text.isdigit() or len(text) > 10 or int(text) > maximum:
+    # isascii: str.isdigit() is also true of superscripts (int() rejects them) and
+    # of other scripts' digits (int() reads them): neither is SIP's DIGIT.
+    if not (text.isascii() and text.isdigit()) or len(text) > 10 or int(text) > maximum:
         raise SipParseError(f"bad {what} {text[:20]!r}")
     return int(text)

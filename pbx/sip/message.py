@@ -26,6 +26,7 @@ headers; every limit has a status to answer with (513 Message Too Large,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -68,6 +69,18 @@ class ParseLimits:
 
 
 DEFAULT_LIMITS = ParseLimits()
+
+# A control character other than HTAB, or a CR that does not end a line: no
+# SIP header may hold one (TEXT-UTF8char = %x21-7E / UTF8-NONASCII, plus LWS),
+# except escaped in a quoted-pair ("\\" %x00-09 / %x0B-0C / %x0E-7F, RFC 3261
+# §25.1), which the look-behind lets through (a backslash outside quotes
+# slips by too: this is a cheap screen, not the grammar). A NUL let through
+# would truncate the value in any C library down the line.
+_CONTROL = re.compile(r"(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
+# The cheap screen in front of it: one character-class scan of the bytes,
+# ten times faster than the look-behind above, which then runs only for the
+# rare message that has a control character at all.
+_ANY_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 _Line = tuple[str, str, str, str | None]
@@ -209,7 +222,12 @@ class Headers:
         for key, name, value, raw in self._entries:
             if key == "content-length":
                 if not written:
-                    lines.append(f"{name}: {content_length}")
+                    # The received line itself when it already tells the truth,
+                    # so that an untouched message goes back byte for byte.
+                    if raw is not None and value == str(content_length):
+                        lines.append(raw)
+                    else:
+                        lines.append(f"{name}: {content_length}")
                     written = True
             else:
                 lines.append(raw if raw is not None else f"{name}: {value}")
@@ -488,14 +506,21 @@ def _parse(
             head_bytes, rest = data.rstrip(b"\r\n"), b""
         else:
             head_bytes, rest = data[:end], data[end + 2 :]
-        separator = "\n"
+        # No blank line at all: CRLF lines stay CRLF lines (a stray CR must
+        # not end up in every value); the mixed-ends rule below still applies.
+        separator = "\r\n" if end < 0 and b"\r\n" in head_bytes else "\n"
     try:
         head = head_bytes.decode()
     except UnicodeDecodeError:
-        raise SipParseError("header section is not UTF-8", answerable=False) from None
+        # A syntax error like any other (TEXT-UTF8, RFC 3261 §25.1): answered
+        # when the Via is usable, which `parse_message` decides.
+        raise SipParseError("header section is not UTF-8") from None
     if separator == "\r\n" and head.count("\n") != head.count("\r\n"):
         head = head.replace("\r\n", "\n")  # mixed line ends: treat all as bare LF
         separator = "\n"
+    if (_ANY_CONTROL.search(head_bytes) is not None or head.count("\r") != head.count("\r\n")) \
+            and _CONTROL.search(head) is not None:
+        raise SipParseError("control character in header section")
     lines = head.split(separator)
     start_line = lines[0]
     message = _parse_start_line(start_line.strip(" \t") if start_line[:1] != " " else start_line)
@@ -518,7 +543,7 @@ def _parse_start_line(line: str) -> Request | Response:
         version, code = parts[0], parts[1]
         if version.upper() != SIP_VERSION:
             raise SipParseError(f"unsupported version {version[:20]!r}", 505, answerable=False)
-        if len(code) != 3 or not code.isdigit() or code[0] == "0":
+        if len(code) != 3 or not (code.isascii() and code.isdigit()) or code[0] == "0":
             raise SipParseError(f"bad status code {code[:10]!r}", answerable=False)
         return Response(int(code), parts[2] if len(parts) == 3 else "")
     parts = line.split(" ")
@@ -586,7 +611,9 @@ def _parse_header_lines(
                 raise SipParseError("continuation line before any header")
             old = entries[-1]
             key, name, value, raw = old
-            entries[-1] = (key, name, f"{value} {line.strip()}".strip(), f"{raw}{separator}{line}")
+            # The raw line is written back with CRLF (`Message.to_bytes`), so a
+            # fold received with a bare LF is kept with CRLF too.
+            entries[-1] = (key, name, f"{value} {line.strip()}".strip(), f"{raw}\r\n{line}")
             if first.get(key) is old:
                 first[key] = entries[-1]
             continue
@@ -607,6 +634,7 @@ def _check_and_frame(message: Request | Response, rest: bytes, datagram: bool) -
     message.to_addr  # noqa: B018
     message.call_id  # noqa: B018
     message.cseq  # noqa: B018
+    message.max_forwards  # noqa: B018 - 0-255 (RFC 3261 §20.22), as the docstring promises
     declared = message.content_length
     if isinstance(message, Request) and message.cseq.method != message.method:
         raise SipParseError(f"CSeq method {message.cseq.method} does not match {message.method}")
@@ -648,26 +676,44 @@ def parse_message(
         raise
 
 
-def _raw_header_lines(data: bytes) -> tuple[str, list[tuple[str, str]]]:
-    """Start line and (key, line) pairs of a message that may be broken; never raises."""
-    head = data.split(b"\r\n\r\n", 1)[0].decode(errors="replace").replace("\r\n", "\n")
-    lines = head.split("\n")
-    pairs = []
+def _raw_header_lines(data: bytes) -> tuple[str, list[tuple[str, str, str]]]:
+    """Start line and (key, raw lines, unfolded value) of each header of a
+    message that may be broken; never raises.
+
+    A folded header (RFC 3261 §7.3.1) keeps its continuation lines: a Via
+    whose branch sits on the second line must not lose it in an answer.
+    """
+    end = data.find(b"\r\n\r\n")
+    head_bytes = data[:end] if end >= 0 else data.split(b"\n\n", 1)[0]
+    lines = head_bytes.decode(errors="replace").replace("\r\n", "\n").split("\n")
+    pairs: list[tuple[str, str, str]] = []
+    current: tuple[str, str, str] | None = None
     for line in lines[1:]:
-        name, colon, _ = line.partition(":")
-        if colon and line[:1] not in (" ", "\t"):
-            pairs.append((header_key(name.strip()), line))
+        if line[:1] in (" ", "\t"):
+            if current is not None:
+                key, raw, value = current
+                current = (key, f"{raw}\r\n{line}", f"{value} {line.strip()}".strip())
+                pairs[-1] = current
+            continue
+        name, colon, value = line.partition(":")
+        current = (header_key(name.strip()), line, value.strip()) if colon else None
+        if current is not None:
+            pairs.append(current)
     return lines[0], pairs
 
 
 def _has_usable_via(data: bytes) -> bool:
-    """Could a response to this (broken) request be routed? Best effort, never raises."""
+    """May and can a response to this (broken) message be sent? Best effort, never raises.
+
+    Never to a response, nor to an ACK (RFC 3261 §17: an ACK is not
+    answered); otherwise only along a top Via that parses.
+    """
     start_line, pairs = _raw_header_lines(data)
-    if start_line[:4].upper() == "SIP/":
+    if start_line[:4].upper() == "SIP/" or start_line.split(" ", 1)[0] == "ACK":
         return False
-    for key, line in pairs:
+    for key, line, value in pairs:
         if key == "via":
-            entries: list[_Line] = [(key, "Via", line.partition(":")[2].strip(), line)]
+            entries: list[_Line] = [(key, "Via", value, line)]
             try:
                 _top_via(Headers._from_parsed(entries))
             except SipParseError:
@@ -687,13 +733,21 @@ def make_error_response(data: bytes, error: SipParseError, *, to_tag: str) -> by
         return None
     _, pairs = _raw_header_lines(data)
     lines = [f"SIP/2.0 {error.status} {_reason_for(error)}"]
-    for key, line in pairs:
+    for key, line, value in pairs:
         if key in ("via", "from", "call-id", "cseq"):
             lines.append(line)
         elif key == "to":
-            lines.append(line if "tag=" in line else f"{line};tag={to_tag}")
+            lines.append(line if _has_tag(value) else f"{line};tag={to_tag}")
     lines.append("Content-Length: 0")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _has_tag(to_value: str) -> bool:
+    """Does this To value carry a tag (a header parameter, not one inside the URI)?"""
+    try:
+        return NameAddr.parse(to_value, "To").tag is not None
+    except SipParseError:
+        return "tag=" in to_value
 
 
 def _reason_for(error: SipParseError) -> str:

@@ -24,7 +24,6 @@ import enum
 import re
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import unquote
 
 from pbx.sip.errors import SipParseError
 
@@ -82,7 +81,7 @@ def format_params(params: Params) -> str:
 
 
 def _unescaped_lower(text: str) -> str:
-    return unquote(text).lower() if "%" in text else text.lower()
+    return _resolve_escapes(text).lower() if "%" in text else text.lower()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -159,8 +158,8 @@ class SipUri:
         for name in mine.keys() & theirs.keys():
             if mine[name] != theirs[name]:
                 return False
-        my_headers = {k.lower(): unquote(v) for k, v in self.headers}
-        their_headers = {k.lower(): unquote(v) for k, v in other.headers}
+        my_headers = {k.lower(): _resolve_escapes(v) for k, v in self.headers}
+        their_headers = {k.lower(): _resolve_escapes(v) for k, v in other.headers}
         return my_headers == their_headers
 
     def __hash__(self) -> int:
@@ -170,7 +169,30 @@ class SipUri:
 def _unescape(text: str | None) -> str | None:
     if text is None or "%" not in text:
         return text
-    return unquote(text)
+    return _resolve_escapes(text)
+
+
+# RFC 2396 reserved = ";" / "/" / "?" / ":" / "@" / "&" / "=" / "+" / "$" / ","
+# ("%" itself stays escaped so that one pass can never make a new escape).
+_RESERVED = frozenset(";/?:@&=+$,%")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def _resolve_escape(match: re.Match[str]) -> str:
+    char = chr(int(match[1], 16))
+    return f"%{match[1].upper()}" if char in _RESERVED else char
+
+
+def _resolve_escapes(text: str) -> str:
+    """Escapes as RFC 3261 §19.1.4 compares them.
+
+    "Characters other than those in the reserved set are equivalent to their
+    escaped encoding": those are decoded (byte by byte, so two different
+    invalid UTF-8 escapes never become the same replacement character), while
+    an escaped reserved character stays escaped, hex in upper case, and so
+    differs from the bare character (``%3B`` is not ``;``).
+    """
+    return _ESCAPE.sub(_resolve_escape, text)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -306,8 +328,13 @@ def _parse_sip_uri(scheme: str, rest: str, text: str) -> SipUri:
 
 
 def _parse_sip_uri_general(scheme: str, rest: str, text: str) -> SipUri:
-    head, question, header_text = rest.partition("?")
-    userinfo, at, host_part = head.rpartition("@")
+    # "@" may appear unescaped only after the userinfo, while "?" is legal in
+    # the user part (user-unreserved): split at the "@" first, then the
+    # headers start at the first "?" after it.
+    userinfo, at, host_part = rest.partition("@")
+    if not at:
+        userinfo, host_part = "", rest
+    host_part, question, header_text = host_part.partition("?")
     user: str | None = None
     password: str | None = None
     if at:
@@ -339,7 +366,8 @@ def _parse_sip_uri_general(scheme: str, rest: str, text: str) -> SipUri:
             raise SipParseError(f"empty port in {text[:80]!r}")
     port: int | None = None
     if port_text:
-        if not port_text.isdigit() or len(port_text) > 5 or int(port_text) > 65535:
+        if not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5 or int(
+                port_text) > 65535:
             raise SipParseError(f"bad port in {text[:80]!r}")
         port = int(port_text)
     params = _split_params(param_text, text[:80]) if semi else ()
