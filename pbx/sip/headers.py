@@ -119,6 +119,10 @@ def canonical_name(name: str) -> str:
 
 def split_list(value: str) -> list[str]:
     """Split a list header on commas outside quotes and angle brackets; drop empties."""
+    if "," not in value:
+        # One value (nearly every Contact, Route, Via line): nothing to split.
+        stripped = value.strip()
+        return [stripped] if stripped else []
     if '"' not in value and "<" not in value:
         return [item.strip() for item in value.split(",") if item.strip()]
     items: list[str] = []

@@ -118,8 +118,11 @@ class Headers:
         headers._first = first
         return headers
 
-    def _changed(self) -> None:
-        self._typed.clear()
+    def _changed(self, key: str) -> None:
+        """Forget what was derived from header `key`; other typed views stay valid."""
+        typed = self._typed
+        typed.pop(key, None)
+        typed.pop(key + "*", None)
         self._first = None
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
@@ -165,15 +168,16 @@ class Headers:
 
     def add(self, name: str, value: str) -> None:
         """Append a header line at the end."""
-        self._entries.append((header_key(name), canonical_name(name), value, None))
-        self._changed()
+        key = header_key(name)
+        self._entries.append((key, canonical_name(name), value, None))
+        self._changed(key)
 
     def add_first(self, name: str, value: str) -> None:
         """Insert a header line before every other line (a new top Via or Record-Route)."""
         key = header_key(name)
         index = next((i for i, e in enumerate(self._entries) if e[0] == key), 0)
         self._entries.insert(index, (key, canonical_name(name), value, None))
-        self._changed()
+        self._changed(key)
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of this header by one, where the first one stood."""
@@ -186,7 +190,22 @@ class Headers:
                 break
         else:
             self._entries.append((key, canonical_name(name), value, None))
-        self._changed()
+        self._changed(key)
+
+    def set_first_value(self, name: str, value: str) -> None:
+        """Replace the value of the first line of this header, leaving the others.
+
+        For a line holding one value (most do), this is how a proxy or the
+        transport edits the top Via without rebuilding the header list.
+        """
+        key = header_key(name)
+        entries = self._entries
+        for index, entry in enumerate(entries):
+            if entry[0] == key:
+                entries[index] = (key, entry[1], value, None)
+                self._changed(key)
+                return
+        raise KeyError(name)
 
     def set_all(self, name: str, values: Iterable[str]) -> None:
         """Replace every line of this header by one line per value, in place."""
@@ -197,12 +216,12 @@ class Headers:
         if index is None:
             index = len(rest)
         self._entries = rest[:index] + new + rest[index:]
-        self._changed()
+        self._changed(key)
 
     def remove(self, name: str) -> None:
         key = header_key(name)
         self._entries = [e for e in self._entries if e[0] != key]
-        self._changed()
+        self._changed(key)
 
     def copy(self) -> Headers:
         return Headers._from_parsed(list(self._entries))
@@ -729,7 +748,9 @@ def make_error_response(data: bytes, error: SipParseError, *, to_tag: str) -> by
     (§8.2.6.2 as far as the broken request allows) and names the problem in
     the reason phrase, so a developer looking at a trace sees what was wrong.
     """
-    if not error.answerable:
+    # The Via check again: errors from the stream framer (pbx.sip.framing)
+    # never went through `parse_message`, so their `answerable` is a guess.
+    if not error.answerable or not _has_usable_via(data):
         return None
     _, pairs = _raw_header_lines(data)
     lines = [f"SIP/2.0 {error.status} {_reason_for(error)}"]
