@@ -39,10 +39,11 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from pbx.config import Config, ConfigError, Listen, UserConfig, diff_users, load_config
+from pbx.core.auth import RequestAuthenticator, SecurityEvent
 from pbx.core.endpoint import SipEndpoint, new_tag
 from pbx.core.guard import AuthGuard, GuardSettings
 from pbx.core.location import LocationService
-from pbx.core.registrar import Registrar, RegistrarSettings, SecurityEvent
+from pbx.core.registrar import Registrar, RegistrarSettings
 from pbx.sip.digest import DigestAuthenticator
 from pbx.sip.peer import Peer
 from pbx.sip.timers import TimerSettings
@@ -106,19 +107,22 @@ class PbxService(MultiService):
         self.layer: TransactionLayer[Peer] = TransactionLayer(
             TimerSettings(t1_s=sip.t1_ms / 1000, t2_s=sip.t2_ms / 1000, t4_s=sip.t4_ms / 1000),
             max_transactions=sip.max_transactions)
-        self.registrar = Registrar(
+        self.auth = RequestAuthenticator(
             domain=sip.domain,
             ha1_lookup=self._ha1,
-            location=self.location,
             authenticator=self.authenticator,
             guard=self.guard,
+            make_tag=new_tag,
+        )
+        self.registrar = Registrar(
+            auth=self.auth,
+            location=self.location,
             settings=RegistrarSettings(
                 min_expires_s=config.registrar.min_expires_s,
                 max_expires_s=config.registrar.max_expires_s,
                 default_expires_s=config.registrar.default_expires_s,
                 max_contacts_per_user=config.registrar.max_contacts_per_user,
             ),
-            make_tag=new_tag,
         )
         self.endpoint = SipEndpoint(
             clock=self.reactor,

@@ -28,7 +28,8 @@ from typing import Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from pbx.core.registrar import RegisterOutcome, Registrar, SecurityEvent
+from pbx.core.auth import SecurityEvent
+from pbx.core.registrar import RegisterOutcome, Registrar
 from pbx.core.uas import UasPolicy, check_request
 from pbx.sip.errors import SipParseError
 from pbx.sip.events import (

@@ -6,41 +6,31 @@ Theory of operation
 the response to send, after how long (a slowed-down challenge), the binding
 changes to persist, and any security event to log. It does no I/O.
 
-1. The address is checked against the `AuthGuard`: a blocked address gets
-   403 and nothing else is looked at.
-2. Digest authentication (RFC 7616 / RFC 8760, `pbx.sip.digest`): without
-   credentials for our realm the answer is 401 with one challenge per
-   algorithm (SHA-256 first, then MD5, which SIPp and older phones need).
-   An unknown user goes through exactly the same steps as a known one with
-   a wrong password (a dummy HA1 is checked), so nothing tells them apart.
-   The authenticated user must be the To user (§10.3 step 3), else 403.
-3. Contacts are validated all together before anything changes (§10.3
+1. Digest authentication with 401 (`pbx.core.auth`: the guard against
+   guessing, challenges, stale nonces). The authenticated user must be the
+   To user (§10.3 step 3), else 403.
+2. Contacts are validated all together before anything changes (§10.3
    step 6: a REGISTER is processed atomically): ``*`` only alone and with
    ``Expires: 0``; each expiry from the contact's ``expires`` parameter,
    else the Expires header, else the default; a non-zero expiry below the
    minimum is refused with 423 and Min-Expires, one above the maximum is
    cut down. The location service then applies them all or none, with the
    Call-ID/CSeq ordering rule of step 7 and the per-user and global bounds.
-4. The 200 lists every current binding of the user with its remaining time.
+3. The 200 lists every current binding of the user with its remaining time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import assert_never
 
-from pbx.core.guard import AuthGuard
+from pbx.core.auth import WWW_AUTH, Denied, RequestAuthenticator, SecurityEvent
 from pbx.core.location import Binding, LocationService, UpdateResult, UpdateStatus
-from pbx.sip.digest import AuthResult, Credentials, DigestAuthenticator
 from pbx.sip.errors import SipParseError
 from pbx.sip.headers import NameAddr
-from pbx.sip.message import Request, Response, make_response
+from pbx.sip.message import Request, Response
 from pbx.sip.peer import Peer
 from pbx.sip.uri import SipUri
-
-HA1Lookup = Callable[[str, str], str | None]
-"""(extension, algorithm) -> the user's HA1 for our realm, or None if no such user."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,16 +39,6 @@ class RegistrarSettings:
     max_expires_s: int = 3600
     default_expires_s: int = 3600
     max_contacts_per_user: int = 10
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SecurityEvent:
-    """A failed or refused authentication, for the security log."""
-
-    kind: str  # "auth-failure", "blocked", "forbidden-user"
-    address: str
-    user: str
-    detail: str
 
 
 @dataclass(slots=True, kw_only=True)
@@ -75,100 +55,37 @@ class Registrar:
     def __init__(
         self,
         *,
-        domain: str,
-        ha1_lookup: HA1Lookup,
+        auth: RequestAuthenticator,
         location: LocationService,
-        authenticator: DigestAuthenticator,
-        guard: AuthGuard,
         settings: RegistrarSettings = RegistrarSettings(),
-        make_tag: Callable[[], str],
     ) -> None:
-        self.domain = domain
-        self.ha1_lookup = ha1_lookup
+        self.auth = auth
         self.location = location
-        self.authenticator = authenticator
-        self.guard = guard
         self.settings = settings
-        self.make_tag = make_tag
+        self.domain = auth.domain
 
     # ------------------------------------------------------------ entry point
 
     def handle_register(self, request: Request, peer: Peer, now: float) -> RegisterOutcome:
-        verdict = self.guard.check(peer.host, now)
         to_user = _user_of(request.to_addr)
-        if verdict.blocked:
-            return RegisterOutcome(
-                response=self._respond(request, 403, "Too many failed attempts"),
-                security_event=SecurityEvent(kind="blocked", address=peer.host,
-                                             user=to_user or "", detail="refused in cool-down"),
-            )
-        auth = self._authenticate(request, peer, now, to_user)
-        if isinstance(auth, RegisterOutcome):
-            if auth.security_event is None and verdict.delay_s:
-                auth.delay_s = verdict.delay_s
-            return auth
-        self.guard.record_success(peer.host)
         try:
-            outcome = self._update_bindings(request, peer, now, auth)
+            user = self.auth.authenticate(request, peer, now, scheme=WWW_AUTH,
+                                          claimed_user=to_user)
+            if isinstance(user, Denied):
+                return RegisterOutcome(response=user.response, delay_s=user.delay_s,
+                                       security_event=user.security_event)
+            if to_user != user:
+                # §10.3 step 3: this user may not change another user's bindings.
+                return RegisterOutcome(
+                    response=self._respond(request, 403, "Not allowed to register this user"),
+                    security_event=SecurityEvent(kind="forbidden-user", address=peer.host,
+                                                 user=user, detail=f"tried to register {to_user}"),
+                )
+            outcome = self._update_bindings(request, peer, now, user)
         except SipParseError as error:
-            outcome = RegisterOutcome(response=self._respond(request, error.status, error.reason))
-        outcome.authenticated_user = auth
+            return RegisterOutcome(response=self._respond(request, error.status, error.reason))
+        outcome.authenticated_user = user
         return outcome
-
-    # ------------------------------------------------------- authentication
-
-    def _authenticate(
-        self, request: Request, peer: Peer, now: float, to_user: str | None
-    ) -> str | RegisterOutcome:
-        """The authenticated extension, or the outcome that answers the request."""
-        credentials = self._our_credentials(request)
-        if credentials is None:
-            return self._challenge(request, stale=False, now=now, user=to_user)
-        user = credentials.username
-        ha1 = self.ha1_lookup(user, credentials.algorithm)
-        result = self.authenticator.verify(credentials, request.method, ha1=ha1, now=now)
-        if result is AuthResult.STALE:
-            return self._challenge(request, stale=True, now=now, user=to_user)
-        if result is not AuthResult.OK:
-            verdict = self.guard.record_failure(peer.host, now)
-            outcome = self._challenge(request, stale=False, now=now, user=to_user)
-            outcome.delay_s = verdict.delay_s
-            outcome.security_event = SecurityEvent(
-                kind="blocked" if verdict.blocked else "auth-failure",
-                address=peer.host, user=user, detail=result.name.lower())
-            return outcome
-        if to_user != user:
-            # §10.3 step 3: this user may not change another user's bindings.
-            return RegisterOutcome(
-                response=self._respond(request, 403, "Not allowed to register this user"),
-                security_event=SecurityEvent(kind="forbidden-user", address=peer.host,
-                                             user=user, detail=f"tried to register {to_user}"),
-            )
-        return user
-
-    def _our_credentials(self, request: Request) -> Credentials | None:
-        """The Authorization for our realm, if any (a phone may send several)."""
-        for value in request.headers.get_all("authorization"):
-            credentials = Credentials.parse(value)  # SipParseError: answered 400
-            if credentials.realm == self.domain:
-                return credentials
-        return None
-
-    def _challenge(
-        self, request: Request, *, stale: bool, now: float, user: str | None
-    ) -> RegisterOutcome:
-        """401 with one challenge per algorithm the user's stored secret can answer.
-
-        A user configured with only an MD5 HA1 cannot be checked against a
-        SHA-256 answer, so is offered MD5 alone; an unknown user is offered
-        everything, exactly like a user configured with a password.
-        """
-        challenges = self.authenticator.challenges(now, stale=stale)
-        if user is not None:
-            usable = [c for c in challenges if self.ha1_lookup(user, c.algorithm) is not None]
-            challenges = usable or challenges
-        headers = [("WWW-Authenticate", challenge.to_header_value()) for challenge in challenges]
-        return RegisterOutcome(response=self._respond(request, 401, headers=headers))
 
     # ------------------------------------------------------------ bindings
 
@@ -242,8 +159,7 @@ class Registrar:
         self, request: Request, status: int, reason: str | None = None,
         headers: list[tuple[str, str]] | None = None,
     ) -> Response:
-        return make_response(request, status, reason, to_tag=self.make_tag(),
-                             headers=headers or ())
+        return self.auth.respond(request, status, reason, headers)
 
 
 def _user_of(address: NameAddr) -> str | None:

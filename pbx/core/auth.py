@@ -1,0 +1,144 @@
+"""Digest authentication of requests, for the registrar (401) and for calls (407).
+
+Theory of operation
+-------------------
+`RequestAuthenticator.authenticate` returns the authenticated user name or
+a `Denied` holding the response to send:
+
+1. An address the `AuthGuard` has blocked gets 403 and nothing else.
+2. No credentials for our realm: 401/407 with one challenge per algorithm
+   the claimed user's stored secret can answer (SHA-256 first, then MD5,
+   RFC 8760 §2.4; a user configured with only an MD5 HA1 is offered MD5
+   alone; an unknown user is offered everything, like a user with a
+   password, so that nothing tells them apart).
+3. Credentials that fail (wrong password, unknown user, replayed or forged
+   nonce) count against the address in the guard and get a fresh
+   challenge, late once the address has failed often; a stale nonce gets a
+   challenge with ``stale=true`` so the phone retries without asking its user.
+
+Which headers carry what is the `AuthScheme`: a registrar is the target of
+its REGISTER (401, WWW-Authenticate / Authorization, RFC 3261 §22.2); for a
+call the PBX acts for the callee's domain like a proxy (407,
+Proxy-Authenticate / Proxy-Authorization, §22.3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pbx.core.guard import AuthGuard
+from pbx.sip.digest import AuthResult, Credentials, DigestAuthenticator
+from pbx.sip.message import Request, Response, make_response
+from pbx.sip.peer import Peer
+
+HA1Lookup = Callable[[str, str], str | None]
+"""(user, algorithm) -> the user's HA1 for our realm, or None if no such user."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthScheme:
+    status: int
+    challenge_header: str
+    credentials_header: str
+
+
+WWW_AUTH = AuthScheme(401, "WWW-Authenticate", "Authorization")
+PROXY_AUTH = AuthScheme(407, "Proxy-Authenticate", "Proxy-Authorization")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecurityEvent:
+    """A failed or refused authentication, for the security log."""
+
+    kind: str  # "auth-failure", "blocked", "forbidden-user"
+    address: str
+    user: str
+    detail: str
+
+
+@dataclass(slots=True, kw_only=True)
+class Denied:
+    """The answer to a request that is not (yet) authenticated."""
+
+    response: Response
+    delay_s: float = 0.0
+    security_event: SecurityEvent | None = None
+
+
+class RequestAuthenticator:
+    def __init__(
+        self,
+        *,
+        domain: str,
+        ha1_lookup: HA1Lookup,
+        authenticator: DigestAuthenticator,
+        guard: AuthGuard,
+        make_tag: Callable[[], str],
+    ) -> None:
+        self.domain = domain
+        self.ha1_lookup = ha1_lookup
+        self.authenticator = authenticator
+        self.guard = guard
+        self.make_tag = make_tag
+
+    def authenticate(
+        self, request: Request, peer: Peer, now: float, *, scheme: AuthScheme,
+        claimed_user: str | None,
+    ) -> str | Denied:
+        """The authenticated user, or how to answer. May raise SipParseError (400)."""
+        verdict = self.guard.check(peer.host, now)
+        if verdict.blocked:
+            return Denied(
+                response=self.respond(request, 403, "Too many failed attempts"),
+                security_event=SecurityEvent(kind="blocked", address=peer.host,
+                                             user=claimed_user or "",
+                                             detail="refused in cool-down"),
+            )
+        credentials = self._our_credentials(request, scheme)
+        if credentials is None:
+            return self._challenge(request, scheme, now, claimed_user, stale=False,
+                                   delay_s=verdict.delay_s)
+        user = credentials.username
+        ha1 = self.ha1_lookup(user, credentials.algorithm)
+        result = self.authenticator.verify(credentials, request.method, ha1=ha1, now=now)
+        if result is AuthResult.STALE:
+            return self._challenge(request, scheme, now, claimed_user, stale=True,
+                                   delay_s=verdict.delay_s)
+        if result is not AuthResult.OK:
+            failure = self.guard.record_failure(peer.host, now)
+            denied = self._challenge(request, scheme, now, claimed_user, stale=False,
+                                     delay_s=failure.delay_s)
+            denied.security_event = SecurityEvent(
+                kind="blocked" if failure.blocked else "auth-failure",
+                address=peer.host, user=user, detail=result.name.lower())
+            return denied
+        self.guard.record_success(peer.host)
+        return user
+
+    def _our_credentials(self, request: Request, scheme: AuthScheme) -> Credentials | None:
+        """The credentials for our realm, if any (a phone may send several)."""
+        for value in request.headers.get_all(scheme.credentials_header):
+            credentials = Credentials.parse(value)  # SipParseError: answered 400
+            if credentials.realm == self.domain:
+                return credentials
+        return None
+
+    def _challenge(
+        self, request: Request, scheme: AuthScheme, now: float, user: str | None, *,
+        stale: bool, delay_s: float,
+    ) -> Denied:
+        challenges = self.authenticator.challenges(now, stale=stale)
+        if user is not None:
+            usable = [c for c in challenges if self.ha1_lookup(user, c.algorithm) is not None]
+            challenges = usable or challenges
+        headers = [(scheme.challenge_header, c.to_header_value()) for c in challenges]
+        return Denied(response=self.respond(request, scheme.status, headers=headers),
+                      delay_s=delay_s)
+
+    def respond(
+        self, request: Request, status: int, reason: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> Response:
+        return make_response(request, status, reason, to_tag=self.make_tag(),
+                             headers=headers or ())
