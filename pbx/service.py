@@ -31,6 +31,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.application.service import MultiService
 from twisted.internet import reactor as global_reactor
 from twisted.internet.error import CannotListenError
@@ -88,6 +89,7 @@ class PbxService(MultiService):
         self.store: Store | None = None
         self.writer: BindingWriter | None = None
         self._loops: list[LoopingCall] = []
+        self._previous_sighup: Any = None
         self._users: dict[str, UserConfig] = dict(config.users)
         self.connections = Connections()
         self.location = LocationService(
@@ -191,7 +193,7 @@ class PbxService(MultiService):
                 raise SystemExit(
                     f"{path}: sip.{name}: cannot listen on {listen}: "
                     f"{error.socketError}") from None
-            except (OSError, ValueError) as error:
+            except (OSError, ValueError, SSL.Error) as error:
                 raise SystemExit(f"{path}: sip.{name}: {error}") from None
             self.log.info("Listening for SIP over {transport} on {address}",
                           transport=name.upper(), address=str(self.bound(name)))
@@ -244,7 +246,7 @@ class PbxService(MultiService):
         self._every(FLUSH_INTERVAL_S, self._flush)
         self._every(HOUSEKEEPING_INTERVAL_S, self._housekeeping)
         if hasattr(signal, "SIGHUP") and self.reactor is global_reactor:
-            signal.signal(signal.SIGHUP, self._on_sighup)
+            self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
 
     def _every(self, interval_s: float, work: Any) -> None:
         loop = LoopingCall(work)
@@ -253,6 +255,9 @@ class PbxService(MultiService):
         self._loops.append(loop)
 
     def stopService(self) -> Any:
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
         for loop in self._loops:
             if loop.running:
                 loop.stop()

@@ -89,12 +89,9 @@ class RequestAuthenticator:
         """The authenticated user, or how to answer. May raise SipParseError (400)."""
         verdict = self.guard.check(peer.host, now)
         if verdict.blocked:
-            return Denied(
-                response=self.respond(request, 403, "Too many failed attempts"),
-                security_event=SecurityEvent(kind="blocked", address=peer.host,
-                                             user=claimed_user or "",
-                                             detail="refused in cool-down"),
-            )
+            # Logged once, when the block began: a blocked address sending at
+            # packet rate must not write the security log at packet rate.
+            return Denied(response=self.respond(request, 403, "Too many failed attempts"))
         credentials = self._our_credentials(request, scheme)
         if credentials is None:
             return self._challenge(request, scheme, now, claimed_user, stale=False,
@@ -107,11 +104,17 @@ class RequestAuthenticator:
                                    delay_s=verdict.delay_s)
         if result is not AuthResult.OK:
             failure = self.guard.record_failure(peer.host, now)
+            if failure.blocked:
+                return Denied(
+                    response=self.respond(request, 403, "Too many failed attempts"),
+                    security_event=SecurityEvent(
+                        kind="blocked", address=peer.host, user=user,
+                        detail=f"{result.name.lower()}; refused until "
+                               f"{failure.blocked_until:.0f}"))
             denied = self._challenge(request, scheme, now, claimed_user, stale=False,
                                      delay_s=failure.delay_s)
             denied.security_event = SecurityEvent(
-                kind="blocked" if failure.blocked else "auth-failure",
-                address=peer.host, user=user, detail=result.name.lower())
+                kind="auth-failure", address=peer.host, user=user, detail=result.name.lower())
             return denied
         self.guard.record_success(peer.host)
         return user

@@ -16,8 +16,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 from twisted.internet import ssl
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLContextFactory
+from zope.interface import implementer
 
 
 def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path, bool]:
@@ -50,11 +52,29 @@ def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path, bool
     return cert_path, key_path, True
 
 
-def server_context(cert_path: Path, key_path: Path) -> ssl.CertificateOptions:
-    """Server options from PEM files (a chain in the cert file is sent along)."""
-    pem = cert_path.read_bytes() + b"\n" + key_path.read_bytes()
-    options: ssl.CertificateOptions = ssl.PrivateCertificate.loadPEM(pem).options()
-    return options
+@implementer(IOpenSSLContextFactory)
+class ServerContextFactory:
+    """A server TLS context read straight from PEM files by OpenSSL.
+
+    Loading through pyOpenSSL's X509/PKey objects is deprecated; OpenSSL's
+    own file loaders also send a chain placed in the certificate file.
+    """
+
+    def __init__(self, cert_path: Path, key_path: Path) -> None:
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        context.use_certificate_chain_file(str(cert_path))
+        context.use_privatekey_file(str(key_path))
+        context.check_privatekey()
+        self._context = context
+
+    def getContext(self) -> SSL.Context:
+        return self._context
+
+
+def server_context(cert_path: Path, key_path: Path) -> ServerContextFactory:
+    """Server TLS from PEM files; raises OpenSSL.SSL.Error for a bad pair."""
+    return ServerContextFactory(cert_path, key_path)
 
 
 def client_context(hostname: str) -> IOpenSSLClientConnectionCreator:

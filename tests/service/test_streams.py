@@ -1,0 +1,219 @@
+"""Streams (TCP, TLS) and WebSocket: framing, keep-alives, broken streams, timeouts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+from pbx.sip.errors import SipParseError
+from pbx.sip.peer import Peer
+from pbx.transport.connections import Connections
+from pbx.transport.stream import SipStreamFactory, StreamTimeouts
+from tests.service.conftest import assert_nothing_left, ticks
+from tests.service.sipclient import PONG, StreamLink, WebSocketRefused
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+@pytest_twisted.ensureDeferred
+async def test_message_split_across_writes_is_answered(pbx_factory: Any, transport: str) -> None:
+    pbx = await pbx_factory()
+    phone = await pbx.phone("1001", transport)
+    request = phone.build("OPTIONS", body=b"v=0\r\n", content_type="application/sdp")
+
+    for start in range(0, len(request), 40):
+        phone.link.send(request[start:start + 40])
+        await ticks(pbx.reactor, 0.01)  # each piece its own segment
+
+    reply = await phone.link.response()
+    assert reply.status == 200
+    await phone.link.silence(0.05)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+@pytest_twisted.ensureDeferred
+async def test_two_messages_in_one_write_are_both_answered(
+        pbx_factory: Any, transport: str) -> None:
+    pbx = await pbx_factory()
+    phone = await pbx.phone("1001", transport)
+
+    phone.link.send(phone.build("OPTIONS") + phone.build("FOO"))
+
+    first = await phone.link.response()
+    second = await phone.link.response()
+    assert (first.status, first.get("cseq")) == (200, "1 OPTIONS")
+    assert (second.status, second.get("cseq")) == (501, "2 FOO")
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls", "ws"])
+@pytest_twisted.ensureDeferred
+async def test_crlf_ping_gets_a_crlf_pong(pbx_factory: Any, transport: str) -> None:
+    pbx = await pbx_factory()
+    link = await pbx.link(transport)
+
+    link.send(b"\r\n\r\n")
+
+    assert await link.next_frame() == PONG
+    await link.silence(0.05)
+    assert not link.is_closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_stream_without_content_length_gets_400_and_is_closed(pbx_factory: Any) -> None:
+    pbx = await pbx_factory()
+    phone = await pbx.phone("1001", "tcp")
+    request = phone.build("OPTIONS").replace(b"Content-Length: 0\r\n", b"")
+
+    phone.link.send(request + b"and then some garbage")
+
+    reply = await phone.link.response()
+    assert reply.status == 400
+    assert "Content-Length" in reply.reason
+    assert reply.get("call-id") == phone.call_id
+    await phone.link.closed_within(1.0)
+
+
+@pytest.mark.parametrize("garbage", [
+    b"GET / HTTP/1.1\r\nHost: pbx.test\r\n\r\nxx",
+    b"SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bKx\r\n\r\nxx",
+], ids=["http", "response"])
+@pytest_twisted.ensureDeferred
+async def test_unframeable_stream_that_cannot_be_answered_is_just_closed(
+        pbx_factory: Any, garbage: bytes) -> None:
+    pbx = await pbx_factory()
+    link = await pbx.link("tcp")
+
+    link.send(garbage)
+
+    await link.closed_within(1.0)
+    assert not link.frames.pending, [bytes(f) for f in link.frames.pending]
+
+
+@pytest_twisted.ensureDeferred
+async def test_message_on_a_closed_connection_is_not_lost_for_others(pbx_factory: Any) -> None:
+    pbx = await pbx_factory()
+    leaving = await pbx.phone("1001", "tcp")
+    staying = await pbx.phone("1002", "tcp")
+    await leaving.link.close()
+
+    assert (await staying.request("OPTIONS")).status == 200
+
+
+# ---------------------------------------------------------------- WebSocket
+
+
+@pytest.mark.parametrize("subprotocols", [(), ("chat",)], ids=["none", "chat"])
+@pytest_twisted.ensureDeferred
+async def test_websocket_without_sip_subprotocol_is_refused(
+        pbx_factory: Any, subprotocols: tuple[str, ...]) -> None:
+    pbx = await pbx_factory()
+
+    with pytest.raises(WebSocketRefused) as refused:
+        await pbx.link("ws", subprotocols=subprotocols)
+
+    assert "400" in str(refused.value)
+    # A browser asking properly still gets in.
+    link = await pbx.link("ws")
+    assert link.protocol is not None
+    assert link.protocol.websocket_protocol_in_use == "sip"
+
+
+@pytest_twisted.ensureDeferred
+async def test_websocket_frame_is_one_message(pbx_factory: Any) -> None:
+    pbx = await pbx_factory()
+    phone = await pbx.phone("1001", "wss")
+    request = phone.build("OPTIONS").replace(b"Content-Length: 0\r\n", b"")
+
+    phone.link.send(request)
+
+    assert (await phone.link.response()).status == 200
+
+
+# ------------------------------------------------- idle and stall timeouts
+
+
+class RecordingSink:
+    """A stand-in for the SIP core: records what the transport delivers."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+        self.broken: list[SipParseError] = []
+        self.closed: list[Peer] = []
+
+    def receive_data(self, data: bytes, peer: Peer, *, datagram: bool) -> None:
+        self.messages.append(data)
+
+    def receive_broken_stream(self, error: SipParseError, data: bytes, peer: Peer) -> None:
+        self.broken.append(error)
+
+    def connection_closed(self, peer: Peer) -> None:
+        self.closed.append(peer)
+
+
+IDLE_S = 0.6
+STALL_S = 0.2
+
+
+@pytest_twisted.async_yield_fixture
+async def bare_stream(reactor: Any) -> AsyncIterator[Any]:
+    """A SipStreamFactory with tiny timeouts on its own port, and a way to connect."""
+    baseline = set(reactor.getDelayedCalls())
+    sink = RecordingSink()
+    factory = SipStreamFactory("tcp", sink, Connections(), reactor,
+                               StreamTimeouts(idle_s=IDLE_S, stall_s=STALL_S))
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    links: list[StreamLink] = []
+
+    async def connect() -> StreamLink:
+        link = StreamLink(reactor, "tcp")
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        await connectProtocol(endpoint, link.protocol)
+        links.append(link)
+        return link
+
+    try:
+        yield sink, connect
+    finally:
+        for link in links:
+            await link.close()
+        await port.stopListening()
+        await assert_nothing_left(reactor, baseline)
+
+
+HALF = b"OPTIONS sip:pbx.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bKh\r\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_half_a_message_is_closed_after_the_stall_timeout(
+        bare_stream: Any, reactor: Any) -> None:
+    sink, connect = bare_stream
+    link = await connect()
+
+    sent = reactor.seconds()
+    link.send(HALF)
+    await link.closed_within(IDLE_S)
+
+    took = reactor.seconds() - sent
+    assert STALL_S - 0.01 <= took < IDLE_S
+    await ticks(reactor, 0)
+    assert sink.messages == []
+    assert len(sink.closed) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_silent_connection_is_closed_after_the_idle_timeout(
+        bare_stream: Any, reactor: Any) -> None:
+    sink, connect = bare_stream
+    opened = reactor.seconds()
+    link = await connect()
+    whole = HALF + b"Content-Length: 0\r\n\r\n"
+    link.send(whole)
+
+    await link.closed_within(IDLE_S + 0.5)
+
+    assert reactor.seconds() - opened >= IDLE_S - 0.01  # idle, not the stall timeout
+    assert sink.messages == [whole]
+
