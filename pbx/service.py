@@ -27,6 +27,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import socket
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -41,10 +42,12 @@ from twisted.logger import Logger
 
 from pbx.config import Config, ConfigError, Listen, UserConfig, diff_users, load_config
 from pbx.core.auth import RequestAuthenticator, SecurityEvent
+from pbx.core.calls import CallManager
 from pbx.core.endpoint import SipEndpoint, new_tag
 from pbx.core.guard import AuthGuard, GuardSettings
 from pbx.core.location import LocationService
 from pbx.core.registrar import Registrar, RegistrarSettings
+from pbx.core.router import DialplanError, DialplanLoader
 from pbx.sip.digest import DigestAuthenticator
 from pbx.sip.peer import Peer
 from pbx.sip.timers import TimerSettings
@@ -126,11 +129,28 @@ class PbxService(MultiService):
                 max_contacts_per_user=config.registrar.max_contacts_per_user,
             ),
         )
+        self.dialplan = DialplanLoader()
+        self._cdrs: list[tuple[object, ...]] = []
+        self._route_sources: dict[str, str] = {}
+        self.calls = CallManager(
+            clock=self.reactor,
+            layer=self.layer,
+            sender=self.connections,
+            auth=self.auth,
+            location=self.location,
+            users=_UserDirectory(self),
+            domain=sip.domain,
+            local_address=self.local_address,
+            dialplan=self.dialplan,
+            record_cdr=self._cdrs.append,
+            on_security_event=self._write_security_event,
+        )
         self.endpoint = SipEndpoint(
             clock=self.reactor,
             connections=self.connections,
             layer=self.layer,
             registrar=self.registrar,
+            calls=self.calls,
             writer=None,
             server_header=sip.user_agent,
             debug=force_debug or config.pbx.debug,
@@ -156,6 +176,11 @@ class PbxService(MultiService):
             self.store = Store.open(data_dir / "pbx.sqlite3")
         except (OSError, StoreError) as error:
             raise SystemExit(f"{config.path}: pbx.data_dir: {error}") from None
+        try:
+            self.dialplan.load(config.dialplan.module)
+        except DialplanError as error:
+            self.store.close()
+            raise SystemExit(f"{config.path}: dialplan.module: {error}") from None
         self.writer = BindingWriter(self.store)
         self.endpoint.writer = self.writer
         dropped = self.location.load(self.store.load_bindings(), self.reactor.seconds())
@@ -234,6 +259,34 @@ class PbxService(MultiService):
         self.reactor.connectSSL(peer.host, peer.port, factory, client_context(peer.host),
                                 timeout=10)
 
+    def local_address(self, peer: Peer) -> tuple[str, int]:
+        """Our host and port as `peer` should see them, for Via and Contact.
+
+        The configured public address if any, else the listener's own, else
+        (bound to every interface) the address the kernel would send from
+        to reach that peer.
+        """
+        name = peer.transport if peer.transport in self.ports else next(iter(self.ports), "")
+        listen = self.bound(name) if name else Listen(host="127.0.0.1", port=5060)
+        host = self.config.sip.public_address or listen.host
+        if host in ("0.0.0.0", "::", ""):
+            host = self._route_source(peer.host)
+        return host, listen.port
+
+    def _route_source(self, destination: str) -> str:
+        source = self._route_sources.get(destination)
+        if source is None:
+            family = socket.AF_INET6 if ":" in destination else socket.AF_INET
+            try:
+                with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                    probe.connect((destination, 9))  # no packet is sent
+                    source = str(probe.getsockname()[0])
+            except OSError:
+                source = "127.0.0.1" if family == socket.AF_INET else "::1"
+            if len(self._route_sources) < 10_000:
+                self._route_sources[destination] = source
+        return source
+
     def bound(self, name: str) -> Listen:
         """Where listener `name` really listens (port 0 in the config means any)."""
         address = self.ports[name].getHost()
@@ -262,6 +315,7 @@ class PbxService(MultiService):
             if loop.running:
                 loop.stop()
         self._loops.clear()
+        self.calls.hangup_all()
         self.endpoint.stop()
         self.connections.close_all()
         stopping = [port.stopListening() for port in self.ports.values()]
@@ -279,6 +333,13 @@ class PbxService(MultiService):
     # ------------------------------------------------------ periodic work
 
     def _flush(self) -> None:
+        if self._cdrs and self.store is not None:
+            rows, self._cdrs[:] = list(self._cdrs), []
+            try:
+                self.store.write_cdrs(rows)
+            except StoreError as error:
+                self._cdrs[:0] = rows[-10_000:]  # retried next time; bounded
+                self.log.warn("Could not save call records yet: {error}", error=str(error))
         if self.writer is None or not self.writer.pending:
             return
         try:
@@ -326,13 +387,19 @@ class PbxService(MultiService):
             self.log.error("Reload refused, keeping the running config:\n{problems}",
                            problems=str(error))
             return False
+        if new.dialplan.module != self.dialplan.path or new.dialplan.module is not None:
+            try:
+                self.dialplan.load(new.dialplan.module)
+            except DialplanError as error:
+                self.log.error("Dialplan not reloaded, keeping the running one: {error}",
+                               error=str(error))
         diff = diff_users(self.config, new)
         self._users = dict(new.users)
         for extension in diff.removed:
             gone = self.location.remove_aor(extension)
             if self.writer is not None:
                 self.writer.record_removals(gone)
-        unchanged = ("sip", "registrar", "security", "pbx")
+        unchanged = ("sip", "registrar", "security", "pbx")  # [dialplan] reloads above
         needs_restart = [name for name in unchanged
                          if getattr(new, name) != getattr(self.config, name)]
         self.config = new
@@ -355,3 +422,22 @@ def _tune_garbage_collector() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_GENERATION_THRESHOLD, middle, old)
+
+
+class _UserDirectory:
+    """The office's users as the dialplan sees them (`pbx.dialplan.Users`)."""
+
+    def __init__(self, service: PbxService) -> None:
+        self._service = service
+
+    def exists(self, extension: str) -> bool:
+        user = self._service._users.get(extension)
+        return user is not None and user.enabled
+
+    def name(self, extension: str) -> str | None:
+        user = self._service._users.get(extension)
+        return None if user is None else user.name
+
+    def is_registered(self, extension: str) -> bool:
+        service = self._service
+        return bool(service.location.bindings(extension, service.reactor.seconds()))

@@ -86,7 +86,34 @@ def _create_bindings(db: Database) -> None:
     )
 
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (_create_bindings,)
+def _create_cdr(db: Database) -> None:
+    """Version 2: one call detail record per call, written when it ends."""
+    db.create_table(
+        "cdr",
+        {
+            "id": int,
+            "call_id": str,
+            "caller": str,
+            "caller_name": str,
+            "dialed": str,
+            "targets": str,  # JSON list of what was tried, in order
+            "answered_by": str,
+            "started_at": float,
+            "answered_at": float,
+            "ended_at": float,
+            "duration_s": float,  # answer to end; 0 for a call nobody answered
+            "hangup_by": str,  # "caller", "callee" or "pbx"
+            "status": int,  # 200 for an answered call, else the caller's final status
+            "reason": str,
+        },
+        pk="id",
+        not_null=("call_id", "caller", "dialed", "targets", "started_at", "ended_at"),
+        strict=True,
+    )
+    db.execute("CREATE INDEX cdr_started_at ON cdr (started_at)")
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (_create_bindings, _create_cdr)
 """Applied in order; the schema version is how many have been applied. Append only."""
 
 
@@ -177,6 +204,15 @@ class Store:
                 raise StoreError(f"{self.path}: bad row in bindings {row!r}: {exc}") from exc
         return bindings
 
+    def write_cdrs(self, rows: Sequence[Sequence[object]]) -> None:
+        """Append call detail records (tuples in `_CDR_COLUMNS` order), in one transaction."""
+        with self._db.atomic():
+            self._db.conn.executemany(_INSERT_CDR, rows)
+
+    def cdrs(self) -> list[dict[str, object]]:
+        """Every call detail record, oldest first (for the admin and for tests)."""
+        return list(self._db["cdr"].rows_where(order_by="id"))
+
     def write_bindings(
         self, upserts: Sequence[Binding], removals: Sequence[tuple[str, str]]
     ) -> None:
@@ -187,6 +223,16 @@ class Store:
                 conn.executemany(_UPSERT_BINDING, map(_binding_row, upserts))
             if removals:
                 conn.executemany(_DELETE_BINDING, removals)
+
+
+_CDR_COLUMNS: Final = (
+    "call_id", "caller", "caller_name", "dialed", "targets", "answered_by", "started_at",
+    "answered_at", "ended_at", "duration_s", "hangup_by", "status", "reason",
+)
+_INSERT_CDR: Final = (
+    f"INSERT INTO cdr ({', '.join(_CDR_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _CDR_COLUMNS)})"
+)
 
 
 def _check_is_ours(db: Database, path: Path) -> None:

@@ -29,6 +29,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from pbx.core.auth import SecurityEvent
+from pbx.core.calls import CallManager
 from pbx.core.registrar import RegisterOutcome, Registrar
 from pbx.core.uas import UasPolicy, check_request
 from pbx.sip.errors import SipParseError
@@ -45,16 +46,17 @@ from pbx.sip.events import (
 from pbx.sip.headers import Via
 from pbx.sip.message import Request, Response, make_error_response, make_response, parse_message
 from pbx.sip.peer import Peer
-from pbx.sip.transaction import ServerTransaction, TransactionLayer
+from pbx.sip.transaction import ClientTransaction, ServerTransaction, TransactionLayer
 from pbx.store import BindingWriter
 
 ENDPOINT_POLICY = UasPolicy(
-    allowed_methods=("REGISTER", "OPTIONS", "ACK", "BYE", "CANCEL"),
+    allowed_methods=("REGISTER", "OPTIONS", "INVITE", "ACK", "BYE", "CANCEL", "UPDATE",
+                     "INFO", "MESSAGE", "PRACK"),
     supported_extensions=(),
     accepted_types=("application/sdp",),
 )
-"""What the PBX answers itself today. BYE and CANCEL are "allowed" so that
-one outside any dialog or transaction gets the 481 it deserves, not a 405."""
+"""What the PBX takes. BYE, CANCEL, UPDATE, INFO and PRACK outside any dialog
+or transaction get the 481 they deserve (§12.2.2), not a 405."""
 
 _SECRET_HEADERS = ("authorization:", "proxy-authorization:")
 
@@ -101,6 +103,7 @@ class SipEndpoint:
         connections: Sender,
         layer: TransactionLayer[Peer],
         registrar: Registrar,
+        calls: CallManager | None = None,
         writer: BindingWriter | None,
         server_header: str,
         debug: bool = False,
@@ -110,7 +113,11 @@ class SipEndpoint:
         self.connections = connections
         self.layer = layer
         self.registrar = registrar
+        self.calls = calls
+        if calls is not None:
+            calls.pump = lambda: self._pump(self.clock.seconds())
         self.writer = writer
+        self._pumping = False
         self.server_header = server_header
         self.debug = debug
         self.on_security_event = on_security_event
@@ -154,24 +161,53 @@ class SipEndpoint:
             self.connections.send(answer, peer)
 
     def _pump(self, now: float) -> None:
+        if self._pumping:
+            return  # work done while handling an event: the running pump drains it
+        self._pumping = True
+        try:
+            self._drain(now)
+        finally:
+            self._pumping = False
+        self._arm_timer()
+
+    def _drain(self, now: float) -> None:
         layer = self.layer
-        while (event := layer.next_event()) is not None:
+        calls = self.calls
+        while True:
+            event = layer.next_event()
+            if event is None:
+                self._send_outgoing(now)
+                if (event := layer.next_event()) is None:
+                    return
             match event:
                 case RequestReceived(transaction=transaction, request=request, source=source):
                     self._handle_request(transaction, request, source, now)
                 case AckReceived(request=request, source=source):
-                    # An ACK outside any transaction or dialog: nothing to answer (§17.2.3).
-                    self.log.debug("Stray ACK from {peer}", peer=str(source))
+                    # An ACK for a 2xx goes to its call; any other needs no answer (§17.2.3).
+                    if calls is not None:
+                        calls.ack(request)
+                case ResponseReceived(transaction=transaction, response=response):
+                    if calls is not None:
+                        calls.response(transaction, response)
+                case TransactionTimedOut(transaction=transaction):
+                    if calls is not None and isinstance(transaction, ClientTransaction):
+                        calls.failure(transaction, 408)
+                case TransportErrorReported(transaction=transaction):
+                    if calls is not None and isinstance(transaction, ClientTransaction):
+                        calls.failure(transaction, 503)
                 case StrayResponseReceived(response=response, source=source):
                     self.log.debug("Unsolicited {status} from {peer} dropped",
                                    status=response.status, peer=str(source))
                 case TransactionTerminated(transaction=transaction):
                     self._forget_merged(transaction)
-                case TransactionTimedOut() | TransportErrorReported() | ResponseReceived():
-                    self.log.debug("{event}", event=event)
+                    if calls is not None:
+                        calls.transaction_ended(transaction)
                 case RequestRejected(request=request, source=source, status=status):
                     self.log.warn("Rejected {method} from {peer}: {status} (table full)",
                                   method=request.method, peer=str(source), status=status)
+
+    def _send_outgoing(self, now: float) -> None:
+        layer = self.layer
         for outgoing in layer.take_outgoing():
             if self.debug:
                 self.wire.debug("Sent to {peer}:\n{message}", peer=str(outgoing.destination),
@@ -179,7 +215,6 @@ class SipEndpoint:
             if not self.connections.send(outgoing.data, outgoing.destination) and (
                     outgoing.transaction is not None):
                 layer.receive_transport_error(outgoing.transaction, now)
-        self._arm_timer()
 
     def _handle_request(
         self, transaction: ServerTransaction[Peer], request: Request, peer: Peer, now: float
@@ -200,14 +235,25 @@ class SipEndpoint:
         if early is not None:
             return early
         method = request.method
+        calls = self.calls
         if method == "CANCEL":
-            # No INVITE is in progress here yet, so no CANCEL matches (§9.2).
+            # §9.2: 200 when it matches an INVITE in progress, and that call ends it.
+            invite = self.layer.find_server_invite_for_cancel(request)
+            if invite is not None and calls is not None and calls.caller_cancel(invite):
+                return make_response(request, 200, to_tag=None)
             return make_response(request, 481, to_tag=new_tag())
         if request.to_addr.tag is not None:
+            if calls is not None and calls.in_dialog(transaction, request):
+                return None  # the call answers
             # In a dialog the PBX does not know (§12.2.2).
             return make_response(request, 481, to_tag=None)
         if self._is_merged(transaction, request):
             return make_response(request, 482, to_tag=new_tag())
+        if method == "INVITE" and calls is not None:
+            max_forwards = request.max_forwards
+            if max_forwards is not None and max_forwards == 0:
+                return make_response(request, 483, to_tag=new_tag())
+            return calls.new_invite(transaction, request, peer, now)
         if method == "REGISTER":
             return self._register(transaction, request, peer, now)
         if method == "OPTIONS":

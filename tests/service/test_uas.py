@@ -9,7 +9,8 @@ import pytest_twisted
 
 from tests.service.sipclient import header_params, new_branch, parse_reply
 
-ALLOW = {"REGISTER", "OPTIONS", "ACK", "BYE", "CANCEL"}
+ALLOW = {"REGISTER", "OPTIONS", "INVITE", "ACK", "BYE", "CANCEL", "UPDATE", "INFO", "MESSAGE",
+         "PRACK"}
 
 
 def tokens(value: str | None) -> set[str]:
@@ -44,7 +45,7 @@ async def test_unknown_method_is_501_with_allow(pbx_factory: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_invite_is_405_with_allow_until_calls_are_supported(pbx_factory: Any) -> None:
+async def test_invite_without_credentials_is_challenged_with_407(pbx_factory: Any) -> None:
     pbx = await pbx_factory()
     phone = await pbx.phone("1001")
     branch = new_branch()
@@ -52,12 +53,14 @@ async def test_invite_is_405_with_allow_until_calls_are_supported(pbx_factory: A
     reply = await phone.request("INVITE", branch=branch, to_user="1002",
                                 request_uri="sip:1002@pbx.test")
 
-    assert reply.status == 405
-    assert tokens(reply.get("Allow")) == ALLOW
+    # A call is authenticated like a proxy would (RFC 3261 §22.3).
+    assert reply.status == 407
+    assert "www-authenticate" not in reply
+    assert reply.get("Proxy-Authenticate").startswith("Digest ")
     # The phone ACKs the failure in the same transaction; nothing answers the ACK.
     phone.link.send(phone.build("ACK", branch=branch, to_user="1002", to_tag=reply.to_tag,
                                 cseq=phone.cseq, request_uri="sip:1002@pbx.test"))
-    await phone.link.silence(0.6)  # and the 405 is not retransmitted (Timer G, T1=0.5 s)
+    await phone.link.silence(0.6)  # and the 407 is not retransmitted (Timer G, T1=0.5 s)
 
 
 @pytest_twisted.ensureDeferred

@@ -1,0 +1,683 @@
+"""One call through the back-to-back user agent: an A-leg and its B-legs.
+
+Theory of operation
+-------------------
+The PBX answers the caller as a UAS (the *A-leg*) and calls each target as
+a UAC (the *B-legs*), each leg its own dialog with its own Call-ID, tags,
+CSeq space, Via and Contact [sippy ``b2bua.py``: one state per leg, a call
+controller relaying between them]. `Call` is that controller. It does no
+I/O: it talks to the endpoint through `CallServices`, and the endpoint
+feeds it what the transaction layer reports, through the `ResponseOwner`
+each request it sent carries.
+
+Life of a call::
+
+    INVITE ──> ROUTING ── dial() ──> DIALING ── 2xx ──> ANSWERED ── BYE ──> ENDED
+                  │                    │ all failed / timeout / CANCEL      ▲
+                  └── reject() ────────┴────────────────────────────────────┘
+
+- Dialing sends the A-leg's offer to every target at once (forking) and
+  passes provisional responses back (180, 183 with early-media SDP). The
+  first 2xx wins: it is ACKed, the caller gets a 200 with its SDP, the
+  other branches are CANCELed, and a late 2xx from one of them is ACKed and
+  BYEd (RFC 3261 §16.7 step 7 as a B2BUA does it).
+- A dial ends with a `DialOutcome` for the dialplan: answered, or the best
+  final response of the branches by the rules of §16.7 step 6; the dialplan
+  decides what happens next. When it decides nothing, `finish` answers the
+  caller with that best response.
+- CANCEL from the caller cancels every branch; the caller gets 487.
+- Once answered, BYE from either side ends both; re-INVITE, UPDATE, INFO
+  and MESSAGE are relayed to the other leg and their final answers relayed
+  back. A second re-INVITE while one is in progress gets 491 (glare,
+  §14.1). A relayed request answered 408 or 481, or never answered, ends
+  the call on both sides (§12.2.1.2).
+- The caller's 2xx is retransmitted until its ACK arrives (§13.3.1.4,
+  RFC 6026), over unreliable transports; no ACK within 64*T1 ends the call.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pbx.sip.dialog import Dialog
+from pbx.sip.headers import quote_string
+from pbx.sip.message import Headers, Request, Response, make_response
+from pbx.sip.peer import Peer
+from pbx.sip.transaction import ClientInviteTransaction, ClientTransaction, ServerTransaction
+from pbx.sip.uri import parse_request_uri
+
+RELAYED_METHODS = frozenset({"INVITE", "UPDATE", "INFO", "MESSAGE"})
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, MESSAGE, PRACK"
+# Headers that describe the body travel with it from one leg to the other.
+_BODY_HEADERS = ("content-type", "content-disposition", "content-encoding", "content-language")
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+    def active(self) -> bool: ...
+
+
+class ResponseOwner(Protocol):
+    """Who gets the responses to a request the call sent."""
+
+    def on_response(self, response: Response) -> None: ...
+
+    def on_failure(self, status: int) -> None:
+        """No response: 408 for a timeout (Timer B/F), 503 for a transport error."""
+
+
+class CallServices(Protocol):
+    """What a call needs from the endpoint: time, sending, tags, addresses."""
+
+    def now(self) -> float: ...
+
+    @property
+    def domain(self) -> str: ...
+
+    def respond(self, transaction: ServerTransaction[Peer], response: Response) -> None: ...
+
+    def send_request(self, request: Request, peer: Peer,
+                     owner: ResponseOwner) -> ClientTransaction[Peer] | None: ...
+
+    def send_ack(self, request: Request, peer: Peer) -> None: ...
+
+    def cancel(self, transaction: ClientInviteTransaction[Peer]) -> None: ...
+
+    def call_later(self, delay_s: float, work: Callable[[], None]) -> Cancellable: ...
+
+    def via_for(self, peer: Peer) -> str:
+        """A top Via for a request to `peer`, with a fresh branch and ``rport``."""
+
+    def contact_for(self, peer: Peer, user: str | None) -> str:
+        """Our Contact (a name-addr) as seen from `peer`."""
+
+    def new_tag(self) -> str: ...
+
+    def new_call_id(self) -> str: ...
+
+    def register_dialog(self, dialog: Dialog, leg: Leg) -> None: ...
+
+    def forget_dialog(self, dialog: Dialog) -> None: ...
+
+    def call_ended(self, call: Call) -> None: ...
+
+    @property
+    def t1_s(self) -> float: ...
+
+    @property
+    def t2_s(self) -> float: ...
+
+
+class CallState(enum.Enum):
+    ROUTING = enum.auto()
+    DIALING = enum.auto()
+    ANSWERED = enum.auto()
+    ENDED = enum.auto()
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one branch goes: the Request-URI and the address to send it to."""
+
+    request_uri: str
+    peer: Peer
+    label: str
+    """Who this is, for the CDR and the logs: "1002", or the URI dialed."""
+    to_uri: str | None = None
+    """The To of the B-leg; by default the Request-URI."""
+
+
+@dataclass(frozen=True, slots=True)
+class DialOutcome:
+    """How one dial ended: the winning target, or the best final status."""
+
+    answered_by: str | None
+    status: int
+    reason: str
+
+    @property
+    def answered(self) -> bool:
+        return self.answered_by is not None
+
+
+class Leg:
+    """What the two kinds of leg share: a peer, a dialog once there is one."""
+
+    side = "?"
+
+    def __init__(self, call: Call, peer: Peer) -> None:
+        self.call = call
+        self.peer = peer
+        self.dialog: Dialog | None = None
+
+
+class ALeg(Leg):
+    """The caller's side: we are the UAS of its INVITE."""
+
+    side = "caller"
+
+    def __init__(self, call: Call, transaction: ServerTransaction[Peer], invite: Request,
+                 peer: Peer, local_tag: str) -> None:
+        super().__init__(call, peer)
+        self.transaction = transaction
+        self.invite = invite
+        self.local_tag = local_tag
+        self.final_sent = False
+        self.answer: Response | None = None
+        self._retransmit: Cancellable | None = None
+        self._retransmit_interval = 0.0
+        self._answered_at = 0.0
+
+
+class BLeg(Leg):
+    """One branch: we are the UAC of its INVITE."""
+
+    side = "callee"
+
+    def __init__(self, call: Call, target: Target, invite: Request) -> None:
+        super().__init__(call, target.peer)
+        self.target = target
+        self.invite = invite
+        self.transaction: ClientTransaction[Peer] | None = None
+        self.final_status: int | None = None
+        self.final_reason = ""
+        self.cancelled = False
+        self.ack: Request | None = None
+        self.early_dialogs: dict[str, Dialog] = {}
+
+    # ResponseOwner of the INVITE
+
+    def on_response(self, response: Response) -> None:
+        self.call._b_response(self, response)
+
+    def on_failure(self, status: int) -> None:
+        self.call._b_failed(self, status, "Request Timeout" if status == 408 else "Unreachable")
+
+
+@dataclass(slots=True)
+class _Relay:
+    """An in-dialog request relayed from one leg to the other (ResponseOwner)."""
+
+    call: Call
+    source: Leg
+    transaction: ServerTransaction[Peer]
+    request: Request
+    destination: Leg
+    sent: Request | None = None
+
+    def on_response(self, response: Response) -> None:
+        self.call._relay_response(self, response)
+
+    def on_failure(self, status: int) -> None:
+        self.call._relay_failed(self, status)
+
+
+@dataclass(slots=True)
+class _Bye:
+    """The BYE we send to end a leg; its answer only matters for the logs."""
+
+    def on_response(self, response: Response) -> None:
+        return None
+
+    def on_failure(self, status: int) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """What the CDR writer stores when the call ends."""
+
+    call_id: str
+    caller: str
+    caller_name: str | None
+    dialed: str
+    started_at: float
+    answered_at: float | None = None
+    ended_at: float | None = None
+    targets: list[str] = field(default_factory=list)
+    answered_by: str | None = None
+    hangup_by: str | None = None  # "caller", "callee", "pbx"
+    status: int | None = None
+    reason: str | None = None
+
+
+class Call:
+    """The controller of one call (see the module docstring)."""
+
+    def __init__(self, services: CallServices, *, transaction: ServerTransaction[Peer],
+                 invite: Request, peer: Peer, caller: str, caller_name: str | None,
+                 dialed: str) -> None:
+        self.services = services
+        self.state = CallState.ROUTING
+        self.a = ALeg(self, transaction, invite, peer, services.new_tag())
+        self.b_legs: list[BLeg] = []
+        self.connected: BLeg | None = None
+        self.record = CallRecord(call_id=invite.call_id, caller=caller,
+                                 caller_name=caller_name, dialed=dialed,
+                                 started_at=services.now())
+        self._dial_done: Callable[[DialOutcome], None] | None = None
+        self._dial_timer: Cancellable | None = None
+        self._best: tuple[int, str] | None = None
+        self._pending_relays: dict[int, _Relay] = {}
+        self._on_end: list[Callable[[], None]] = []
+
+    # ---------------------------------------------------------- dialplan side
+
+    @property
+    def ended(self) -> bool:
+        return self.state is CallState.ENDED
+
+    def when_ended(self, work: Callable[[], None]) -> None:
+        """Run `work` once the call has ended (the dialplan's CallEnded)."""
+        if self.ended:
+            work()
+        else:
+            self._on_end.append(work)
+
+    def dial(self, targets: Sequence[Target], timeout_s: float,
+             done: Callable[[DialOutcome], None]) -> None:
+        """Ring every target at once; `done` gets the outcome exactly once."""
+        if self.state is not CallState.ROUTING:
+            raise RuntimeError(f"cannot dial in state {self.state.name}")
+        self.state = CallState.DIALING
+        self._dial_done = done
+        self._best = None
+        self.b_legs = []
+        for target in targets:
+            self._start_branch(target)
+        if not any(leg.final_status is None for leg in self.b_legs):
+            self._dial_finished()
+            return
+        self._dial_timer = self.services.call_later(timeout_s, self._dial_timeout)
+
+    def reject(self, status: int, reason: str | None = None,
+               headers: Sequence[tuple[str, str]] = ()) -> None:
+        """Answer the caller with a final non-2xx and end the call."""
+        if self.ended or self.a.final_sent:
+            return
+        self._final_to_caller(status, reason, headers)
+        self._end(hangup_by="pbx", status=status, reason=reason)
+
+    def finish(self) -> None:
+        """The dialplan returned: a call nobody answered gets its best final response."""
+        if self.ended or self.state is CallState.ANSWERED:
+            return
+        status, reason = self._best or (480, "Temporarily Unavailable")
+        self.reject(status, reason)
+
+    def hangup(self) -> None:
+        """End the call from the PBX's side, whatever its state."""
+        if self.ended:
+            return
+        if self.state is CallState.ANSWERED:
+            self._bye(self.a)
+            if self.connected is not None:
+                self._bye(self.connected)
+            self._end(hangup_by="pbx")
+            return
+        self._cancel_branches()
+        self.reject(480, "Temporarily Unavailable")
+
+    # ------------------------------------------------------------- branches
+
+    def _start_branch(self, target: Target) -> None:
+        services = self.services
+        a_invite = self.a.invite
+        peer = target.peer
+        name = a_invite.from_addr.display_name
+        display = f"{quote_string(name)} " if name else ""
+        caller_uri = f"sip:{self.record.caller}@{services.domain}"
+        headers: list[tuple[str, str]] = [
+            ("Via", services.via_for(peer)),
+            ("Max-Forwards", str(max(0, (a_invite.max_forwards or 70) - 1))),
+            ("From", f"{display}<{caller_uri}>;tag={services.new_tag()}"),
+            ("To", f"<{target.to_uri or target.request_uri}>"),
+            ("Call-ID", services.new_call_id()),
+            ("CSeq", "1 INVITE"),
+            ("Contact", services.contact_for(peer, self.record.caller)),
+            ("Allow", ALLOW),
+        ]
+        headers.extend(_body_headers(a_invite))
+        invite = Request("INVITE", parse_request_uri(target.request_uri), Headers(headers),
+                         a_invite.body)
+        leg = BLeg(self, target, invite)
+        self.b_legs.append(leg)
+        self.record.targets.append(target.label)
+        leg.transaction = services.send_request(invite, peer, leg)
+        if leg.transaction is None:
+            leg.final_status, leg.final_reason = 503, "Service Unavailable"
+            self._consider(503, "Service Unavailable")
+
+    def _b_response(self, leg: BLeg, response: Response) -> None:
+        status = response.status
+        if status < 200:
+            if status == 100 or self.state is not CallState.DIALING:
+                return
+            tag = response.to_addr.tag
+            if tag is not None and tag not in leg.early_dialogs:
+                dialog = Dialog.as_uac(leg.invite, response)
+                leg.early_dialogs[tag] = dialog
+            self._provisional_to_caller(response)
+            return
+        if 200 <= status < 300:
+            self._b_answered(leg, response)
+            return
+        if leg.final_status is None:
+            leg.final_status, leg.final_reason = status, response.reason
+            self._consider(status, response.reason)
+            self._branch_done()
+
+    def _b_failed(self, leg: BLeg, status: int, reason: str) -> None:
+        if leg.final_status is not None:
+            return
+        leg.final_status, leg.final_reason = status, reason
+        self._consider(status, reason)
+        self._branch_done()
+
+    def _b_answered(self, leg: BLeg, response: Response) -> None:
+        dialog = Dialog.as_uac(leg.invite, response)
+        ack = dialog.ack(leg.invite.cseq.number, via=self.services.via_for(leg.peer))
+        if self.state is not CallState.DIALING or (
+                self.connected is not None and self.connected is not leg) or (
+                leg.final_status is not None and leg is not self.connected):
+            if self.connected is leg and leg.ack is not None:
+                # Our ACK was lost: the phone retransmits its 2xx (§13.2.2.4).
+                self.services.send_ack(leg.ack, leg.peer)
+                return
+            # A late 2xx from a losing branch: ACK it, then BYE it (§16.7 step 7).
+            self.services.send_ack(ack, leg.peer)
+            bye = dialog.new_request("BYE", via=self.services.via_for(leg.peer))
+            self.services.send_request(bye, leg.peer, _Bye())
+            return
+        leg.dialog = dialog
+        leg.final_status, leg.final_reason = response.status, response.reason
+        self.connected = leg
+        self.services.register_dialog(dialog, leg)
+        if self.a.invite.body:
+            leg.ack = ack
+            self.services.send_ack(ack, leg.peer)
+        # else: a late offer in the 2xx; the caller's ACK carries the answer,
+        # and the callee's ACK waits for it (see `_a_ack`).
+        self._answer_caller(response)
+        self.state = CallState.ANSWERED
+        self.record.answered_at = self.services.now()
+        self.record.answered_by = leg.target.label
+        self._cancel_branches(except_leg=leg)
+        self._stop_dial_timer()
+        self._report(DialOutcome(answered_by=leg.target.label, status=response.status,
+                                 reason=response.reason))
+
+    def _consider(self, status: int, reason: str) -> None:
+        """Keep the best final response so far (RFC 3261 §16.7 step 6)."""
+        if self._best is None or _rank(status) < _rank(self._best[0]):
+            self._best = (status, reason)
+
+    def _branch_done(self) -> None:
+        if self.state is CallState.DIALING and all(
+                leg.final_status is not None for leg in self.b_legs):
+            self._dial_finished()
+
+    def _dial_timeout(self) -> None:
+        self._dial_timer = None
+        if self.state is not CallState.DIALING:
+            return
+        if self._best is None:
+            self._best = (408, "Request Timeout")
+        self._cancel_branches()
+        self._dial_finished(no_answer=True)
+
+    def _dial_finished(self, *, no_answer: bool = False) -> None:
+        self._stop_dial_timer()
+        self.state = CallState.ROUTING
+        status, reason = self._best or (480, "Temporarily Unavailable")
+        if no_answer:
+            status, reason = 408, "Request Timeout"
+        self._report(DialOutcome(answered_by=None, status=status, reason=reason))
+
+    def _report(self, outcome: DialOutcome) -> None:
+        done, self._dial_done = self._dial_done, None
+        if done is not None:
+            done(outcome)
+
+    def _cancel_branches(self, except_leg: BLeg | None = None) -> None:
+        for leg in self.b_legs:
+            if leg is except_leg or leg.final_status is not None or leg.cancelled:
+                continue
+            leg.cancelled = True
+            if isinstance(leg.transaction, ClientInviteTransaction):
+                self.services.cancel(leg.transaction)
+
+    def _stop_dial_timer(self) -> None:
+        if self._dial_timer is not None and self._dial_timer.active():
+            self._dial_timer.cancel()
+        self._dial_timer = None
+
+    # ------------------------------------------------------------ the caller
+
+    def _provisional_to_caller(self, response: Response) -> None:
+        if self.a.final_sent:
+            return
+        status = 183 if response.body else response.status
+        reason = "Session Progress" if response.body else response.reason
+        reply = make_response(self.a.invite, status, reason, to_tag=self.a.local_tag,
+                              headers=[("Contact", self._a_contact()),
+                                       *_body_headers(response)], body=response.body)
+        self.services.respond(self.a.transaction, reply)
+
+    def _answer_caller(self, response: Response) -> None:
+        a = self.a
+        reply = make_response(a.invite, 200, "OK", to_tag=a.local_tag, headers=[
+            ("Contact", self._a_contact()),
+            ("Allow", ALLOW),
+            *_body_headers(response),
+        ], body=response.body)
+        a.final_sent = True
+        a.answer = reply
+        dialog = Dialog.as_uas(a.invite, local_tag=a.local_tag,
+                               local_contact=self._a_contact(), early=False)
+        a.dialog = dialog
+        self.services.register_dialog(dialog, a)
+        self.services.respond(a.transaction, reply)
+        a._answered_at = self.services.now()
+        if not a.peer.is_reliable:
+            a._retransmit_interval = self.services.t1_s
+            a._retransmit = self.services.call_later(a._retransmit_interval,
+                                                     self._retransmit_answer)
+        else:
+            a._retransmit = self.services.call_later(64 * self.services.t1_s,
+                                                     self._no_ack)
+
+    def _retransmit_answer(self) -> None:
+        """§13.3.1.4: the 2xx again at T1, 2*T1, ... capped at T2, until ACK or 64*T1."""
+        a = self.a
+        a._retransmit = None
+        if self.ended or a.answer is None:
+            return
+        if self.services.now() - a._answered_at >= 64 * self.services.t1_s:
+            self._no_ack()
+            return
+        self.services.respond(a.transaction, a.answer)
+        a._retransmit_interval = min(2 * a._retransmit_interval, self.services.t2_s)
+        a._retransmit = self.services.call_later(a._retransmit_interval,
+                                                 self._retransmit_answer)
+
+    def _no_ack(self) -> None:
+        self.a._retransmit = None
+        if self.ended:
+            return
+        if self.connected is not None:
+            self._bye(self.connected)
+        self._bye(self.a)
+        self._end(hangup_by="pbx", status=408, reason="No ACK from the caller")
+
+    def _final_to_caller(self, status: int, reason: str | None,
+                         headers: Sequence[tuple[str, str]] = ()) -> None:
+        a = self.a
+        if a.final_sent:
+            return
+        a.final_sent = True
+        self.services.respond(a.transaction, make_response(
+            a.invite, status, reason, to_tag=a.local_tag, headers=headers))
+
+    def _a_contact(self) -> str:
+        return self.services.contact_for(self.a.peer, None)
+
+    def a_ack(self, ack: Request) -> None:
+        """The caller's ACK for our 2xx (or a re-INVITE's)."""
+        a = self.a
+        if a._retransmit is not None and a._retransmit.active():
+            a._retransmit.cancel()
+        a._retransmit = None
+        leg = self.connected
+        if leg is not None and leg.ack is None and leg.dialog is not None:
+            # Late offer: the callee's ACK carries the caller's answer.
+            leg.ack = leg.dialog.ack(leg.invite.cseq.number,
+                                     via=self.services.via_for(leg.peer), body=ack.body,
+                                     content_type=ack.headers.get("content-type"))
+            self.services.send_ack(leg.ack, leg.peer)
+
+    def caller_cancelled(self) -> None:
+        """CANCEL from the caller (its 200 is the endpoint's): 487, branches cancelled."""
+        if self.ended or self.a.final_sent:
+            return
+        self._cancel_branches()
+        self._stop_dial_timer()
+        self._final_to_caller(487, "Request Terminated")
+        self._end(hangup_by="caller", status=487, reason="Request Terminated")
+
+    # --------------------------------------------------- in-dialog requests
+
+    def in_dialog_request(self, leg: Leg, transaction: ServerTransaction[Peer],
+                          request: Request) -> None:
+        """BYE, re-INVITE, UPDATE, INFO, MESSAGE, OPTIONS, PRACK on an established leg."""
+        method = request.method
+        dialog = leg.dialog
+        assert dialog is not None
+        refused = dialog.receive_request(request)
+        if refused is not None:
+            self.services.respond(transaction, make_response(request, refused))
+            return
+        if method == "BYE":
+            self.services.respond(transaction, make_response(request, 200))
+            other = self._other(leg)
+            if other is not None:
+                self._bye(other)
+            self._end(hangup_by=leg.side)
+            return
+        if method in ("OPTIONS", "PRACK"):
+            self.services.respond(transaction, make_response(request, 200))
+            return
+        if method not in RELAYED_METHODS:
+            self.services.respond(transaction, make_response(
+                request, 405, headers=[("Allow", ALLOW)]))
+            return
+        other = self._other(leg)
+        if other is None or other.dialog is None or self.state is not CallState.ANSWERED:
+            self.services.respond(transaction, make_response(request, 481))
+            return
+        if method in ("INVITE", "UPDATE") and any(
+                r.request.method in ("INVITE", "UPDATE") for r in self._pending_relays.values()):
+            # Glare (§14.1): another offer is in progress on this call.
+            self.services.respond(transaction, make_response(
+                request, 491, headers=[("Retry-After", "1")]))
+            return
+        relay = _Relay(self, leg, transaction, request, other)
+        sent = other.dialog.new_request(
+            method, via=self.services.via_for(other.peer), headers=_body_headers(request),
+            body=request.body)
+        relay.sent = sent
+        self._pending_relays[id(relay)] = relay
+        if self.services.send_request(sent, other.peer, relay) is None:
+            self._relay_failed(relay, 503)
+
+    def _relay_response(self, relay: _Relay, response: Response) -> None:
+        status = response.status
+        if status < 200:
+            return
+        self._pending_relays.pop(id(relay), None)
+        destination = relay.destination
+        assert destination.dialog is not None and relay.sent is not None
+        destination.dialog.receive_response(relay.sent, response)
+        if relay.request.method == "INVITE" and 200 <= status < 300:
+            ack = destination.dialog.ack(relay.sent.cseq.number,
+                                         via=self.services.via_for(destination.peer))
+            self.services.send_ack(ack, destination.peer)
+        if status in (408, 481):
+            self._relay_failed(relay, status)
+            return
+        self.services.respond(relay.transaction, make_response(
+            relay.request, status, response.reason,
+            headers=_body_headers(response), body=response.body))
+
+    def _relay_failed(self, relay: _Relay, status: int) -> None:
+        """§12.2.1.2: 408/481 or no answer to an in-dialog request ends the dialog."""
+        self._pending_relays.pop(id(relay), None)
+        self.services.respond(relay.transaction, make_response(relay.request, status))
+        if self.ended:
+            return
+        self._bye(relay.source)
+        self._end(hangup_by="pbx", status=status,
+                  reason=f"{relay.destination.side} leg failed")
+
+    # ------------------------------------------------------------- ending
+
+    def _other(self, leg: Leg) -> Leg | None:
+        return self.connected if leg is self.a else self.a
+
+    def _bye(self, leg: Leg) -> None:
+        if leg.dialog is None:
+            return
+        bye = leg.dialog.new_request("BYE", via=self.services.via_for(leg.peer))
+        self.services.send_request(bye, leg.peer, _Bye())
+
+    def _end(self, *, hangup_by: str, status: int | None = None,
+             reason: str | None = None) -> None:
+        if self.ended:
+            return
+        self.state = CallState.ENDED
+        self._stop_dial_timer()
+        a = self.a
+        if a._retransmit is not None and a._retransmit.active():
+            a._retransmit.cancel()
+        record = self.record
+        record.ended_at = self.services.now()
+        record.hangup_by = hangup_by
+        if record.answered_at is not None:
+            record.status = record.status or 200
+        record.status = status if status is not None and record.answered_at is None else (
+            record.status or status)
+        record.reason = reason
+        for leg in (self.a, *self.b_legs):
+            if leg.dialog is not None:
+                self.services.forget_dialog(leg.dialog)
+        self.services.call_ended(self)
+        report, self._dial_done = self._dial_done, None
+        if report is not None:
+            report(DialOutcome(answered_by=None, status=487, reason="Call ended"))
+        for work in self._on_end:
+            work()
+        self._on_end.clear()
+
+
+def _rank(status: int) -> tuple[int, int]:
+    """Lower is better: §16.7 step 6 picks 6xx first, then the lowest class.
+
+    Within 4xx the RFC prefers 401/407/415/420/484 (they can be fixed);
+    a 503 is converted to 500 by proxies, which a B2BUA does when it
+    answers (see `Call.finish`).
+    """
+    if 600 <= status < 700:
+        return (0, status)
+    preferred = {401: 0, 407: 0, 415: 1, 420: 1, 484: 1, 486: 2, 480: 3}
+    return (status // 100, preferred.get(status, 5) * 1000 + status)
+
+
+def _body_headers(message: Request | Response) -> list[tuple[str, str]]:
+    if not message.body:
+        return []
+    return [(name, value) for name, value in message.headers
+            if name.lower() in _BODY_HEADERS or name.lower() in ("c", "e")]

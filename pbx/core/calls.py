@@ -1,0 +1,311 @@
+"""The calls in progress: their tables, and the services each `Call` uses.
+
+Theory of operation
+-------------------
+`CallManager` sits between the endpoint and the `Call` controllers. The
+endpoint hands it:
+
+- a new INVITE (no To tag): authenticated with 407 (`pbx.core.auth`,
+  proxy-style, RFC 3261 §22.3; the caller must be the From user), answered
+  100 Trying at once, made into a `Call`, and given to the dialplan;
+- a request inside a dialog: looked up by (Call-ID, our tag, their tag) and
+  given to its leg's call, else 481;
+- CANCEL: matched to its INVITE by the transaction layer; 200 to the
+  CANCEL here, the call does the rest;
+- an ACK for a 2xx: to its call;
+- responses, time-outs and transport errors for requests a call sent: to
+  the `ResponseOwner` that sent them.
+
+It also implements `CallServices`: sending through the transaction layer,
+timers on the reactor, our Via and Contact per transport, tags and
+Call-IDs. Every table is bounded by the calls in progress, and `max_calls`
+bounds those: past it, a new INVITE gets 503.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from pbx.core.auth import PROXY_AUTH, Denied, RequestAuthenticator, SecurityEvent
+from pbx.core.call import Call, CallState, Cancellable, Leg, ResponseOwner, Target
+from pbx.core.location import LocationService
+from pbx.core.router import DialplanLoader, run_dialplan
+from pbx.dialplan import Party, Users
+from pbx.sip.dialog import Dialog, DialogId, dialog_id_of_request
+from pbx.sip.errors import SipParseError
+from pbx.sip.message import Request, Response, make_response
+from pbx.sip.peer import Peer
+from pbx.sip.transaction import (
+    ClientInviteTransaction,
+    ClientTransaction,
+    ServerTransaction,
+    TableFullError,
+    TransactionLayer,
+    new_branch,
+)
+from pbx.sip.uri import SipUri, parse_uri
+
+_random = random.Random(os.urandom(16))
+
+
+class Sender(Protocol):
+    def send(self, data: bytes, peer: Peer) -> bool: ...
+
+
+class LocalAddress(Protocol):
+    """Our address as a given peer should see it, per transport."""
+
+    def __call__(self, peer: Peer) -> tuple[str, int]: ...
+
+
+class CallManager:
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        layer: TransactionLayer[Peer],
+        sender: Sender,
+        auth: RequestAuthenticator,
+        location: LocationService,
+        users: Users,
+        domain: str,
+        local_address: LocalAddress,
+        dialplan: DialplanLoader,
+        record_cdr: Callable[[tuple[object, ...]], None],
+        on_security_event: Callable[[SecurityEvent], None],
+        max_calls: int = 10_000,
+    ) -> None:
+        self.clock = clock
+        self.layer = layer
+        self.sender = sender
+        self.auth = auth
+        self.location = location
+        self.users = users
+        self.domain = domain
+        self.local_address = local_address
+        self.dialplan = dialplan
+        self.record_cdr = record_cdr
+        self.on_security_event = on_security_event
+        self.max_calls = max_calls
+        self.actions: dict[str, Callable[..., Any]] = {}
+        self.calls: set[Call] = set()
+        self._dialogs: dict[DialogId, Leg] = {}
+        self._owners: dict[ClientTransaction[Peer], ResponseOwner] = {}
+        self._invites: dict[ServerTransaction[Peer], Call] = {}
+        self.pump: Callable[[], None] = lambda: None
+        """Set by the endpoint: drain the layer after work done outside an event."""
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    # ------------------------------------------------------------ entry points
+
+    def new_invite(self, transaction: ServerTransaction[Peer], request: Request,
+                   peer: Peer, now: float) -> Response | None:
+        """An INVITE outside any dialog; the response now, or None (the call answers)."""
+        claimed = _user_of(request.from_addr.uri_text)
+        user = self.auth.authenticate(request, peer, now, scheme=PROXY_AUTH,
+                                      claimed_user=claimed)
+        if isinstance(user, Denied):
+            if user.security_event is not None:
+                self.on_security_event(user.security_event)
+            return user.response
+        if claimed != user:
+            # Caller ID is what the PBX vouches for: no calling as someone else.
+            return make_response(request, 403, "From does not match the authenticated user",
+                                 to_tag=self.new_tag())
+        if not request.contacts or request.contacts[0].is_star:
+            # §8.1.1.8: without a Contact the callee could never reach the caller.
+            return make_response(request, 400, "Missing Contact", to_tag=self.new_tag())
+        if len(self.calls) >= self.max_calls:
+            return make_response(request, 503, "Too many calls", to_tag=self.new_tag(),
+                                 headers=[("Retry-After", "5")])
+        self.layer.respond(transaction, make_response(request, 100), now)
+        dialed = _user_of(str(request.uri)) or str(request.uri)
+        from_addr = request.from_addr
+        call = Call(self, transaction=transaction, invite=request, peer=peer,
+                    caller=user, caller_name=from_addr.display_name, dialed=dialed)
+        self.calls.add(call)
+        self._invites[transaction] = call
+        self.log.info("Call {call_id} from {caller} to {dialed}", call_id=request.call_id,
+                      caller=user, dialed=dialed)
+        run_dialplan(
+            self.dialplan.handler, call,
+            caller=Party(user=user, display_name=from_addr.display_name,
+                         uri=from_addr.uri_text),
+            dialed=dialed, users=self.users, resolve=self.resolve,
+            actions=self.actions, log=self.log)
+        return None
+
+    def in_dialog(self, transaction: ServerTransaction[Peer], request: Request) -> bool:
+        """A request with a To tag; False when no dialog matches (the endpoint says 481)."""
+        leg = self._dialogs.get(dialog_id_of_request(request))
+        if leg is None:
+            return False
+        leg.call.in_dialog_request(leg, transaction, request)
+        return True
+
+    def caller_cancel(self, invite: ServerTransaction[Peer]) -> bool:
+        call = self._invites.get(invite)
+        if call is None:
+            return False
+        call.caller_cancelled()
+        return True
+
+    def ack(self, request: Request) -> None:
+        leg = self._dialogs.get(dialog_id_of_request(request))
+        if leg is not None and leg is leg.call.a:
+            leg.call.a_ack(request)
+
+    def response(self, transaction: ClientTransaction[Peer], response: Response) -> None:
+        owner = self._owners.get(transaction)
+        if owner is not None:
+            owner.on_response(response)
+
+    def failure(self, transaction: ClientTransaction[Peer], status: int) -> None:
+        owner = self._owners.get(transaction)
+        if owner is not None:
+            owner.on_failure(status)
+
+    def transaction_ended(self, transaction: object) -> None:
+        if isinstance(transaction, ClientTransaction):
+            self._owners.pop(transaction, None)
+        elif isinstance(transaction, ServerTransaction):
+            self._invites.pop(transaction, None)
+
+    # ------------------------------------------------------------- targets
+
+    def resolve(self, target: str) -> list[Target]:
+        """An extension's registered phones, or a SIP URI with an IP address."""
+        if self.users.exists(target):
+            now = self.clock.seconds()
+            return [
+                Target(request_uri=binding.contact,
+                       peer=Peer(binding.transport, binding.source_host, binding.source_port,
+                                 binding.connection_id),
+                       label=target, to_uri=f"sip:{target}@{self.domain}")
+                for binding in self.location.bindings(target, now)
+            ]
+        try:
+            uri = parse_uri(target)
+        except SipParseError:
+            return []
+        if not isinstance(uri, SipUri):
+            return []
+        transport = uri.transport or ("tls" if uri.scheme == "sips" else "udp")
+        port = uri.port or (5061 if transport == "tls" else 5060)
+        return [Target(request_uri=target, peer=Peer(transport, uri.host.strip("[]"), port),
+                       label=target)]
+
+    # -------------------------------------------------------- CallServices
+
+    @property
+    def t1_s(self) -> float:
+        return self.layer.settings.t1_s
+
+    @property
+    def t2_s(self) -> float:
+        return self.layer.settings.t2_s
+
+    def now(self) -> float:
+        return self.clock.seconds()
+
+    def respond(self, transaction: ServerTransaction[Peer], response: Response) -> None:
+        try:
+            self.layer.respond(transaction, response, self.now())
+        except Exception as error:
+            self.log.debug("Not sent: {status} ({error})", status=response.status,
+                           error=str(error))
+        self.pump()
+
+    def send_request(self, request: Request, peer: Peer,
+                     owner: ResponseOwner) -> ClientTransaction[Peer] | None:
+        try:
+            transaction = self.layer.send_request(request, peer, self.now(),
+                                                  reliable=peer.is_reliable)
+        except TableFullError:
+            return None
+        self._owners[transaction] = owner
+        self.pump()
+        return transaction
+
+    def send_ack(self, request: Request, peer: Peer) -> None:
+        self.sender.send(request.to_bytes(), peer)
+
+    def cancel(self, transaction: ClientInviteTransaction[Peer]) -> None:
+        self.layer.cancel(transaction, self.now())
+        self.pump()
+
+    def call_later(self, delay_s: float, work: Callable[[], None]) -> Cancellable:
+        def run() -> None:
+            work()
+            self.pump()
+
+        return self.clock.callLater(delay_s, run)
+
+    def via_for(self, peer: Peer) -> str:
+        host, port = self.local_address(peer)
+        host = f"[{host}]" if ":" in host else host
+        return f"SIP/2.0/{peer.via_transport} {host}:{port};branch={new_branch()};rport"
+
+    def contact_for(self, peer: Peer, user: str | None) -> str:
+        host, port = self.local_address(peer)
+        host = f"[{host}]" if ":" in host else host
+        userinfo = f"{user}@" if user else ""
+        scheme = "sips" if peer.transport in ("tls", "wss") else "sip"
+        return f"<{scheme}:{userinfo}{host}:{port};transport={peer.transport}>"
+
+    def new_tag(self) -> str:
+        return f"{_random.getrandbits(48):012x}"
+
+    def new_call_id(self) -> str:
+        return f"{_random.getrandbits(96):024x}@{self.domain}"
+
+    def register_dialog(self, dialog: Dialog, leg: Leg) -> None:
+        self._dialogs[dialog.id] = leg
+
+    def forget_dialog(self, dialog: Dialog) -> None:
+        self._dialogs.pop(dialog.id, None)
+
+    def call_ended(self, call: Call) -> None:
+        self.calls.discard(call)
+        record = call.record
+        duration = 0.0
+        if record.answered_at is not None and record.ended_at is not None:
+            duration = round(record.ended_at - record.answered_at, 3)
+        status = 200 if record.answered_at is not None else (record.status or 480)
+        self.record_cdr((
+            record.call_id, record.caller, record.caller_name, record.dialed,
+            json.dumps(record.targets), record.answered_by, record.started_at,
+            record.answered_at, record.ended_at, duration, record.hangup_by, status,
+            record.reason,
+        ))
+        self.log.info(
+            "Call {call_id} from {caller} to {dialed} ended: {outcome}, hung up by "
+            "{hangup_by}, {duration_s}s", call_id=record.call_id, caller=record.caller,
+            dialed=record.dialed, outcome=f"answered by {record.answered_by}"
+            if record.answered_by else f"{status} {record.reason or ''}".strip(),
+            hangup_by=record.hangup_by, duration_s=duration)
+
+    def hangup_all(self) -> None:
+        """On stop: end every call cleanly (BYE or a final response)."""
+        for call in list(self.calls):
+            if call.state is not CallState.ENDED:
+                call.hangup()
+
+
+def _user_of(uri_text: str) -> str | None:
+    try:
+        uri = parse_uri(uri_text)
+    except SipParseError:
+        return None
+    return uri.user if isinstance(uri, SipUri) else None
