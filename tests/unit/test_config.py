@@ -73,7 +73,7 @@ def test_shipped_config_loads_as_is() -> None:
     }
     assert config.sip.needs_tls and config.sip.tls_cert is None and config.sip.tls_key is None
     assert config.admin.http == Listen(host="127.0.0.1", port=8080)
-    assert config.dialplan.module is None
+    assert config.dialplan.module == SHIPPED.parent.parent / "dialplans" / "office.py"
     assert [(u.extension, u.name) for u in config.users.values()] == [
         ("1001", "Alice"),
         ("1002", "Bob"),
