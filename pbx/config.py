@@ -271,6 +271,15 @@ class DialplanSection:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PluginConfig:
+    """[plugins.NAME]: a plugin's file and its own settings (free-form, the plugin's to check)."""
+
+    name: str
+    module: Path
+    settings: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UserConfig:
     """[users.<extension>]: one phone user.
 
@@ -321,6 +330,7 @@ class Config:
     admin: AdminSection
     dialplan: DialplanSection
     users: Mapping[str, UserConfig]
+    plugins: tuple[PluginConfig, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -398,6 +408,7 @@ def parse_config(
     admin = _read_admin(root.table("admin"))
     dialplan = _read_dialplan(root.table("dialplan"))
     users = _read_users(root.table("users", example="[users.1001]"))
+    plugins = _read_plugins(root.table("plugins", example="[plugins.voicemail]"))
     root.finish()
     _check_ports(problems, sip, admin)
     if problems.items:
@@ -411,6 +422,7 @@ def parse_config(
         admin=admin,
         dialplan=dialplan,
         users=MappingProxyType(users),
+        plugins=plugins,
     )
 
 
@@ -544,6 +556,27 @@ def _read_dialplan(t: _Table) -> DialplanSection:
     return section
 
 
+def _read_plugins(t: _Table) -> tuple[PluginConfig, ...]:
+    """One table per plugin: ``module`` (a .py file) and an optional ``settings`` table."""
+    plugins: list[PluginConfig] = []
+    for name, _ in list(t.take_all()):
+        table = t.table(name, example=f"[plugins.{name}]")
+        module = table.path("module", must_exist=True, suffix=".py")
+        settings = table._get("settings")
+        if isinstance(settings, _Missing):
+            settings = {}
+        elif not isinstance(settings, Mapping):
+            table._wrong_type("settings", f"a table [plugins.{name}.settings]", settings)
+            settings = {}
+        if module is None and table.ok("module"):
+            table.error("module", 'expected the plugin\'s Python file, e.g. "../plugins/x.py"')
+        table.finish()
+        if module is not None:
+            plugins.append(PluginConfig(name=name, module=module,
+                                        settings=MappingProxyType(dict(settings))))
+    return tuple(plugins)
+
+
 def _read_users(t: _Table) -> dict[str, UserConfig]:
     users: dict[str, UserConfig] = {}
     for ext, value in t.take_all():
@@ -644,7 +677,9 @@ class _Missing:
 
 _MISSING = _Missing()
 
-_SECTIONS = ("pbx", "sip", "registrar", "security", "admin", "dialplan", "users")
+_SECTIONS = (
+    "pbx", "sip", "registrar", "security", "admin", "dialplan", "users", "plugins",
+)
 
 # Words people reach for that are spelled otherwise here.
 _ALIASES = {

@@ -50,10 +50,13 @@ __all__ = [
     "Dialplan",
     "Failed",
     "Handler",
+    "IncomingRequest",
     "NoAnswer",
     "Party",
     "Plugin",
     "PluginApi",
+    "Reject",
+    "RequestHandler",
     "Unavailable",
     "Users",
 ]
@@ -302,6 +305,38 @@ class Dialplan:
 # ------------------------------------------------------------- plugins
 
 
+class Reject(Exception):
+    """Raised by a plugin's request handler: answer with this status instead."""
+
+    def __init__(self, status: int, reason: str | None = None) -> None:
+        super().__init__(f"{status} {reason or ''}".strip())
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingRequest:
+    """A request outside any call (MESSAGE, SUBSCRIBE, PUBLISH...) for a plugin.
+
+    ``sender`` is the authenticated user, or None when the request was not
+    authenticated (a plugin that needs it answers ``Reject(403)``).
+    """
+
+    method: str
+    sender: str | None
+    sender_uri: str
+    target: str
+    """The user part of the Request-URI: "1002"."""
+    request_uri: str
+    headers: Mapping[str, str]
+    body: bytes
+    content_type: str | None
+
+
+RequestHandler = Callable[[IncomingRequest], Awaitable[int]]
+"""Returns the status to answer (200, 202...), or raises `Reject`."""
+
+
 class PluginApi(Protocol):
     """What a plugin gets in ``start``."""
 
@@ -310,6 +345,9 @@ class PluginApi(Protocol):
     def add_call_action(self, name: str,
                         action: Callable[..., Awaitable[Any]]) -> None:
         """Make ``await call.<name>(...)`` call ``action(call, ...)`` in every dialplan."""
+
+    def add_request_handler(self, method: str, handler: RequestHandler) -> None:
+        """Handle requests of `method` sent outside a call (the PBX then allows it)."""
 
 
 class Plugin(Protocol):

@@ -35,6 +35,7 @@ from typing import Any
 from OpenSSL import SSL
 from twisted.application.service import MultiService
 from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import gatherResults
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
@@ -46,6 +47,7 @@ from pbx.core.calls import CallManager
 from pbx.core.endpoint import SipEndpoint, new_tag
 from pbx.core.guard import AuthGuard, GuardSettings
 from pbx.core.location import LocationService
+from pbx.core.plugins import PluginError, PluginHost
 from pbx.core.registrar import Registrar, RegistrarSettings
 from pbx.core.router import DialplanError, DialplanLoader
 from pbx.sip.digest import DigestAuthenticator
@@ -145,6 +147,7 @@ class PbxService(MultiService):
             record_cdr=self._cdrs.append,
             on_security_event=self._write_security_event,
         )
+        self.plugins = PluginHost(_UserDirectory(self), self.calls.actions)
         self.endpoint = SipEndpoint(
             clock=self.reactor,
             connections=self.connections,
@@ -181,6 +184,12 @@ class PbxService(MultiService):
         except DialplanError as error:
             self.store.close()
             raise SystemExit(f"{config.path}: dialplan.module: {error}") from None
+        try:
+            self.plugins.load(config.plugins)
+        except PluginError as error:
+            self.store.close()
+            raise SystemExit(f"{config.path}: plugins: {error}") from None
+        self.endpoint.request_handlers = self.plugins.request_handlers
         self.writer = BindingWriter(self.store)
         self.endpoint.writer = self.writer
         dropped = self.location.load(self.store.load_bindings(), self.reactor.seconds())
@@ -295,6 +304,7 @@ class PbxService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        self.plugins.start_all()
         _tune_garbage_collector()
         self._every(FLUSH_INTERVAL_S, self._flush)
         self._every(HOUSEKEEPING_INTERVAL_S, self._housekeeping)
@@ -326,8 +336,7 @@ class PbxService(MultiService):
             self.store = None
         self.log.info("Stopped; bindings saved")
         super().stopService()
-        from twisted.internet.defer import gatherResults
-
+        stopping.append(self.plugins.stop_all())
         return gatherResults([d for d in stopping if d is not None])
 
     # ------------------------------------------------------ periodic work

@@ -22,16 +22,19 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from pbx.core.auth import SecurityEvent
+from pbx.core.auth import PROXY_AUTH, Denied, SecurityEvent
 from pbx.core.calls import CallManager
 from pbx.core.registrar import RegisterOutcome, Registrar
 from pbx.core.uas import UasPolicy, check_request
+from pbx.dialplan import IncomingRequest, Reject, RequestHandler
 from pbx.sip.errors import SipParseError
 from pbx.sip.events import (
     AckReceived,
@@ -47,6 +50,7 @@ from pbx.sip.headers import Via
 from pbx.sip.message import Request, Response, make_error_response, make_response, parse_message
 from pbx.sip.peer import Peer
 from pbx.sip.transaction import ClientTransaction, ServerTransaction, TransactionLayer
+from pbx.sip.uri import SipUri, parse_uri
 from pbx.store import BindingWriter
 
 ENDPOINT_POLICY = UasPolicy(
@@ -121,10 +125,19 @@ class SipEndpoint:
         self.server_header = server_header
         self.debug = debug
         self.on_security_event = on_security_event
-        self.policy = ENDPOINT_POLICY
+        self.request_handlers: dict[str, RequestHandler] = {}
+        """Plugins' handlers for requests outside calls, by method (`PluginHost`)."""
         self._timer: IDelayedCall | None = None
         self._later: set[IDelayedCall] = set()  # slowed-down answers, cancelled by stop()
         self._merged: dict[tuple[str, str, int, str], _Merged] = {}
+
+    @property
+    def policy(self) -> UasPolicy:
+        """The methods the PBX takes: its own, and those plugins handle."""
+        extra = tuple(m for m in self.request_handlers if m not in ENDPOINT_POLICY.allowed_methods)
+        if not extra:
+            return ENDPOINT_POLICY
+        return replace(ENDPOINT_POLICY, allowed_methods=ENDPOINT_POLICY.allowed_methods + extra)
 
     # ------------------------------------------------------------ MessageSink
 
@@ -231,7 +244,11 @@ class SipEndpoint:
         self, transaction: ServerTransaction[Peer], request: Request, peer: Peer, now: float
     ) -> Response | None:
         """The response to a new request, or None when it will come later."""
-        early = check_request(request, self.policy, to_tag=new_tag())
+        # The PBX reads the bodies of what it answers itself and of new
+        # INVITEs (their SDP offer); in-dialog requests are relayed as they
+        # are, and plugins judge the bodies they are given.
+        reads_body = request.to_addr.tag is None and request.method not in self.request_handlers
+        early = check_request(request, self.policy, to_tag=new_tag(), reads_body=reads_body)
         if early is not None:
             return early
         method = request.method
@@ -249,6 +266,9 @@ class SipEndpoint:
             return make_response(request, 481, to_tag=None)
         if self._is_merged(transaction, request):
             return make_response(request, 482, to_tag=new_tag())
+        handler = self.request_handlers.get(method)
+        if handler is not None and calls is not None:
+            return self._to_plugin(handler, transaction, request, peer, now, calls)
         if method == "INVITE" and calls is not None:
             max_forwards = request.max_forwards
             if max_forwards is not None and max_forwards == 0:
@@ -285,6 +305,46 @@ class SipEndpoint:
                                                  transaction, request, peer, outcome.response))
             return None
         return outcome.response
+
+    def _to_plugin(self, handler: RequestHandler, transaction: ServerTransaction[Peer],
+                   request: Request, peer: Peer, now: float, calls: CallManager
+                   ) -> Response | None:
+        """Authenticate like a call (407), then let the plugin decide the status."""
+        sender = calls.auth.authenticate(request, peer, now, scheme=PROXY_AUTH,
+                                         claimed_user=_user_of(request.from_addr.uri_text))
+        if isinstance(sender, Denied):
+            if sender.security_event is not None:
+                self._security(sender.security_event)
+            return sender.response
+        content_type = request.content_type
+        incoming = IncomingRequest(
+            method=request.method, sender=sender, sender_uri=request.from_addr.uri_text,
+            target=_user_of(str(request.uri)) or str(request.uri),
+            request_uri=str(request.uri),
+            headers={name.lower(): value for name, value in reversed(list(request.headers))},
+            body=request.body,
+            content_type=None if content_type is None else content_type.value,
+        )
+
+        async def decide() -> tuple[int, str | None]:
+            try:
+                return await handler(incoming), None
+            except Reject as refusal:
+                return refusal.status, refusal.reason
+
+        def answer(decided: tuple[int, str | None]) -> None:
+            status, reason = decided
+            self._respond_later(transaction, request, peer, make_response(
+                request, status, reason, to_tag=new_tag()))
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("Plugin handler for {method} failed", failure=failure,
+                             method=request.method)
+            self._respond_later(transaction, request, peer, make_response(
+                request, 500, "Plugin error", to_tag=new_tag()))
+
+        Deferred.fromCoroutine(decide()).addCallbacks(answer, failed)
+        return None
 
     def _respond_later(self, transaction: ServerTransaction[Peer], request: Request,
                        peer: Peer, response: Response) -> None:
@@ -408,3 +468,10 @@ def _redacted(data: bytes) -> str:
         lines.append(line)
     return "\r\n".join(lines)
 
+
+def _user_of(uri_text: str) -> str | None:
+    try:
+        uri = parse_uri(uri_text)
+    except SipParseError:
+        return None
+    return uri.user if isinstance(uri, SipUri) else None

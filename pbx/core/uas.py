@@ -52,12 +52,15 @@ def check_request(
     *,
     to_tag: str,
     forwarding: bool = False,
+    reads_body: bool = True,
 ) -> Response | None:
     """The §8.2 answer to `request`, or None when it may be processed.
 
     ``forwarding``: the request is to be relayed to another user (INVITE to
     an extension), so Max-Forwards applies; a request addressed to the PBX
     itself (REGISTER, OPTIONS) is answered even with Max-Forwards 0 (§11).
+    ``reads_body``: the PBX itself interprets the body; a body it relays (an
+    INFO's DTMF, a MESSAGE's text) or hands to a plugin is not its to judge.
     """
     method = request.method
     if method not in policy.allowed_methods:
@@ -71,7 +74,7 @@ def check_request(
         if unsupported:
             return make_response(request, 420, to_tag=to_tag,
                                  headers=[("Unsupported", ", ".join(unsupported))])
-    if request.body and method != "ACK":
+    if reads_body and request.body and method != "ACK":
         content_type = request.content_type
         disposition = (request.headers.get("content-disposition") or "").split(";")[0].strip()
         optional = disposition.lower() == "render" or "handling=optional" in (

@@ -1,0 +1,122 @@
+"""Loading, checking, starting and stopping plugins (`pbx.dialplan.Plugin`).
+
+Each ``[plugins.NAME]`` table of the config names a Python file that
+defines ``create_plugin(settings) -> Plugin``. It is imported, called with
+the plugin's own ``settings`` table, and the object it returns is checked
+against the `Plugin` protocol before anything starts [buildbot
+``plugins/db.py``]; a failure names the plugin and the file, and stops
+start-up. Nothing registers itself at import time: a plugin adds what it
+offers from its ``start(api)``, through `PluginHost` (the `PluginApi`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import itertools
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.logger import Logger
+
+from pbx.config import PluginConfig
+from pbx.dialplan import Plugin, RequestHandler, Users
+
+_numbers = itertools.count(1)
+
+
+class PluginError(Exception):
+    """A plugin that cannot be used; the message names it."""
+
+
+class PluginHost:
+    """The `pbx.dialplan.PluginApi` every plugin gets, and the plugins' lifecycle."""
+
+    log = Logger()
+
+    def __init__(self, users: Users, actions: dict[str, Callable[..., Awaitable[Any]]]) -> None:
+        self.users = users
+        self.actions = actions
+        self.request_handlers: dict[str, RequestHandler] = {}
+        self.plugins: list[Plugin] = []
+
+    # ------------------------------------------------------------- PluginApi
+
+    def add_call_action(self, name: str, action: Callable[..., Awaitable[Any]]) -> None:
+        if not name.isidentifier() or name.startswith("_"):
+            raise ValueError(f"call action name {name!r} is not a public identifier")
+        if name in self.actions:
+            raise ValueError(f"call action {name!r} is already provided by another plugin")
+        self.actions[name] = action
+
+    def add_request_handler(self, method: str, handler: RequestHandler) -> None:
+        method = method.upper()
+        if method in ("INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "PRACK", "UPDATE"):
+            raise ValueError(f"{method} belongs to the core; a plugin cannot take it")
+        if method in self.request_handlers:
+            raise ValueError(f"{method} is already handled by another plugin")
+        self.request_handlers[method] = handler
+
+    # ------------------------------------------------------------- lifecycle
+
+    def load(self, configs: tuple[PluginConfig, ...]) -> None:
+        """Import and check every configured plugin; PluginError on the first bad one."""
+        for config in configs:
+            self.plugins.append(self._load_one(config))
+
+    def _load_one(self, config: PluginConfig) -> Plugin:
+        where = f"plugin {config.name!r} ({config.module})"
+        name = f"pbx_plugin_{next(_numbers)}"
+        spec = importlib.util.spec_from_file_location(name, config.module)
+        if spec is None or spec.loader is None:
+            raise PluginError(f"{where}: not a Python file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:
+            sys.modules.pop(name, None)
+            raise PluginError(f"{where}: does not import: {type(error).__name__}: {error}"
+                              ) from error
+        create = getattr(module, "create_plugin", None)
+        if not callable(create):
+            raise PluginError(f"{where}: defines no create_plugin(settings)")
+        try:
+            plugin = create(dict(config.settings))
+        except Exception as error:
+            raise PluginError(f"{where}: create_plugin failed: {error}") from error
+        problems = [
+            what for what, ok in (
+                ("a str 'name'", isinstance(getattr(plugin, "name", None), str)),
+                ("'async def start(api)'",
+                 inspect.iscoroutinefunction(getattr(plugin, "start", None))),
+                ("'async def stop()'", inspect.iscoroutinefunction(getattr(plugin, "stop", None))),
+            ) if not ok
+        ]
+        if problems:
+            raise PluginError(f"{where}: not a Plugin: it lacks {', '.join(problems)}")
+        return plugin  # type: ignore[no-any-return]
+
+    def start_all(self) -> Deferred[None]:
+        return self._each(lambda plugin: plugin.start(self), "start")
+
+    def stop_all(self) -> Deferred[None]:
+        return self._each(lambda plugin: plugin.stop(), "stop")
+
+    def _each(self, step: Callable[[Plugin], Awaitable[None]], what: str) -> Deferred[None]:
+        running = [Deferred.fromCoroutine(self._guarded(step, plugin, what))
+                   for plugin in self.plugins]
+        done: Deferred[None] = gatherResults(running).addCallback(lambda _: None)
+        return done
+
+    async def _guarded(self, step: Callable[[Plugin], Awaitable[None]], plugin: Plugin,
+                       what: str) -> None:
+        """One plugin's start or stop; a failure is logged and does not stop the others."""
+        try:
+            await step(plugin)
+        except Exception:
+            self.log.failure("Plugin {plugin} failed to {what}", plugin=plugin.name, what=what)
+
+
