@@ -1,0 +1,580 @@
+"""Authenticated REGISTER rate and binding memory of the PBX, beside Kamailio 5.6.
+
+Each server runs pinned to CPU 1 (`taskset -c 1`), SIPp to CPU 0, on
+127.0.0.1 only (the method of /work/shared/notes/peers.md):
+
+* rate (default): N users (1,000: u0000..u0999) with passwords; SIPp plays
+  tests/interop/scenarios/register_auth.xml (REGISTER, 401, REGISTER with
+  an MD5 digest, 200) cycling through them in order, over one UDP socket
+  (`-t u1`: every user keeps one contact, so a re-registration refreshes
+  its binding instead of adding one; both servers see the same traffic).
+  The rate rises in fixed steps (500, 1,000, 2,000 ... registrations/s,
+  10 s each, bounded with -m and -timeout); for each step: SIPp's counts
+  (successful, failed, retransmissions, from -trace_stat), the server's CPU
+  (utime+stime of its whole process group from /proc, over the step's
+  wall time) and memory (RSS and PSS summed over the group), and SIPp's
+  own CPU (near 100% it, not the server, is the limit). It stops after the
+  second failed step: one with failed calls, or whose calls took more than
+  5% longer than the step. The figure is the highest step with zero
+  failures at the target rate, and whether it needed retransmissions.
+* --bindings N: N distinct users register once each at a rate both servers
+  hold; then the servers' resident memory (RSS, PSS) with N bindings, at
+  once and again after the transactions have expired (the PBX keeps each
+  completed non-INVITE server transaction for Timer J, 64*T1 = 32 s).
+
+The PBX runs as `twistd -n pbx` with its log in a file (its normal set-up,
+one info line per REGISTER answered), a config offering MD5 first (SIPp
+answers only the first challenge, and only MD5). Kamailio runs
+bench/kamailio/kamailio.cfg (auth_db on SQLite with plain passwords,
+usrloc in memory, children=1, tcp_children=1), `-m 512 -M 16`.
+
+    .venv/bin/python bench/register.py [--quick] [--only pbx|kamailio]
+    .venv/bin/python bench/register.py --bindings 100000 [--bindings-rate 1000]
+
+Needs sipp (sip-tester) and, for the peer, `apt-get install -y kamailio
+kamailio-sqlite-modules`. Every process it starts is in its own process
+group and is killed on the way out, however the run ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCENARIO = REPO / "tests/interop/scenarios/register_auth.xml"
+KAMAILIO_CFG = REPO / "bench/kamailio/kamailio.cfg"
+TWISTD = Path(sys.executable).parent / "twistd"
+DOMAIN = "pbx.test"
+SERVER_CPU = 1
+LOAD_CPU = 0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+STEPS = (500, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000, 15000)
+AT_RATE = 0.95  # a step counts only if SIPp completed its calls at this share of the target
+QUICK_STEPS = (200, 400)
+
+sys.path.insert(0, str(REPO / "bench/kamailio"))
+from make_db import make_db  # noqa: E402
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)  # a script's output, not a log
+
+
+# ------------------------------------------------------------- processes
+
+def free_port(avoid: Sequence[int] = ()) -> int:
+    """A port on 127.0.0.1 free for both UDP and TCP (the PBX takes both)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port in avoid:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Live processes of a process group (the server and its children)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def group_cpu_s(pgid: int) -> float:
+    """utime + stime of every process in the group, in seconds."""
+    total = 0
+    for pid in group_pids(pgid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / CLOCK_TICKS
+
+
+@dataclass(frozen=True)
+class Memory:
+    rss_mb: float  # sum over the group: counts shared pages once per process
+    pss_mb: float  # proportional set size: shared pages split among sharers
+
+    def __str__(self) -> str:
+        return f"RSS {self.rss_mb:.1f} MB, PSS {self.pss_mb:.1f} MB"
+
+
+def group_memory(pgid: int) -> Memory:
+    rss_kb = pss_kb = 0
+    for pid in group_pids(pgid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                name, _, value = line.partition(":")
+                if name == "Rss":
+                    rss_kb += int(value.split()[0])
+                elif name == "Pss":
+                    pss_kb += int(value.split()[0])
+    return Memory(rss_mb=rss_kb / 1024, pss_mb=pss_kb / 1024)
+
+
+def kill_group(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> int | None:
+    """SIGTERM the process group, then SIGKILL what is left after `grace_s`."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    for pid in group_pids(process.pid):  # children that outlived their parent
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return process.returncode
+
+
+def answers_options(port: int, timeout_s: float) -> bool:
+    """Whether something on 127.0.0.1:port answers a SIP OPTIONS within `timeout_s`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        local = sock.getsockname()[1]
+        sock.settimeout(0.2)
+        deadline = time.monotonic() + timeout_s
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            request = (
+                f"OPTIONS sip:{DOMAIN} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bK-bench-{n};rport\r\n"
+                "Max-Forwards: 70\r\n"
+                f"From: <sip:probe@{DOMAIN}>;tag=probe\r\nTo: <sip:{DOMAIN}>\r\n"
+                f"Call-ID: probe-{n}-{local}\r\nCSeq: {n} OPTIONS\r\nContent-Length: 0\r\n\r\n")
+            sock.sendto(request.encode(), ("127.0.0.1", port))
+            try:
+                if sock.recv(65535).startswith(b"SIP/2.0 "):
+                    return True
+            except TimeoutError:
+                continue
+    return False
+
+
+# --------------------------------------------------------------- servers
+
+class Server:
+    name = ""
+
+    def __init__(self, workdir: Path, users: Sequence[tuple[str, str]]) -> None:
+        self.workdir = workdir
+        self.users = users
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.startup_s = 0.0
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Write config and data before the clock for start-up starts."""
+
+    def start(self, timeout_s: float) -> None:
+        self.prepare()
+        started = time.monotonic()
+        with (self.workdir / f"{self.name}.out").open("ab") as output:
+            self.process = subprocess.Popen(
+                ["taskset", "-c", str(SERVER_CPU), *self.command()], cwd=self.workdir,
+                stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        if not answers_options(self.port, timeout_s):
+            raise SystemExit(f"{self.name} did not answer within {timeout_s} s; see "
+                             f"{self.workdir / (self.name + '.out')}")
+        self.startup_s = time.monotonic() - started
+
+    @property
+    def pgid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    keeps_bindings = False  # whether a restart reloads the bindings
+
+    def stop(self) -> None:
+        if self.process is not None:
+            kill_group(self.process)
+            self.process = None
+
+    def bindings(self) -> int | None:
+        """How many bindings the server holds, where it can tell us; None otherwise."""
+        return None
+
+
+class Pbx(Server):
+    name = "pbx"
+    keeps_bindings = True  # SQLite, flushed on a clean stop
+
+    def prepare(self) -> None:
+        self.port = free_port()
+        self.data_dir = self.workdir / "pbx-data"
+        lines = [
+            "[pbx]", f'data_dir = "{self.data_dir}"',
+            "[sip]", f'domain = "{DOMAIN}"', f'udp = "127.0.0.1:{self.port}"',
+            "[registrar]", 'digest_algorithms = ["MD5", "SHA-256"]',
+        ]
+        for user, password in self.users:
+            lines.append(f'[users.{user}]\npassword = "{password}"')
+        self.config = self.workdir / "pbx.toml"
+        self.config.write_text("\n".join(lines) + "\n")
+        self.log = self.workdir / "pbx.log"
+
+    def command(self) -> list[str]:
+        return [str(TWISTD), "-n", "--pidfile", str(self.workdir / "pbx.pid"),
+                "--logfile", str(self.log), "pbx", "--config", str(self.config)]
+
+    def bindings(self) -> int | None:
+        """Rows in the PBX's SQLite file (flushed every 0.2 s; WAL lets us read)."""
+        database = self.data_dir / "pbx.sqlite3"
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+            return int(db.execute("SELECT count(*) FROM bindings").fetchone()[0])
+
+
+class Kamailio(Server):
+    name = "kamailio"
+
+    def prepare(self) -> None:
+        self.port = free_port()
+        self.database = self.workdir / "kamailio.sqlite3"
+        make_db(self.database, DOMAIN, self.users)
+        self.rundir = self.workdir / "kamailio-run"
+        self.rundir.mkdir(exist_ok=True)
+
+    def command(self) -> list[str]:
+        return ["kamailio", "-f", str(KAMAILIO_CFG), "-DD", "-E",
+                "-l", f"udp:127.0.0.1:{self.port}", "-Y", str(self.rundir),
+                "-m", "512", "-M", "16", "-A", f'DBURL="sqlite://{self.database}"']
+
+
+# ------------------------------------------------------------------ load
+
+@dataclass(frozen=True)
+class Step:
+    rate: int
+    calls: int
+    successful: int
+    failed: int  # failed, plus calls SIPp never finished before its timeout
+    retransmissions: int
+    wall_s: float
+    cpu_percent: float
+    sipp_cpu_percent: float  # the load generator's own CPU 0: near 100 means it is the limit
+    memory: Memory
+
+    @property
+    def achieved(self) -> float:
+        return self.successful / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def clean(self) -> bool:
+        """No failed call, and the calls done at (close to) the target rate."""
+        return self.failed == 0 and self.achieved >= AT_RATE * self.rate
+
+
+def write_users_csv(path: Path, users: Sequence[tuple[str, str]]) -> None:
+    path.write_text("SEQUENTIAL\n" + "".join(f"{u};{p};{DOMAIN}\n" for u, p in users))
+
+
+def run_step(server: Server, users_csv: Path, rate: int, seconds: float, work: Path,
+             tag: str) -> Step:
+    calls = max(1, int(rate * seconds))
+    stats = work / f"{tag}.csv"
+    local_port = free_port(avoid=(server.port,))
+    # Bounds: no answer within 8 s fails a call (after SIPp's retransmissions),
+    # and the whole step ends at twice its length plus 20 s whatever happens.
+    global_timeout_s = int(seconds * 2 + 20)
+    command = [
+        "taskset", "-c", str(LOAD_CPU), "sipp", f"127.0.0.1:{server.port}",
+        "-sf", str(SCENARIO), "-inf", str(users_csv), "-i", "127.0.0.1",
+        "-p", str(local_port), "-t", "u1", "-r", str(rate), "-m", str(calls),
+        "-l", str(max(1000, rate * 10)), "-recv_timeout", "8000",
+        "-timeout", f"{global_timeout_s}s", "-nostdin",
+        "-trace_stat", "-stf", str(stats), "-fd", "1",
+    ]
+    cpu_before = group_cpu_s(server.pgid)
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    with (work / f"{tag}.sipp.out").open("wb") as output:
+        process = subprocess.Popen(command, cwd=work, stdin=subprocess.DEVNULL, stdout=output,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            process.wait(global_timeout_s + 15)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            kill_group(process, grace_s=2)
+    wall_s = time.monotonic() - started
+    cpu_s = group_cpu_s(server.pgid) - cpu_before
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # SIPp, reaped just now
+    sipp_cpu_s = (children.ru_utime + children.ru_stime
+                  - children_before.ru_utime - children_before.ru_stime)
+    memory = group_memory(server.pgid)
+    successful, failed, retransmissions = read_stats(stats)
+    unfinished = max(0, calls - successful - failed)
+    return Step(rate=rate, calls=calls, successful=successful, failed=failed + unfinished,
+                retransmissions=retransmissions, wall_s=wall_s,
+                cpu_percent=100 * cpu_s / wall_s,
+                sipp_cpu_percent=100 * sipp_cpu_s / wall_s, memory=memory)
+
+
+def read_stats(path: Path) -> tuple[int, int, int]:
+    """SuccessfulCall, FailedCall, Retransmissions (cumulative) from SIPp's last stat line."""
+    if not path.exists():
+        return 0, 0, 0
+    rows = list(csv.DictReader(path.read_text().splitlines(), delimiter=";"))
+    if not rows:
+        return 0, 0, 0
+    last = rows[-1]
+    return (int(last["SuccessfulCall(C)"]), int(last["FailedCall(C)"]),
+            int(last["Retransmissions(C)"]))
+
+
+# ---------------------------------------------------------------- report
+
+def machine_note() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{os.cpu_count()} x {model}, {memory_gib:.0f} GiB, Linux {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+def load_note() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def version_of(command: Sequence[str]) -> str:
+    try:
+        output = subprocess.run(command, capture_output=True, timeout=10, check=False)
+    except OSError:
+        return "not installed"
+    text = (output.stdout + output.stderr).decode(errors="replace").strip()
+    return text.splitlines()[0].strip() if text else "?"
+
+
+def print_steps(name: str, steps: Sequence[Step]) -> None:
+    say(f"\n{name}: authenticated REGISTER (401 + 200) per second, one core")
+    say("| target/s | achieved/s | ok | failed | retrans | CPU % | SIPp CPU % | RSS MB "
+        "| PSS MB |")
+    say("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for s in steps:
+        say(f"| {s.rate:,} | {s.achieved:,.0f} | {s.successful:,} | {s.failed:,} | "
+            f"{s.retransmissions:,} | {s.cpu_percent:.0f} | {s.sipp_cpu_percent:.0f} | "
+            f"{s.memory.rss_mb:.1f} | {s.memory.pss_mb:.1f} |")
+
+
+def best_clean(steps: Sequence[Step]) -> Step | None:
+    clean = [s for s in steps if s.clean]
+    return max(clean, key=lambda s: s.rate) if clean else None
+
+
+def describe_best(name: str, best: Step | None) -> str:
+    if best is None:
+        return f"{name}: no step without failures at {AT_RATE:.0%} of its target rate"
+    retrans = (f"with {best.retransmissions:,} retransmissions" if best.retransmissions
+               else "without retransmissions")
+    return (f"{name}: highest rate with zero failures {best.rate:,}/s ({retrans}, "
+            f"CPU {best.cpu_percent:.0f}%, SIPp {best.sipp_cpu_percent:.0f}%)")
+
+
+# ------------------------------------------------------------------ runs
+
+def rate_run(server: Server, users: Sequence[tuple[str, str]], steps: Sequence[int],
+             seconds: float, pause_s: float, max_failed_steps: int, work: Path) -> list[Step]:
+    users_csv = work / f"{server.name}-users.csv"
+    write_users_csv(users_csv, users)
+    server.start(timeout_s=60)
+    say(f"{server.name}: answering on 127.0.0.1:{server.port} after {server.startup_s:.1f} s; "
+        f"idle {group_memory(server.pgid)}; {load_note()}")
+    results: list[Step] = []
+    failed_steps = 0
+    try:
+        for rate in steps:
+            step = run_step(server, users_csv, rate, seconds, work, f"{server.name}-{rate}")
+            results.append(step)
+            say(f"  {rate:>6,}/s: ok {step.successful:,}, failed {step.failed:,}, retrans "
+                f"{step.retransmissions:,}, achieved {step.achieved:,.0f}/s, "
+                f"CPU {step.cpu_percent:.0f}% (SIPp {step.sipp_cpu_percent:.0f}%), "
+                f"{step.memory}, wall {step.wall_s:.1f} s")
+            if server.process is not None and server.process.poll() is not None:
+                say(f"  {server.name} exited with {server.process.returncode}; stopping")
+                break
+            if not step.clean:
+                failed_steps += 1
+                if failed_steps >= max_failed_steps:
+                    break
+            time.sleep(pause_s)  # let retransmissions and timers of this step settle
+    finally:
+        server.stop()
+    return results
+
+
+def bindings_run(server: Server, count: int, rate: int, settle_s: float, work: Path) -> None:
+    width = max(4, len(str(count - 1)))
+    users = [(f"u{i:0{width}d}", f"pw-{i:0{width}d}") for i in range(count)]
+    users_csv = work / f"{server.name}-users-{count}.csv"
+    write_users_csv(users_csv, users)
+    server.users = users
+    server.start(timeout_s=600)
+    try:
+        idle = group_memory(server.pgid)
+        say(f"{server.name}: {count:,} users configured; answering after "
+            f"{server.startup_s:.1f} s; idle {idle}; {load_note()}")
+        step = run_step(server, users_csv, rate, count / rate, work,
+                        f"{server.name}-bindings-{count}")
+        say(f"  registered {step.successful:,} of {count:,} at {rate:,}/s "
+            f"(failed {step.failed:,}, retrans {step.retransmissions:,}, CPU "
+            f"{step.cpu_percent:.0f}%, wall {step.wall_s:.1f} s)")
+        time.sleep(1.0)  # one SQLite flush interval and then some
+        loaded = group_memory(server.pgid)
+        held = server.bindings()
+        held_note = f"; {held:,} bindings in its database" if held is not None else ""
+        say(f"  with {step.successful:,} bindings, at once: {loaded}{held_note}")
+        if settle_s > 0:
+            time.sleep(settle_s)
+            settled = group_memory(server.pgid)
+            say(f"  after {settle_s:.0f} s more (transactions expired): {settled}")
+            growth_kb = (settled.pss_mb - idle.pss_mb) * 1024 / max(1, step.successful)
+            say(f"  PSS growth over idle per registration: {growth_kb:.2f} KB")
+        if server.keeps_bindings:
+            # Python rarely hands freed memory back to the kernel, so the figures
+            # above are a high-water mark (transactions, nonces, buffers). A
+            # restart that loads the saved bindings shows a process holding them
+            # and nothing else (they partly reuse the heap the config parse
+            # freed, so the difference from idle understates their size).
+            server.stop()
+            server.start(timeout_s=600)
+            reloaded = group_memory(server.pgid)
+            say(f"  restarted: {server.bindings():,} bindings loaded from its database, "
+                f"answering after {server.startup_s:.1f} s: {reloaded}")
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: two low steps of 3 s (with --bindings: settle 5 s)")
+    parser.add_argument("--only", choices=("pbx", "kamailio"))
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--steps", help="comma-separated rates, e.g. 500,1000,2000")
+    parser.add_argument("--step-s", type=float, default=10.0, help="length of each step")
+    parser.add_argument("--pause-s", type=float, default=3.0, help="idle time between steps")
+    parser.add_argument("--max-failed-steps", type=int, default=2)
+    parser.add_argument("--bindings", type=int, help="memory with this many bindings")
+    parser.add_argument("--bindings-rate", type=int, default=1000)
+    parser.add_argument("--settle-s", type=float, default=40.0,
+                        help="--bindings: wait this long for transactions to expire")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+
+    missing = [tool for tool in ("sipp", "taskset") if shutil.which(tool) is None]
+    if missing:
+        raise SystemExit(f"missing {', '.join(missing)}: apt-get install -y sip-tester util-linux")
+    if not TWISTD.exists():
+        raise SystemExit(f"no twistd beside {sys.executable}: run from the project's venv")
+    names = [args.only] if args.only else ["pbx", "kamailio"]
+    if "kamailio" in names and shutil.which("kamailio") is None:
+        raise SystemExit("kamailio not installed: apt-get install -y kamailio "
+                         "kamailio-sqlite-modules (or use --only pbx)")
+    if (os.cpu_count() or 1) < 2:
+        raise SystemExit("needs two CPUs: the server on CPU 1, SIPp on CPU 0")
+
+    # A SIGTERM or SIGHUP ends the run through the finally blocks below.
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGHUP, interrupted)
+
+    work = Path(tempfile.mkdtemp(prefix="bench-register-"))
+    say(f"# bench/register.py {' '.join(sys.argv[1:])}  ({time.strftime('%Y-%m-%d %H:%M')})")
+    say(f"# {machine_note()}; server on CPU {SERVER_CPU}, SIPp on CPU {LOAD_CPU}; "
+        f"{load_note()}")
+    say(f"# {version_of(['sipp', '-v'])}; "
+        f"{version_of(['kamailio', '-v']) if 'kamailio' in names else ''}")
+    say(f"# work directory {work}")
+    servers: dict[str, Server] = {}
+    try:
+        if args.bindings:
+            settle_s = min(args.settle_s, 5.0) if args.quick else args.settle_s
+            for name in names:
+                server = Pbx(work, []) if name == "pbx" else Kamailio(work, [])
+                servers[name] = server
+                bindings_run(server, args.bindings, args.bindings_rate, settle_s, work)
+            return
+        users = [(f"u{i:04d}", f"pw-{i:04d}") for i in range(args.users)]
+        if args.steps:
+            steps: Sequence[int] = [int(x) for x in args.steps.split(",")]
+        else:
+            steps = QUICK_STEPS if args.quick else STEPS
+        seconds = 3.0 if args.quick else args.step_s
+        results: dict[str, list[Step]] = {}
+        for name in names:
+            server = Pbx(work, users) if name == "pbx" else Kamailio(work, users)
+            servers[name] = server
+            results[name] = rate_run(server, users, steps, seconds, args.pause_s,
+                                     args.max_failed_steps, work)
+        say(f"\n# {'QUICK SMOKE RUN, not a measurement: ' if args.quick else ''}"
+            f"{len(users):,} users, steps of {seconds:.0f} s, SIPp -t u1; {load_note()}")
+        for name, steps_done in results.items():
+            print_steps(name, steps_done)
+        say()
+        best = {name: best_clean(steps_done) for name, steps_done in results.items()}
+        for name, step in best.items():
+            say(describe_best(name, step))
+        pbx_best, kamailio_best = best.get("pbx"), best.get("kamailio")
+        if pbx_best is not None and kamailio_best is not None:
+            say(f"ratio pbx/kamailio (highest clean rate): "
+                f"{pbx_best.rate / kamailio_best.rate:.2f}")
+    finally:
+        for server in servers.values():
+            server.stop()
+        if args.keep:
+            say(f"# kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt as stop:
+        raise SystemExit(f"interrupted ({stop}); the processes it started are stopped") from None
