@@ -108,6 +108,9 @@ class PbxSection:
 
     data_dir: Path  # absolute: SQLite database, voicemail, prompts, generated TLS
     debug: bool = False  # log whole SIP messages (under pbx.sip.wire)
+    # One event per request answered (method, peer, status, Call-ID). Lifecycle
+    # events (registered, call started/ended, expired) are logged regardless.
+    log_requests: bool = True
     log_format: LogFormat = "text"
 
 
@@ -344,11 +347,13 @@ def parse_config(
 def _read_pbx(t: _Table) -> PbxSection:
     data_dir = t.path("data_dir", default="var")
     debug = t.boolean("debug", False)
+    log_requests = t.boolean("log_requests", True)
     log_format: LogFormat = "text"
     if t.choice("log_format", "text", ("text", "json")) == "json":
         log_format = "json"
     t.finish()
-    return PbxSection(data_dir=data_dir or Path(), debug=debug, log_format=log_format)
+    return PbxSection(data_dir=data_dir or Path(), debug=debug, log_format=log_format,
+                      log_requests=log_requests)
 
 
 _SIP = SipSection(domain="")

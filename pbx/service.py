@@ -157,6 +157,7 @@ class PbxService(MultiService):
             writer=None,
             server_header=sip.user_agent,
             debug=force_debug or config.pbx.debug,
+            log_requests=config.pbx.log_requests,
             on_security_event=self._write_security_event,
         )
 

@@ -111,6 +111,7 @@ class SipEndpoint:
         writer: BindingWriter | None,
         server_header: str,
         debug: bool = False,
+        log_requests: bool = True,
         on_security_event: Callable[[SecurityEvent], None] | None = None,
     ) -> None:
         self.clock = clock
@@ -124,6 +125,7 @@ class SipEndpoint:
         self._pumping = False
         self.server_header = server_header
         self.debug = debug
+        self.log_requests = log_requests
         self.on_security_event = on_security_event
         self.request_handlers: dict[str, RequestHandler] = {}
         """Plugins' handlers for requests outside calls, by method (`PluginHost`)."""
@@ -359,6 +361,8 @@ class SipEndpoint:
                  response: Response, now: float) -> None:
         response.headers.add("Server", self.server_header)
         self.layer.respond(transaction, response, now)
+        if not self.log_requests:
+            return
         self.log.info(
             "{method} from {peer} answered {status} {reason} (call-id {call_id})",
             method=request.method, peer=peer, status=response.status,
