@@ -96,6 +96,7 @@ class PbxService(MultiService):
         self._loops: list[LoopingCall] = []
         self._previous_sighup: Any = None
         self._users: dict[str, UserConfig] = dict(config.users)
+        self._ha1_cache: dict[tuple[str, str], str | None] = {}
         self.connections = Connections()
         self.location = LocationService(
             max_contacts_per_aor=config.registrar.max_contacts_per_user)
@@ -164,11 +165,19 @@ class PbxService(MultiService):
     # ------------------------------------------------------------ users
 
     def _ha1(self, extension: str, algorithm: str) -> str | None:
+        """The user's HA1, computed once from a password and kept until the next reload."""
+        key = (extension, algorithm)
+        try:
+            return self._ha1_cache[key]
+        except KeyError:
+            pass
         user = self._users.get(extension)
         if user is None or not user.enabled:
-            return None
+            return None  # not cached: guessed names must not fill memory
         # The realm in force is the one the service started with (see reload).
-        return user.ha1_for(self.registrar.domain, algorithm)  # type: ignore[arg-type]
+        ha1 = user.ha1_for(self.registrar.domain, algorithm)  # type: ignore[arg-type]
+        self._ha1_cache[key] = ha1
+        return ha1
 
     # -------------------------------------------------------- lifecycle
 
@@ -405,6 +414,7 @@ class PbxService(MultiService):
                                error=str(error))
         diff = diff_users(self.config, new)
         self._users = dict(new.users)
+        self._ha1_cache.clear()
         for extension in diff.removed:
             gone = self.location.remove_aor(extension)
             if self.writer is not None:

@@ -131,11 +131,12 @@ class RequestAuthenticator:
         self, request: Request, scheme: AuthScheme, now: float, user: str | None, *,
         stale: bool, delay_s: float,
     ) -> Denied:
-        challenges = self.authenticator.challenges(now, stale=stale)
+        algorithms: list[str] | None = None
         if user is not None:
-            usable = [c for c in challenges if self.ha1_lookup(user, c.algorithm) is not None]
-            challenges = usable or challenges
-        headers = [(scheme.challenge_header, c.to_header_value()) for c in challenges]
+            algorithms = [name for name in self.authenticator.offered_algorithms
+                          if self.ha1_lookup(user, name) is not None] or None
+        values = self.authenticator.challenge_values(now, stale=stale, algorithms=algorithms)
+        headers = [(scheme.challenge_header, value) for value in values]
         return Denied(response=self.respond(request, scheme.status, headers=headers),
                       delay_s=delay_s)
 

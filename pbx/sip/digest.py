@@ -513,6 +513,10 @@ class DigestAuthenticator:
         self._counter = 0
         mac = hmac.digest(secret, b"opaque\x00" + self._realm_bytes, "sha256")
         self._opaque = _b64(mac[:12])
+        # The fixed parts of every challenge, in `Challenge.to_header_value`'s order.
+        self._challenge_prefix = f"Digest realm={_quote(realm)}, nonce=\""
+        self._challenge_tail = f", opaque={_quote(self._opaque)}, algorithm="
+        self._challenge_tail_stale = f", opaque={_quote(self._opaque)}, stale=TRUE, algorithm="
         # A stand-in HA1 per hash, so an unknown user costs the same work.
         dummy = hmac.digest(secret, b"dummy\x00", "sha256")
         self._dummy_ha1 = {a.name: a.hexdigest(dummy) for a in algs}
@@ -548,6 +552,25 @@ class DigestAuthenticator:
             )
             for name in self._offered
         ]
+
+    @property
+    def offered_algorithms(self) -> tuple[str, ...]:
+        """The algorithms challenged with, most preferred first."""
+        return self._offered
+
+    def challenge_values(self, now: float, *, stale: bool = False,
+                         algorithms: Sequence[str] | None = None) -> list[str]:
+        """The WWW-/Proxy-Authenticate values of `challenges`, formatted directly.
+
+        The same text `Challenge.to_header_value` writes (a test holds them
+        equal), without building the objects: a registrar sends one of these
+        for every REGISTER. ``algorithms`` narrows the offer, keeping our order.
+        """
+        nonce = self._make_nonce(now)
+        prefix = self._challenge_prefix
+        tail = self._challenge_tail_stale if stale else self._challenge_tail
+        return [f'{prefix}{nonce}"{tail}{name}, qop="auth"'
+                for name in self._offered if algorithms is None or name in algorithms]
 
     def _make_nonce(self, now: float) -> str:
         rand = self._random_bytes(8)

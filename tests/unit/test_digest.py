@@ -761,3 +761,17 @@ def test_select_challenge_takes_the_topmost_usable() -> None:
 def test_sip_core_stays_sans_io() -> None:
     code = "import sys, pbx.sip.digest; assert 'twisted.internet.reactor' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_challenge_values_are_the_challenges_formatted(stale: bool) -> None:
+    """The fast path a registrar uses writes exactly what Challenge objects write."""
+    fixed = iter([b"\x01" * 8, b"\x01" * 8])
+    first = DigestAuthenticator("pbx.test", b"k" * 32, random_bytes=lambda n: next(fixed))
+    second = DigestAuthenticator("pbx.test", b"k" * 32, random_bytes=lambda n: b"\x01" * 8)
+    values = first.challenge_values(1000.0, stale=stale)
+    objects = [c.to_header_value() for c in second.challenges(1000.0, stale=stale)]
+    assert values == objects
+    assert [Challenge.parse(v).algorithm for v in values] == ["SHA-256", "MD5"]
+    only_md5 = second.challenge_values(1000.0, algorithms=["MD5"])
+    assert [Challenge.parse(v).algorithm for v in only_md5] == ["MD5"]
