@@ -307,6 +307,9 @@ class Call:
         if self.ended or self.state is CallState.ANSWERED:
             return
         status, reason = self._best or (480, "Temporarily Unavailable")
+        if status == 503:
+            # §16.7 step 6: the callee's (or its transport's) overload is not ours.
+            status, reason = 500, "Server Internal Error"
         self.reject(status, reason)
 
     def hangup(self) -> None:
@@ -355,7 +358,7 @@ class Call:
     def _b_response(self, leg: BLeg, response: Response) -> None:
         status = response.status
         if status < 200:
-            if status == 100 or self.state is not CallState.DIALING:
+            if status == 100 or self.state is not CallState.DIALING or leg.cancelled:
                 return
             tag = response.to_addr.tag
             if tag is not None and tag not in leg.early_dialogs:
@@ -368,25 +371,31 @@ class Call:
             return
         if leg.final_status is None:
             leg.final_status, leg.final_reason = status, response.reason
-            self._consider(status, response.reason)
+            if not leg.cancelled:  # a 487 we asked for (maybe in an earlier dial)
+                self._consider(status, response.reason)
             self._branch_done()
 
     def _b_failed(self, leg: BLeg, status: int, reason: str) -> None:
         if leg.final_status is not None:
             return
         leg.final_status, leg.final_reason = status, reason
-        self._consider(status, reason)
+        if not leg.cancelled:
+            self._consider(status, reason)
         self._branch_done()
 
     def _b_answered(self, leg: BLeg, response: Response) -> None:
         dialog = Dialog.as_uac(leg.invite, response)
         ack = dialog.ack(leg.invite.cseq.number, via=self.services.via_for(leg.peer))
-        if self.state is not CallState.DIALING or (
+        # A cancelled branch is one the dial gave up on (it may be an earlier
+        # dial's, its 2xx arriving while the dialplan rings someone else).
+        if self.state is not CallState.DIALING or leg.cancelled or (
                 self.connected is not None and self.connected is not leg) or (
                 leg.final_status is not None and leg is not self.connected):
-            if self.connected is leg and leg.ack is not None:
-                # Our ACK was lost: the phone retransmits its 2xx (§13.2.2.4).
-                self.services.send_ack(leg.ack, leg.peer)
+            if self.connected is leg:
+                # The phone retransmits its 2xx: our ACK was lost (§13.2.2.4), or
+                # not sent yet (a late offer: it waits for the caller's answer).
+                if leg.ack is not None:
+                    self.services.send_ack(leg.ack, leg.peer)
                 return
             # A late 2xx from a losing branch: ACK it, then BYE it (§16.7 step 7).
             self.services.send_ack(ack, leg.peer)
@@ -609,9 +618,13 @@ class Call:
         if status in (408, 481):
             self._relay_failed(relay, status)
             return
+        headers = _body_headers(response)
+        source = relay.source.dialog
+        if relay.request.method in ("INVITE", "UPDATE") and status < 300 and source is not None:
+            # A 2xx to a target refresh carries our Contact (§12.1.1, RFC 3311 §5.2).
+            headers.insert(0, ("Contact", source.local_contact))
         self.services.respond(relay.transaction, make_response(
-            relay.request, status, response.reason,
-            headers=_body_headers(response), body=response.body))
+            relay.request, status, response.reason, headers=headers, body=response.body))
 
     def _relay_failed(self, relay: _Relay, status: int) -> None:
         """§12.2.1.2: 408/481 or no answer to an in-dialog request ends the dialog."""

@@ -76,7 +76,11 @@ class DialplanLoader:
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         try:
-            spec.loader.exec_module(module)
+            # Compiled from the source every time: the bytecode cache keys on
+            # whole seconds and the size, so an edit of the same length within
+            # a second of the last load would run the old code.
+            code = compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+            exec(code, module.__dict__)
         except Exception as error:
             raise DialplanError(f"{path}: does not import: "
                                 f"{type(error).__name__}: {error}") from error
@@ -101,6 +105,8 @@ class _Control:
     def __init__(self, call: CoreCall, resolve: Callable[[str], list[Target]]) -> None:
         self.call = call
         self.resolve = resolve
+        self.tried = False
+        """Did the handler dial anything (even a user with no phone registered)?"""
 
     @property
     def answered(self) -> bool:
@@ -111,6 +117,7 @@ class _Control:
         return self.call.ended
 
     def dial(self, targets: tuple[str, ...], timeout_s: float) -> Awaitable[DialResult]:
+        self.tried = True
         resolved: list[Target] = []
         for target in targets:
             resolved.extend(self.resolve(target))
@@ -148,13 +155,16 @@ def run_dialplan(
 ) -> Deferred[None]:
     """Run `handler` for `call`; what it leaves undecided is decided here."""
     invite = call.a.invite
+    control = _Control(call, resolve)
     public = Call(caller=caller, dialed=dialed, request_uri=str(invite.uri),
                   headers=_ReadOnlyHeaders(invite.headers), users=users,
-                  control=_Control(call, resolve), actions=actions)
+                  control=control, actions=actions)
 
     def finished(_: object) -> None:
         if not call.ended and call.state is not CallState.ANSWERED:
-            if not call.record.targets:
+            if not control.tried:
+                # Nothing dialed: 404. A user with no phone registered was
+                # dialed, and is 480 (`Call.finish`), not 404.
                 call.reject(404, "Not Found")
             else:
                 call.finish()

@@ -16,7 +16,7 @@ import gc
 import hashlib
 import signal
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,20 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, ssl
 from twisted.internet.task import deferLater
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 
 from pbx.config import load_config, parse_config
 from pbx.service import PbxService
-from tests.service.sipclient import Link, Phone, StreamLink, UdpLink, WsLink
+from tests.service.sipclient import (
+    Behaviour,
+    Link,
+    Phone,
+    Softphone,
+    StreamLink,
+    UdpLink,
+    WsLink,
+)
 
 DOMAIN = "pbx.test"
 TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
@@ -105,6 +115,7 @@ class RunningPbx:
         self.tmp_path = tmp_path
         self.links: list[Link] = []
         self.running = True
+        self._media_ports = 40000
 
     @property
     def data_dir(self) -> Path:
@@ -142,6 +153,28 @@ class RunningPbx:
 
     async def phone(self, user: str, transport: str = "udp", **kwargs: Any) -> Phone:
         return Phone(await self.link(transport, **kwargs), user, PASSWORDS.get(user))
+
+    async def softphone(self, user: str, transport: str = "udp", *,
+                        behaviour: Behaviour | None = None, register: bool = True
+                        ) -> Softphone:
+        """A phone that makes and takes calls, registered unless told otherwise."""
+        self._media_ports += 2
+        softphone = Softphone(await self.phone(user, transport), media_port=self._media_ports,
+                              behaviour=behaviour)
+        if register:
+            await softphone.register()
+        return softphone
+
+    def cdrs(self) -> list[dict[str, Any]]:
+        """Call detail rows as an administrator's ``sqlite3`` shell would show them."""
+        with contextlib.closing(sqlite3.connect(self.data_dir / "pbx.sqlite3")) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(row) for row in db.execute("SELECT * FROM cdr ORDER BY id")]
+
+    async def cdrs_when(self, count: int, timeout: float = 2.0) -> list[dict[str, Any]]:
+        """The call detail rows once there are `count` (they are written in batches)."""
+        await eventually(self.reactor, lambda: len(self.cdrs()) >= count, timeout=timeout)
+        return self.cdrs()
 
     def rows(self, aor: str | None = None) -> list[dict[str, Any]]:
         """Binding rows as an administrator's ``sqlite3`` shell would show them."""
@@ -218,6 +251,17 @@ async def pbx_factory(tmp_path: Path) -> AsyncIterator[Any]:
         if not was_frozen:
             gc.unfreeze()
         await assert_nothing_left(reactor, baseline)
+
+
+@pytest.fixture
+def log_events() -> Iterator[EventLoggingObserver]:
+    """Every event logged during the test (for tracebacks, reload errors...)."""
+    events = EventLoggingObserver()
+    globalLogPublisher.addObserver(events)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(events)
 
 
 @pytest.fixture
