@@ -28,6 +28,7 @@ import gc
 import os
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -267,14 +268,16 @@ class PbxService(MultiService):
             self.connections.connectors["tcp"] = self._connect_tcp
         return port
 
-    def _connect_tcp(self, peer: Peer, data: bytes) -> None:
+    def _connect_tcp(self, peer: Peer, data: bytes,
+                     on_failure: Callable[[], None] | None) -> None:
         factory = SipStreamClientFactory(peer, data, self.endpoint, self.connections,
-                                         self.reactor)
+                                         self.reactor, on_failure=on_failure)
         self.reactor.connectTCP(peer.host, peer.port, factory, timeout=10)
 
-    def _connect_tls(self, peer: Peer, data: bytes) -> None:
+    def _connect_tls(self, peer: Peer, data: bytes,
+                     on_failure: Callable[[], None] | None) -> None:
         factory = SipStreamClientFactory(peer, data, self.endpoint, self.connections,
-                                         self.reactor)
+                                         self.reactor, on_failure=on_failure)
         self.reactor.connectSSL(peer.host, peer.port, factory, client_context(peer.host),
                                 timeout=10)
 

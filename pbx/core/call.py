@@ -195,7 +195,11 @@ class BLeg(Leg):
         self.call._b_response(self, response)
 
     def on_failure(self, status: int) -> None:
-        self.call._b_failed(self, status, "Request Timeout" if status == 408 else "Unreachable")
+        if status == 408:
+            self.call._b_failed(self, 408, "Request Timeout")
+        else:
+            # Could not even be sent (a connection refused): the phone is away.
+            self.call._b_failed(self, 480, "Unreachable")
 
 
 @dataclass(slots=True)
@@ -264,6 +268,7 @@ class Call:
         self._best: tuple[int, str] | None = None
         self._pending_relays: dict[int, _Relay] = {}
         self._on_end: list[Callable[[], None]] = []
+        self._extra_headers: tuple[tuple[str, str], ...] = ()
 
     # ---------------------------------------------------------- dialplan side
 
@@ -279,10 +284,16 @@ class Call:
             self._on_end.append(work)
 
     def dial(self, targets: Sequence[Target], timeout_s: float,
-             done: Callable[[DialOutcome], None]) -> None:
-        """Ring every target at once; `done` gets the outcome exactly once."""
+             done: Callable[[DialOutcome], None],
+             extra_headers: Sequence[tuple[str, str]] = ()) -> None:
+        """Ring every target at once; `done` gets the outcome exactly once.
+
+        ``extra_headers`` go into every INVITE of this dial (the dialplan's
+        ``call.outgoing_headers``).
+        """
         if self.state is not CallState.ROUTING:
             raise RuntimeError(f"cannot dial in state {self.state.name}")
+        self._extra_headers = tuple(extra_headers)
         self.state = CallState.DIALING
         self._dial_done = done
         self._best = None
@@ -344,6 +355,7 @@ class Call:
             ("Contact", services.contact_for(peer, self.record.caller)),
             ("Allow", ALLOW),
         ]
+        headers.extend(self._extra_headers)
         headers.extend(_body_headers(a_invite))
         invite = Request("INVITE", parse_request_uri(target.request_uri), Headers(headers),
                          a_invite.body)

@@ -56,7 +56,8 @@ _random = random.Random(os.urandom(16))
 
 
 class Sender(Protocol):
-    def send(self, data: bytes, peer: Peer) -> bool: ...
+    def send(self, data: bytes, peer: Peer,
+             on_failure: Callable[[], None] | None = None) -> bool: ...
 
 
 class LocalAddress(Protocol):

@@ -49,7 +49,12 @@ from pbx.sip.events import (
 from pbx.sip.headers import Via
 from pbx.sip.message import Request, Response, make_error_response, make_response, parse_message
 from pbx.sip.peer import Peer
-from pbx.sip.transaction import ClientTransaction, ServerTransaction, TransactionLayer
+from pbx.sip.transaction import (
+    ClientTransaction,
+    ServerTransaction,
+    Transaction,
+    TransactionLayer,
+)
 from pbx.sip.uri import SipUri, parse_uri
 from pbx.store import BindingWriter
 
@@ -72,7 +77,8 @@ class Sender(Protocol):
     core (DESIGN.md): they call the endpoint, it never imports them.
     """
 
-    def send(self, data: bytes, peer: Peer) -> bool: ...
+    def send(self, data: bytes, peer: Peer,
+             on_failure: Callable[[], None] | None = None) -> bool: ...
 
 
 _tag_random = random.Random(os.urandom(16))
@@ -227,9 +233,18 @@ class SipEndpoint:
             if self.debug:
                 self.wire.debug("Sent to {peer}:\n{message}", peer=str(outgoing.destination),
                                 message=_redacted(outgoing.data))
-            if not self.connections.send(outgoing.data, outgoing.destination) and (
-                    outgoing.transaction is not None):
-                layer.receive_transport_error(outgoing.transaction, now)
+            transaction = outgoing.transaction
+            on_failure = None if transaction is None else (
+                lambda transaction=transaction: self._transport_failed(transaction))
+            if not self.connections.send(outgoing.data, outgoing.destination, on_failure) and (
+                    transaction is not None):
+                layer.receive_transport_error(transaction, now)
+
+    def _transport_failed(self, transaction: Transaction[Peer]) -> None:
+        """A connection opened to send `transaction`'s message could not be made."""
+        now = self.clock.seconds()
+        self.layer.receive_transport_error(transaction, now)
+        self._pump(now)
 
     def _handle_request(
         self, transaction: ServerTransaction[Peer], request: Request, peer: Peer, now: float

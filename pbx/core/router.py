@@ -107,6 +107,8 @@ class _Control:
         self.resolve = resolve
         self.tried = False
         """Did the handler dial anything (even a user with no phone registered)?"""
+        self.outgoing_headers: dict[str, str] = {}
+        """The public call's ``outgoing_headers`` (the same dict)."""
 
     @property
     def answered(self) -> bool:
@@ -132,7 +134,8 @@ class _Control:
             else:
                 waiting.callback(result_for(outcome.status, outcome.reason))
 
-        self.call.dial(resolved, timeout_s, done)
+        self.call.dial(resolved, timeout_s, done,
+                       extra_headers=list(self.outgoing_headers.items()))
         return waiting
 
     def reject(self, status: int, reason: str | None) -> None:
@@ -159,6 +162,7 @@ def run_dialplan(
     public = Call(caller=caller, dialed=dialed, request_uri=str(invite.uri),
                   headers=_ReadOnlyHeaders(invite.headers), users=users,
                   control=control, actions=actions)
+    control.outgoing_headers = public.outgoing_headers
 
     def finished(_: object) -> None:
         if not call.ended and call.state is not CallState.ANSWERED:

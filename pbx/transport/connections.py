@@ -31,9 +31,15 @@ class Connection(Protocol):
 
 
 class Connector(Protocol):
-    """Opens an outbound TCP or TLS connection; the data is written once it is up."""
+    """Opens an outbound TCP or TLS connection; the data is written once it is up.
 
-    def __call__(self, peer: Peer, data: bytes) -> None: ...
+    ``on_failure`` runs if the connection cannot be made, so that the
+    transaction that sent the data learns of it at once (RFC 3261 §17.1.4)
+    rather than after its timeout.
+    """
+
+    def __call__(self, peer: Peer, data: bytes,
+                 on_failure: Callable[[], None] | None) -> None: ...
 
 
 class Connections:
@@ -77,8 +83,12 @@ class Connections:
                 return connection
         return self._by_address.get((peer.transport, peer.host, peer.port))
 
-    def send(self, data: bytes, peer: Peer) -> bool:
-        """Send one message; False when there is no way to reach the peer now."""
+    def send(self, data: bytes, peer: Peer,
+             on_failure: Callable[[], None] | None = None) -> bool:
+        """Send one message; False when there is no way to reach the peer now.
+
+        True for a connection being opened; if that fails, ``on_failure`` runs.
+        """
         if peer.transport == "udp":
             if self.udp_send is None:
                 return False
@@ -92,7 +102,7 @@ class Connections:
         if connector is None:
             self.log.info("No open connection to {peer} and none can be opened", peer=str(peer))
             return False
-        connector(peer, data)
+        connector(peer, data, on_failure)
         return True
 
     def close_all(self) -> None:

@@ -18,6 +18,7 @@ TLS is this same protocol under Twisted's TLS wrapper; the transport name
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
@@ -167,8 +168,10 @@ class SipStreamClientFactory(ClientFactory):
         connections: Connections,
         clock: IReactorTime,
         timeouts: StreamTimeouts = StreamTimeouts(),
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
         self.clock = clock
+        self.on_failure = on_failure
         self.peer = peer
         self.first_message = first_message
         self.sink = sink
@@ -182,3 +185,5 @@ class SipStreamClientFactory(ClientFactory):
     def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
         self.log.info("Could not connect to {peer}: {reason}", peer=str(self.peer),
                       reason=reason.getErrorMessage())
+        if self.on_failure is not None:
+            self.on_failure()

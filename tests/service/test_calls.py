@@ -141,6 +141,24 @@ async def test_callee_hangs_up_over_tcp(pbx_factory: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_phone_gone_from_tcp_is_unreachable_at_once(pbx_factory: Any) -> None:
+    """The PBX cannot connect back to it: the caller hears 480 now, not after the timeout."""
+    pbx = await pbx_factory()
+    caller = await pbx.softphone("1001")
+    callee = await pbx.softphone("1002", "tcp")
+    await callee.link.close()  # the phone's connection, and its listening port, are gone
+
+    reactor = caller.link.reactor
+    started = reactor.seconds()
+    outgoing = await caller.call("1002")
+    answer = await outgoing.final_response()
+    assert answer.status == 480
+    assert reactor.seconds() - started < 5  # the dial timeout is 30 s
+    row, = await pbx.cdrs_when(1)
+    assert (row["answered_by"], row["status"]) == (None, 480)
+
+
+@pytest_twisted.ensureDeferred
 async def test_busy_callee(pbx_factory: Any) -> None:
     pbx = await pbx_factory()
     caller = await pbx.softphone("1001")
@@ -215,6 +233,23 @@ if isinstance(result, NoAnswer):
     row, = await pbx.cdrs_when(1)
     assert row["answered_by"] == "1003"
     assert row["targets"] == '["1002", "1003"]'
+
+
+@pytest_twisted.ensureDeferred
+async def test_headers_the_dialplan_sets_reach_the_callee(pbx_factory: Any,
+                                                           tmp_path: Path) -> None:
+    plan = dialplan(tmp_path, """
+call.outgoing_headers["Alert-Info"] = "<http://pbx.test/ring/sales>"
+await call.dial(call.dialed, timeout_s=5)
+""")
+    pbx = await pbx_factory({"dialplan": {"module": str(plan)}})
+    caller = await pbx.softphone("1001")
+    callee = await pbx.softphone("1002")
+    outgoing = await caller.call("1002")
+    incoming = await callee.next_call()
+    assert incoming.invite.get("Alert-Info") == "<http://pbx.test/ring/sales>"
+    assert (await outgoing.final_response()).status == 200
+    assert (await outgoing.bye()).status == 200
 
 
 @pytest_twisted.ensureDeferred
