@@ -42,10 +42,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pbx.sip.dialog import Dialog
+from pbx.core.session import LegTimer
+from pbx.sip.dialog import Dialog, DialogState
+from pbx.sip.errors import SipParseError
 from pbx.sip.headers import quote_string
 from pbx.sip.message import Headers, Request, Response, make_response
 from pbx.sip.peer import Peer
+from pbx.sip.session_timer import (
+    SessionTimer,
+    SessionTimerDecision,
+    negotiate_uac_response,
+    uac_request_headers,
+)
 from pbx.sip.transaction import ClientInviteTransaction, ClientTransaction, ServerTransaction
 from pbx.sip.uri import parse_request_uri
 
@@ -153,6 +161,10 @@ class Leg:
         self.call = call
         self.peer = peer
         self.dialog: Dialog | None = None
+        self.timer: LegTimer | None = None
+        """RFC 4028 on this leg, once answered (`pbx.core.session`)."""
+        self.last_sdp = b""
+        """The session description the PBX last sent on this leg (a refresh repeats it)."""
 
 
 class ALeg(Leg):
@@ -254,8 +266,9 @@ class Call:
 
     def __init__(self, services: CallServices, *, transaction: ServerTransaction[Peer],
                  invite: Request, peer: Peer, caller: str, caller_name: str | None,
-                 dialed: str) -> None:
+                 dialed: str, session_timer: SessionTimerDecision | None = None) -> None:
         self.services = services
+        self._caller_timer = session_timer
         self.state = CallState.ROUTING
         self.a = ALeg(self, transaction, invite, peer, services.new_tag())
         self.b_legs: list[BLeg] = []
@@ -355,6 +368,7 @@ class Call:
             ("Contact", services.contact_for(peer, self.record.caller)),
             ("Allow", ALLOW),
         ]
+        headers.extend(uac_request_headers())  # RFC 4028 §7.1: the callee may pick the refresher
         headers.extend(self._extra_headers)
         headers.extend(_body_headers(a_invite))
         invite = Request("INVITE", parse_request_uri(target.request_uri), Headers(headers),
@@ -423,6 +437,8 @@ class Call:
             self.services.send_ack(ack, leg.peer)
         # else: a late offer in the 2xx; the caller's ACK carries the answer,
         # and the callee's ACK waits for it (see `_a_ack`).
+        leg.last_sdp = leg.invite.body
+        self._start_timer(leg, negotiate_uac_response(response), response)
         self._answer_caller(response)
         self.state = CallState.ANSWERED
         self.record.answered_at = self.services.now()
@@ -491,11 +507,15 @@ class Call:
 
     def _answer_caller(self, response: Response) -> None:
         a = self.a
+        decision = self._caller_timer
         reply = make_response(a.invite, 200, "OK", to_tag=a.local_tag, headers=[
             ("Contact", self._a_contact()),
             ("Allow", ALLOW),
+            ("Supported", "timer"),
+            *(decision.headers() if decision is not None else ()),
             *_body_headers(response),
         ], body=response.body)
+        a.last_sdp = response.body
         a.final_sent = True
         a.answer = reply
         dialog = Dialog.as_uas(a.invite, local_tag=a.local_tag,
@@ -504,6 +524,8 @@ class Call:
         self.services.register_dialog(dialog, a)
         self.services.respond(a.transaction, reply)
         a._answered_at = self.services.now()
+        if decision is not None:
+            self._start_timer(a, decision.timer, a.invite)
         if not a.peer.is_reliable:
             a._retransmit_interval = self.services.t1_s
             a._retransmit = self.services.call_later(a._retransmit_interval,
@@ -570,6 +592,28 @@ class Call:
         self._final_to_caller(487, "Request Terminated")
         self._end(hangup_by="caller", status=487, reason="Request Terminated")
 
+    # ------------------------------------------------------ session timers
+
+    def _start_timer(self, leg: Leg, timer: object, message: Request | Response) -> None:
+        """Run `timer` (a negotiated SessionTimer, or anything else for none) on `leg`."""
+        if not isinstance(timer, SessionTimer):
+            return
+        try:
+            allows_update = "UPDATE" in message.allow
+        except SipParseError:
+            allows_update = False
+        leg.timer = LegTimer(self, leg, timer, allows_update=allows_update)
+        leg.timer.start()
+
+    def session_expired(self, leg: Leg, why: str) -> None:
+        """The phone on `leg` is gone (RFC 4028 §10): end the call on both legs."""
+        if self.ended:
+            return
+        for each in (self.a, self.connected):
+            if each is not None:
+                self._bye(each)
+        self._end(hangup_by="pbx", reason=f"session timer: {why} ({leg.side} leg)")
+
     # --------------------------------------------------- in-dialog requests
 
     def in_dialog_request(self, leg: Leg, transaction: ServerTransaction[Peer],
@@ -607,9 +651,13 @@ class Call:
                 request, 491, headers=[("Retry-After", "1")]))
             return
         relay = _Relay(self, leg, transaction, request, other)
+        timer_headers = (other.timer.request_headers()
+                         if other.timer is not None and method in ("INVITE", "UPDATE") else [])
         sent = other.dialog.new_request(
-            method, via=self.services.via_for(other.peer), headers=_body_headers(request),
-            body=request.body)
+            method, via=self.services.via_for(other.peer),
+            headers=[*timer_headers, *_body_headers(request)], body=request.body)
+        if method == "INVITE" and request.body:
+            other.last_sdp = request.body
         relay.sent = sent
         self._pending_relays[id(relay)] = relay
         if self.services.send_request(sent, other.peer, relay) is None:
@@ -635,6 +683,15 @@ class Call:
         if relay.request.method in ("INVITE", "UPDATE") and status < 300 and source is not None:
             # A 2xx to a target refresh carries our Contact (§12.1.1, RFC 3311 §5.2).
             headers.insert(0, ("Contact", source.local_contact))
+            # It is a session refresh in both directions: both legs' clocks restart,
+            # and the phone is told the timer still runs (RFC 4028 §9).
+            for leg in (relay.source, destination):
+                if leg.timer is not None:
+                    leg.timer.refreshed()
+            if relay.source.timer is not None:
+                headers[1:1] = relay.source.timer.response_headers()
+            if relay.request.method == "INVITE" and response.body:
+                relay.source.last_sdp = response.body
         self.services.respond(relay.transaction, make_response(
             relay.request, status, response.reason, headers=headers, body=response.body))
 
@@ -654,8 +711,8 @@ class Call:
         return self.connected if leg is self.a else self.a
 
     def _bye(self, leg: Leg) -> None:
-        if leg.dialog is None:
-            return
+        if leg.dialog is None or leg.dialog.state is DialogState.TERMINATED:
+            return  # nothing to end: never set up, or the far end already ended it
         bye = leg.dialog.new_request("BYE", via=self.services.via_for(leg.peer))
         self.services.send_request(bye, leg.peer, _Bye())
 
@@ -677,6 +734,8 @@ class Call:
             record.status or status)
         record.reason = reason
         for leg in (self.a, *self.b_legs):
+            if leg.timer is not None:
+                leg.timer.stop()
             if leg.dialog is not None:
                 self.services.forget_dialog(leg.dialog)
         self.services.call_ended(self)

@@ -42,6 +42,7 @@ from pbx.sip.dialog import Dialog, DialogId, dialog_id_of_request
 from pbx.sip.errors import SipParseError
 from pbx.sip.message import Request, Response, make_response
 from pbx.sip.peer import Peer
+from pbx.sip.session_timer import Reject, Role, negotiate_uas
 from pbx.sip.transaction import (
     ClientInviteTransaction,
     ClientTransaction,
@@ -53,6 +54,11 @@ from pbx.sip.transaction import (
 from pbx.sip.uri import SipUri, parse_uri
 
 _random = random.Random(os.urandom(16))
+
+SESSION_INTERVAL_S = 1800
+"""RFC 4028's recommended session interval: a silently vanished phone's call
+ends within about 20 minutes (the refresher's half interval plus margin)."""
+MIN_SE_S = 90
 
 
 class Sender(Protocol):
@@ -127,6 +133,14 @@ class CallManager:
         if not request.contacts or request.contacts[0].is_star:
             # §8.1.1.8: without a Contact the callee could never reach the caller.
             return make_response(request, 400, "Missing Contact", to_tag=self.new_tag())
+        try:
+            timer = negotiate_uas(request, min_se_s=MIN_SE_S, default_s=SESSION_INTERVAL_S,
+                                  preferred_refresher=Role.UAC)
+        except SipParseError as error:
+            return make_response(request, 400, error.reason, to_tag=self.new_tag())
+        if isinstance(timer, Reject):
+            # RFC 4028 §6: too short an interval; the phone retries with ours.
+            return make_response(request, 422, to_tag=self.new_tag(), headers=timer.headers())
         if len(self.calls) >= self.max_calls:
             return make_response(request, 503, "Too many calls", to_tag=self.new_tag(),
                                  headers=[("Retry-After", "5")])
@@ -134,7 +148,8 @@ class CallManager:
         dialed = _user_of(str(request.uri)) or str(request.uri)
         from_addr = request.from_addr
         call = Call(self, transaction=transaction, invite=request, peer=peer,
-                    caller=user, caller_name=from_addr.display_name, dialed=dialed)
+                    caller=user, caller_name=from_addr.display_name, dialed=dialed,
+                    session_timer=timer)
         self.calls.add(call)
         self._invites[transaction] = call
         self.log.info("Call {call_id} from {caller} to {dialed}", call_id=request.call_id,

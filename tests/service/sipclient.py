@@ -683,7 +683,8 @@ class Softphone:
 
     async def call(self, to_user: str, *, body: bytes | None = None,
                    credentials: tuple[str, str] | None = None,
-                   authenticate: bool = True) -> PhoneCall:
+                   authenticate: bool = True,
+                   invite_headers: Sequence[tuple[str, str]] = ()) -> PhoneCall:
         """INVITE `to_user`, answering the 407; the call, its INVITE sent with credentials.
 
         ``authenticate=False`` sends only the first INVITE (the 407 is the
@@ -697,7 +698,7 @@ class Softphone:
                          remote_target=f"sip:{to_user}@{phone.domain}")
         self.calls[call.call_id] = call
         offer = body if body is not None else self.sdp()
-        call.send_invite(offer)
+        call.send_invite(offer, headers=list(invite_headers))
         if not authenticate:
             return call
         challenge = await call.final_response()
@@ -709,8 +710,8 @@ class Softphone:
         authorization = authorization_for(
             chosen, username=username, password=password, method="INVITE",
             uri=call.request_uri, cnonce=random_token())
-        call.send_invite(offer, headers=[("Proxy-Authorization",
-                                          authorization.to_header_value())])
+        call.send_invite(offer, headers=[*invite_headers, ("Proxy-Authorization",
+                                                           authorization.to_header_value())])
         return call
 
     def sdp(self, direction: str = "sendrecv", version: int = 1) -> bytes:

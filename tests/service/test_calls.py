@@ -159,6 +159,31 @@ async def test_a_phone_gone_from_tcp_is_unreachable_at_once(pbx_factory: Any) ->
 
 
 @pytest_twisted.ensureDeferred
+async def test_session_timers_are_negotiated_with_both_phones(pbx_factory: Any) -> None:
+    pbx = await pbx_factory()
+    caller = await pbx.softphone("1001")
+    callee = await pbx.softphone("1002")
+
+    # RFC 4028 §6: an interval below the minimum is refused with the minimum.
+    short = await caller.call("1002", invite_headers=[
+        ("Supported", "timer"), ("Session-Expires", "60")])
+    refused = await short.final_response()
+    assert (refused.status, refused.get("Min-SE")) == (422, "90")
+
+    outgoing = await caller.call("1002", invite_headers=[
+        ("Supported", "timer"), ("Session-Expires", "600;refresher=uac")])
+    incoming = await callee.next_call()
+    assert incoming.invite is not None
+    assert "timer" in (incoming.invite.get("Supported") or "")
+    assert incoming.invite.get("Session-Expires") == "1800"
+    answer = await outgoing.final_response()
+    assert answer.status == 200
+    assert answer.get("Session-Expires") == "600;refresher=uac"
+    assert "timer" in (answer.get("Require") or "")
+    assert (await outgoing.bye()).status == 200
+
+
+@pytest_twisted.ensureDeferred
 async def test_busy_callee(pbx_factory: Any) -> None:
     pbx = await pbx_factory()
     caller = await pbx.softphone("1001")
