@@ -42,6 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pbx.core.provisional import CallerProvisionals
 from pbx.core.session import LegTimer
 from pbx.sip.dialog import Dialog, DialogState
 from pbx.sip.errors import SipParseError
@@ -281,6 +282,7 @@ class Call:
         self._best: tuple[int, str] | None = None
         self._pending_relays: dict[int, _Relay] = {}
         self._on_end: list[Callable[[], None]] = []
+        self.provisionals = CallerProvisionals(self)
         self._extra_headers: tuple[tuple[str, str], ...] = ()
 
     # ---------------------------------------------------------- dialplan side
@@ -334,6 +336,17 @@ class Call:
         if status == 503:
             # §16.7 step 6: the callee's (or its transport's) overload is not ours.
             status, reason = 500, "Server Internal Error"
+        self.reject(status, reason)
+
+    def give_up(self, status: int, reason: str) -> None:
+        """The PBX cannot carry on with this call: branches cancelled, the caller told."""
+        if self.ended:
+            return
+        if self.state is CallState.ANSWERED:
+            self.hangup()
+            return
+        self._cancel_branches()
+        self._stop_dial_timer()
         self.reject(status, reason)
 
     def hangup(self) -> None:
@@ -503,7 +516,7 @@ class Call:
         reply = make_response(self.a.invite, status, reason, to_tag=self.a.local_tag,
                               headers=[("Contact", self._a_contact()),
                                        *_body_headers(response)], body=response.body)
-        self.services.respond(self.a.transaction, reply)
+        self.provisionals.send(reply)
 
     def _answer_caller(self, response: Response) -> None:
         a = self.a
@@ -518,10 +531,13 @@ class Call:
         a.last_sdp = response.body
         a.final_sent = True
         a.answer = reply
-        dialog = Dialog.as_uas(a.invite, local_tag=a.local_tag,
-                               local_contact=self._a_contact(), early=False)
-        a.dialog = dialog
-        self.services.register_dialog(dialog, a)
+        self.provisionals.final_sent()
+        if a.dialog is None:
+            a.dialog = Dialog.as_uas(a.invite, local_tag=a.local_tag,
+                                     local_contact=self._a_contact(), early=False)
+            self.services.register_dialog(a.dialog, a)
+        else:
+            a.dialog.confirm()  # the early dialog of our reliable provisionals
         self.services.respond(a.transaction, reply)
         a._answered_at = self.services.now()
         if decision is not None:
@@ -563,6 +579,7 @@ class Call:
         if a.final_sent:
             return
         a.final_sent = True
+        self.provisionals.final_sent()
         self.services.respond(a.transaction, make_response(
             a.invite, status, reason, to_tag=a.local_tag, headers=headers))
 
@@ -632,6 +649,9 @@ class Call:
             if other is not None:
                 self._bye(other)
             self._end(hangup_by=leg.side)
+            return
+        if method == "PRACK" and leg is self.a:
+            self.services.respond(transaction, self.provisionals.prack(request))
             return
         if method in ("OPTIONS", "PRACK"):
             self.services.respond(transaction, make_response(request, 200))
@@ -733,6 +753,7 @@ class Call:
         record.status = status if status is not None and record.answered_at is None else (
             record.status or status)
         record.reason = reason
+        self.provisionals.stop()
         for leg in (self.a, *self.b_legs):
             if leg.timer is not None:
                 leg.timer.stop()

@@ -61,7 +61,7 @@ from pbx.store import BindingWriter
 ENDPOINT_POLICY = UasPolicy(
     allowed_methods=("REGISTER", "OPTIONS", "INVITE", "ACK", "BYE", "CANCEL", "UPDATE",
                      "INFO", "MESSAGE", "PRACK"),
-    supported_extensions=(),
+    supported_extensions=("100rel", "timer"),
     accepted_types=("application/sdp",),
 )
 """What the PBX takes. BYE, CANCEL, UPDATE, INFO and PRACK outside any dialog
