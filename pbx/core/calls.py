@@ -51,7 +51,7 @@ from pbx.sip.transaction import (
     TransactionLayer,
     new_branch,
 )
-from pbx.sip.uri import SipUri, parse_uri
+from pbx.sip.uri import SipUri, parse_uri, user_of
 
 _random = random.Random(os.urandom(16))
 
@@ -119,7 +119,7 @@ class CallManager:
     def new_invite(self, transaction: ServerTransaction[Peer], request: Request,
                    peer: Peer, now: float) -> Response | None:
         """An INVITE outside any dialog; the response now, or None (the call answers)."""
-        claimed = _user_of(request.from_addr.uri_text)
+        claimed = user_of(request.from_addr.uri_text)
         user = self.auth.authenticate(request, peer, now, scheme=PROXY_AUTH,
                                       claimed_user=claimed)
         if isinstance(user, Denied):
@@ -145,7 +145,7 @@ class CallManager:
             return make_response(request, 503, "Too many calls", to_tag=self.new_tag(),
                                  headers=[("Retry-After", "5")])
         self.layer.respond(transaction, make_response(request, 100), now)
-        dialed = _user_of(str(request.uri)) or str(request.uri)
+        dialed = user_of(str(request.uri)) or str(request.uri)
         from_addr = request.from_addr
         call = Call(self, transaction=transaction, invite=request, peer=peer,
                     caller=user, caller_name=from_addr.display_name, dialed=dialed,
@@ -318,10 +318,3 @@ class CallManager:
             if call.state is not CallState.ENDED:
                 call.hangup()
 
-
-def _user_of(uri_text: str) -> str | None:
-    try:
-        uri = parse_uri(uri_text)
-    except SipParseError:
-        return None
-    return uri.user if isinstance(uri, SipUri) else None

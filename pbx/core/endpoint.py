@@ -55,7 +55,7 @@ from pbx.sip.transaction import (
     Transaction,
     TransactionLayer,
 )
-from pbx.sip.uri import SipUri, parse_uri
+from pbx.sip.uri import user_of
 from pbx.store import BindingWriter
 
 ENDPOINT_POLICY = UasPolicy(
@@ -328,7 +328,7 @@ class SipEndpoint:
                    ) -> Response | None:
         """Authenticate like a call (407), then let the plugin decide the status."""
         sender = calls.auth.authenticate(request, peer, now, scheme=PROXY_AUTH,
-                                         claimed_user=_user_of(request.from_addr.uri_text))
+                                         claimed_user=user_of(request.from_addr.uri_text))
         if isinstance(sender, Denied):
             if sender.security_event is not None:
                 self._security(sender.security_event)
@@ -336,7 +336,7 @@ class SipEndpoint:
         content_type = request.content_type
         incoming = IncomingRequest(
             method=request.method, sender=sender, sender_uri=request.from_addr.uri_text,
-            target=_user_of(str(request.uri)) or str(request.uri),
+            target=user_of(str(request.uri)) or str(request.uri),
             request_uri=str(request.uri),
             headers={name.lower(): value for name, value in reversed(list(request.headers))},
             body=request.body,
@@ -487,10 +487,3 @@ def _redacted(data: bytes) -> str:
         lines.append(line)
     return "\r\n".join(lines)
 
-
-def _user_of(uri_text: str) -> str | None:
-    try:
-        uri = parse_uri(uri_text)
-    except SipParseError:
-        return None
-    return uri.user if isinstance(uri, SipUri) else None

@@ -27,10 +27,9 @@ from typing import assert_never
 from pbx.core.auth import WWW_AUTH, Denied, RequestAuthenticator, SecurityEvent
 from pbx.core.location import Binding, LocationService, UpdateResult, UpdateStatus
 from pbx.sip.errors import SipParseError
-from pbx.sip.headers import NameAddr
 from pbx.sip.message import Request, Response
 from pbx.sip.peer import Peer
-from pbx.sip.uri import SipUri
+from pbx.sip.uri import user_of
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,7 +66,7 @@ class Registrar:
     # ------------------------------------------------------------ entry point
 
     def handle_register(self, request: Request, peer: Peer, now: float) -> RegisterOutcome:
-        to_user = _user_of(request.to_addr)
+        to_user = user_of(request.to_addr.uri_text)
         try:
             user = self.auth.authenticate(request, peer, now, scheme=WWW_AUTH,
                                           claimed_user=to_user)
@@ -160,14 +159,6 @@ class Registrar:
         headers: list[tuple[str, str]] | None = None,
     ) -> Response:
         return self.auth.respond(request, status, reason, headers)
-
-
-def _user_of(address: NameAddr) -> str | None:
-    try:
-        uri = address.uri
-    except SipParseError:
-        return None
-    return uri.user if isinstance(uri, SipUri) else None
 
 
 def _int_or_none(value: str | None) -> int | None:

@@ -267,6 +267,15 @@ def parse_uri(text: str) -> Uri:
     return AbsoluteUri(scheme=lowered, rest=rest)
 
 
+def user_of(text: str) -> str | None:
+    """The user part of a sip:/sips: URI ("1002"), or None; never raises."""
+    try:
+        uri = parse_uri(text)
+    except SipParseError:
+        return None
+    return uri.user if isinstance(uri, SipUri) else None
+
+
 def parse_request_uri(text: str) -> SipUri | TelUri:
     """Parse a Request-URI: another scheme is 416 Unsupported URI Scheme (RFC 3261 §8.2.2.1)."""
     uri = parse_uri(text)
