@@ -31,7 +31,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 from OpenSSL import SSL
 from twisted.application.service import MultiService
@@ -40,7 +40,7 @@ from twisted.internet.defer import gatherResults
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
 
 from pbx.config import Config, ConfigError, Listen, UserConfig, diff_users, load_config
 from pbx.core.auth import RequestAuthenticator, SecurityEvent
@@ -96,6 +96,8 @@ class PbxService(MultiService):
         self.writer: BindingWriter | None = None
         self._loops: list[LoopingCall] = []
         self._previous_sighup: Any = None
+        self._json_log: IO[str] | None = None
+        self._json_observer: Any = None
         self._users: dict[str, UserConfig] = dict(config.users)
         self._ha1_cache: dict[tuple[str, str], str | None] = {}
         self.connections = Connections()
@@ -317,12 +319,30 @@ class PbxService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        if self.config.pbx.log_format == "json":
+            self._start_json_log()
         self.plugins.start_all()
         _tune_garbage_collector()
         self._every(FLUSH_INTERVAL_S, self._flush)
         self._every(HOUSEKEEPING_INTERVAL_S, self._housekeeping)
         if hasattr(signal, "SIGHUP") and self.reactor is global_reactor:
             self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+
+    def _start_json_log(self) -> None:
+        """Also write every event as one JSON object per line, for log collectors."""
+        path = self.config.pbx.data_dir / "pbx.log.json"
+        self._json_log = path.open("a", encoding="utf-8")
+        self._json_observer = jsonFileLogObserver(self._json_log)
+        globalLogPublisher.addObserver(self._json_observer)
+        self.log.info("Writing JSON events to {path}", path=str(path))
+
+    def _stop_json_log(self) -> None:
+        if self._json_observer is not None:
+            globalLogPublisher.removeObserver(self._json_observer)
+            self._json_observer = None
+        if self._json_log is not None:
+            self._json_log.close()
+            self._json_log = None
 
     def _every(self, interval_s: float, work: Any) -> None:
         loop = LoopingCall(work)
@@ -348,6 +368,7 @@ class PbxService(MultiService):
             self.store.close()
             self.store = None
         self.log.info("Stopped; bindings saved")
+        self._stop_json_log()
         super().stopService()
         stopping.append(self.plugins.stop_all())
         return gatherResults([d for d in stopping if d is not None])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import signal
 import socket
@@ -209,3 +210,18 @@ async def test_expired_binding_disappears(pbx_factory: Any) -> None:
     query = await phone.request("REGISTER", authorization=phone.again())
     assert query.status == 200
     assert query.contacts == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_json_log_format_writes_one_event_per_line(pbx_factory: Any) -> None:
+    pbx = await pbx_factory({"pbx": {"log_format": "json"}})
+    phone = await pbx.phone("1001")
+    assert (await phone.register()).status == 200
+    path = pbx.data_dir / "pbx.log.json"
+    events = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            events.append(json.loads(line.strip("\x1e")))
+    answered = [e for e in events if e.get("method") == "REGISTER" and e.get("status") == 200]
+    assert answered, events[-3:]
+    assert answered[0]["log_level"]["name"] == "info"
