@@ -99,6 +99,8 @@ _SIMPLE_NAME_ADDR = re.compile(
     r'(?:"((?:[^"\\]|\\.)*)" ?|([A-Za-z0-9\-.!%*_+`\'~ ]*?) ?)?<([^<>" ]+)>'
     r"((?:;" + _TOKEN_CHARS + r"(?:=" + _TOKEN_CHARS + r")?)*)"
 )
+# CSeq = 1*DIGIT LWS Method (RFC 3261 §20.16), in its usual one-space form.
+_SIMPLE_CSEQ = re.compile(r"([0-9]{1,10}) (" + _TOKEN_CHARS + r")")
 _MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5: "MUST be less than 2**31"
 
 
@@ -503,6 +505,9 @@ class CSeq:
 
     @classmethod
     def parse(cls, value: str) -> CSeq:
+        match = _SIMPLE_CSEQ.fullmatch(value)
+        if match is not None and len(match[1]) < 10:  # below 10**9: under 2**31 for sure
+            return cls(number=int(match[1]), method=match[2])
         parts = value.split()
         if len(parts) != 2:
             raise SipParseError(f"bad CSeq {value[:40]!r}")
