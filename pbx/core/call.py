@@ -336,7 +336,12 @@ class Call:
         if status == 503:
             # §16.7 step 6: the callee's (or its transport's) overload is not ours.
             status, reason = 500, "Server Internal Error"
-        self.reject(status, reason)
+        # A busy or declining phone ended the call; a timeout or nobody to ring is the PBX.
+        by_callee = any(leg.final_status == status for leg in self.b_legs)
+        if self.ended or self.a.final_sent:
+            return
+        self._final_to_caller(status, reason, ())
+        self._end(hangup_by="callee" if by_callee else "pbx", status=status, reason=reason)
 
     def give_up(self, status: int, reason: str) -> None:
         """The PBX cannot carry on with this call: branches cancelled, the caller told."""

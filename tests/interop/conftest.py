@@ -15,6 +15,9 @@ reply) rather than sleeping for a guessed time.
 from __future__ import annotations
 
 import contextlib
+import csv
+import ctypes
+import itertools
 import json
 import os
 import re
@@ -24,6 +27,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -103,6 +107,104 @@ def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> ob
         time.sleep(POLL_S)
 
 
+# -------------------------------------------------------- network namespace
+
+IP = shutil.which("ip")
+CLONE_NEWNET = 0x40000000  # <sched.h>
+_netns_numbers = itertools.count()
+
+
+def in_netns(name: str | None) -> list[str]:
+    """The command prefix that runs a program inside network namespace `name`."""
+    return [str(IP), "netns", "exec", name] if name else []
+
+
+@dataclass
+class Netns:
+    """A network namespace of our own: a veth pair and nothing else.
+
+    Phones put the address of the machine's default interface into their
+    SDP; inside this namespace the only addresses are the ones made here, so
+    every SIP and RTP packet stays inside (notes/baresip.md). The first
+    address goes on v0, the others on its peer v1; a default route through
+    v0 gives programs that look for "the" local address one to find.
+    """
+
+    name: str
+    addresses: tuple[str, ...]
+
+    def create(self) -> None:
+        first, *others = self.addresses
+        commands = [
+            ["netns", "add", self.name],
+            ["-n", self.name, "link", "set", "lo", "up"],
+            ["-n", self.name, "link", "add", "v0", "type", "veth", "peer", "name", "v1"],
+            ["-n", self.name, "addr", "add", f"{first}/24", "dev", "v0"],
+            *(["-n", self.name, "addr", "add", f"{a}/24", "dev", "v1"] for a in others),
+            ["-n", self.name, "link", "set", "v0", "up"],
+            ["-n", self.name, "link", "set", "v1", "up"],
+            ["-n", self.name, "route", "add", "default", "dev", "v0"],
+        ]
+        for command in commands:
+            subprocess.run([str(IP), *command], check=True, capture_output=True, timeout=10)
+
+    def delete(self) -> None:
+        subprocess.run([str(IP), "netns", "delete", self.name], check=False,
+                       capture_output=True, timeout=10)
+
+    def connect(self, address: tuple[str, int], timeout_s: float) -> socket.socket:
+        """A TCP connection made from inside the namespace, usable from the test.
+
+        A socket belongs to the namespace of the thread that made it, and
+        setns(2) moves only the calling thread: a short-lived thread enters
+        the namespace, connects and hands the socket back.
+        """
+        outcome: list[socket.socket | BaseException] = []
+
+        def work() -> None:
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                with open(f"/run/netns/{self.name}", "rb") as handle:
+                    if libc.setns(handle.fileno(), CLONE_NEWNET) != 0:
+                        error = ctypes.get_errno()
+                        raise OSError(error, f"setns {self.name}: {os.strerror(error)}")
+                outcome.append(socket.create_connection(address, timeout=timeout_s))
+            except BaseException as error:  # handed to the caller's thread
+                outcome.append(error)
+
+        thread = threading.Thread(target=work, name=f"setns-{self.name}")
+        thread.start()
+        thread.join()
+        [result] = outcome
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+
+@pytest.fixture
+def netns() -> Iterator[Netns]:
+    """A fresh namespace with 10.77.0.1 (v0) and 10.77.0.2-4 (v1), deleted at teardown.
+
+    Request it before `make_pbx` and `make_phone`, so that it is made first
+    and deleted after their processes are gone.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a network namespace (ip netns add); CI runs as root")
+    if IP is None:
+        pytest.skip("no `ip` command (apt-get install iproute2)")
+    space = Netns(name=f"pbxt-{os.getpid()}-{next(_netns_numbers)}",
+                  addresses=("10.77.0.1", "10.77.0.2", "10.77.0.3", "10.77.0.4"))
+    try:
+        space.create()
+    except subprocess.CalledProcessError as error:
+        space.delete()
+        pytest.skip(f"cannot create a network namespace here: {error.stderr.decode().strip()}")
+    try:
+        yield space
+    finally:
+        space.delete()
+
+
 # -------------------------------------------------------------------- PBX
 
 @dataclass
@@ -114,6 +216,10 @@ class Pbx:
     tls_port: int
     digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
     users: dict[str, str] = field(default_factory=lambda: dict(USERS))
+    host: str = "127.0.0.1"  # where every listener binds
+    netns: str | None = None  # run inside this network namespace (`Netns`)
+    debug: bool = False  # [pbx] debug: every SIP message in the log
+    dialplan: str | None = None  # source of a dialplan file; None: the built-in default
     process: subprocess.Popen[bytes] | None = None
     exit_codes: list[int] = field(default_factory=list)
 
@@ -147,16 +253,21 @@ class Pbx:
         lines = [
             "[pbx]",
             f'data_dir = "{self.data_dir}"',
+            *(["debug = true"] if self.debug else []),
             "[sip]",
             f'domain = "{DOMAIN}"',
-            f'udp = "127.0.0.1:{self.sip_port}"',
-            f'tcp = "127.0.0.1:{self.sip_port}"',
-            f'tls = "127.0.0.1:{self.tls_port}"',
+            f'udp = "{self.host}:{self.sip_port}"',
+            f'tcp = "{self.host}:{self.sip_port}"',
+            f'tls = "{self.host}:{self.tls_port}"',
             "[registrar]",
             f"digest_algorithms = [{algorithms}]",
             "[security]",
             f'log_file = "{self.security_log}"',
         ]
+        if self.dialplan is not None:
+            dialplan_path = self.root / "dialplan.py"
+            dialplan_path.write_text(self.dialplan)
+            lines += ["[dialplan]", f'module = "{dialplan_path}"']
         for extension, password in self.users.items():
             lines += [f"[users.{extension}]", f'password = "{password}"']
         self.config_path.write_text("\n".join(lines) + "\n")
@@ -169,7 +280,8 @@ class Pbx:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with (self.root / "twistd.out").open("ab") as output:
             self.process = subprocess.Popen(
-                [str(TWISTD), "-n", "--pidfile", str(self.root / "twistd.pid"),
+                [*in_netns(self.netns),
+                 str(TWISTD), "-n", "--pidfile", str(self.root / "twistd.pid"),
                  "--logfile", str(self.log_path), "pbx", "--config", str(self.config_path)],
                 cwd=self.root, stdin=subprocess.DEVNULL, stdout=output,
                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -227,15 +339,28 @@ class Pbx:
             db.row_factory = sqlite3.Row
             return [dict(row) for row in db.execute("SELECT * FROM bindings ORDER BY aor")]
 
+    def cdrs(self) -> list[dict[str, object]]:
+        """The call detail records written so far, oldest first (read-only).
+
+        The PBX writes them in batches (every 0.2 s) and at a clean stop:
+        poll with `wait_for` while it runs.
+        """
+        if not self.database.exists():
+            return []
+        with contextlib.closing(
+                sqlite3.connect(f"file:{self.database}?mode=ro", uri=True)) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(row) for row in db.execute("SELECT * FROM cdr ORDER BY id")]
+
 
 @pytest.fixture
 def make_pbx(tmp_path: Path) -> Iterator[Callable[..., Pbx]]:
     """Start a PBX (keyword arguments as for `Pbx`); each is checked at teardown."""
     made: list[Pbx] = []
 
-    def make(**options: object) -> Pbx:
-        sip_port = free_port()
-        tls_port = free_port(avoid=(sip_port,))
+    def make(*, sip_port: int = 0, tls_port: int = 0, **options: object) -> Pbx:
+        sip_port = sip_port or free_port()
+        tls_port = tls_port or free_port(avoid=(sip_port,))
         server = Pbx(root=tmp_path / f"pbx{len(made)}", sip_port=sip_port, tls_port=tls_port,
                      **options)  # type: ignore[arg-type]
         made.append(server)
@@ -268,6 +393,69 @@ class SippRun:
     errors: str  # SIPp's -trace_err file: unexpected messages and why calls failed
     messages: str  # -trace_msg: every message sent and received
     logs: str  # -trace_logs: what <log> actions wrote
+    stats: str = ""  # -trace_stat: cumulative counters, one CSV line per second and at exit
+
+    def counts(self) -> dict[str, int]:
+        """SIPp's final cumulative counters: SuccessfulCall, FailedCall, Retransmissions..."""
+        rows = list(csv.DictReader(self.stats.splitlines(), delimiter=";"))
+        if not rows:
+            return {}
+        return {name[:-3]: int(value) for name, value in rows[-1].items()
+                if name and name.endswith("(C)") and value and value.isdigit()}
+
+
+@dataclass
+class _SippCommand:
+    command: list[str]
+    files: dict[str, Path]
+    timeout_s: int
+
+    def result(self, returncode: int, output: bytes) -> SippRun:
+        def read(name: str) -> str:
+            path = self.files[name]
+            return path.read_text(errors="replace") if path.exists() else ""
+
+        return SippRun(returncode=returncode, output=output.decode(errors="replace"),
+                       errors=read("errors"), messages=read("messages"), logs=read("logs"),
+                       stats=read("stats"))
+
+
+def _sipp_command(
+    work_dir: Path,
+    scenario: str,
+    remote: str | None,
+    *,
+    transport: str,
+    rows: Sequence[Sequence[str]] | None,
+    local_port: int,
+    calls: int,
+    limit: int,
+    extra: Sequence[str],
+    timeout_s: int,
+) -> _SippCommand:
+    assert SIPP is not None
+    work_dir.mkdir(parents=True, exist_ok=True)
+    run = len(list(work_dir.glob("run-*")))
+    (work_dir / f"run-{run}").touch()
+    inf: list[str] = []
+    if rows is not None:
+        csv_path = work_dir / f"users-{run}.csv"
+        csv_path.write_text("SEQUENTIAL\n" + "".join(";".join(row) + "\n" for row in rows))
+        inf = ["-inf", str(csv_path)]
+    files = {name: work_dir / f"{name}-{run}.log"
+             for name in ("errors", "messages", "logs", "stats")}
+    command = [
+        SIPP, *([remote] if remote else []), "-sf", str(SCENARIOS / scenario), *inf,
+        "-i", "127.0.0.1", "-p", str(local_port),
+        "-t", transport, "-m", str(calls), "-l", str(limit),
+        "-timeout", f"{timeout_s}s", "-timeout_error", "-nostdin",
+        "-trace_err", "-error_file", str(files["errors"]),
+        "-trace_msg", "-message_file", str(files["messages"]),
+        "-trace_logs", "-log_file", str(files["logs"]),
+        "-trace_stat", "-stf", str(files["stats"]), "-fd", "1",
+        *extra,
+    ]
+    return _SippCommand(command, files, timeout_s)
 
 
 def run_sipp(
@@ -276,38 +464,80 @@ def run_sipp(
     pbx_port: int,
     *,
     transport: str = "u1",
-    users: Sequence[tuple[str, str]] = (("1001", USERS["1001"]),),
+    users: Sequence[Sequence[str]] = (("1001", USERS["1001"]),),
     local_port: int | None = None,
+    calls: int | None = None,
     extra: Sequence[str] = (),
     timeout_s: int = 10,
 ) -> SippRun:
-    """Run one SIPp scenario against the PBX on 127.0.0.1, one call per user, bounded."""
-    assert SIPP is not None
-    work_dir.mkdir(parents=True, exist_ok=True)
-    run = len(list(work_dir.glob("users-*.csv")))
-    csv = work_dir / f"users-{run}.csv"
-    csv.write_text("SEQUENTIAL\n" + "".join(f"{u};{p};{DOMAIN}\n" for u, p in users))
-    files = {name: work_dir / f"{name}-{run}.log" for name in ("errors", "messages", "logs")}
-    command = [
-        SIPP, f"127.0.0.1:{pbx_port}", "-sf", str(SCENARIOS / scenario), "-inf", str(csv),
-        "-i", "127.0.0.1", "-p", str(local_port or free_port(avoid=(pbx_port,))),
-        "-t", transport, "-m", str(len(users)), "-l", str(len(users)),
-        "-timeout", f"{timeout_s}s", "-timeout_error", "-nostdin",
-        "-trace_err", "-error_file", str(files["errors"]),
-        "-trace_msg", "-message_file", str(files["messages"]),
-        "-trace_logs", "-log_file", str(files["logs"]),
-        *extra,
-    ]
-    completed = subprocess.run(command, cwd=work_dir, stdin=subprocess.DEVNULL,
+    """Run one SIPp scenario against the PBX on 127.0.0.1, bounded.
+
+    Each user is a CSV row: extension, password, then the domain is put in
+    as the third field and any further items follow it (the callee for
+    uac_call_auth.xml). One call per user unless `calls` says how many
+    (SIPp goes round the rows); pass a rate with ``extra=["-r", "5"]``.
+    """
+    count = calls if calls is not None else len(users)
+    command = _sipp_command(
+        work_dir, scenario, f"127.0.0.1:{pbx_port}", transport=transport,
+        rows=[(row[0], row[1], DOMAIN, *row[2:]) for row in users],
+        local_port=local_port or free_port(avoid=(pbx_port,)), calls=count, limit=count,
+        extra=extra, timeout_s=timeout_s)
+    completed = subprocess.run(command.command, cwd=work_dir, stdin=subprocess.DEVNULL,
                                capture_output=True, timeout=timeout_s + 15, check=False)
+    return command.result(completed.returncode, completed.stdout + completed.stderr)
 
-    def read(path: Path) -> str:
-        return path.read_text(errors="replace") if path.exists() else ""
 
-    return SippRun(
-        returncode=completed.returncode,
-        output=(completed.stdout + completed.stderr).decode(errors="replace"),
-        errors=read(files["errors"]), messages=read(files["messages"]), logs=read(files["logs"]))
+@dataclass
+class BackgroundSipp:
+    """A SIPp started with `start_sipp` (an answering side); `finish` waits for it."""
+
+    process: subprocess.Popen[bytes]
+    command: _SippCommand
+    output_path: Path
+
+    def finish(self) -> SippRun:
+        """Wait for SIPp to end by itself (it has -m and -timeout), or kill it after that."""
+        try:
+            returncode = self.process.wait(self.command.timeout_s + 15)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            returncode = -signal.SIGKILL
+        return self.command.result(returncode, self.output_path.read_bytes())
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture
+def start_sipp() -> Iterator[Callable[..., BackgroundSipp]]:
+    """Start a SIPp that waits for calls on 127.0.0.1:`local_port` (no -inf, no remote).
+
+    Arguments: work_dir, scenario, local_port, calls; optional extra and
+    timeout_s. Whatever is still running at teardown is killed.
+    """
+    started: list[BackgroundSipp] = []
+
+    def start(work_dir: Path, scenario: str, local_port: int, calls: int, *,
+              extra: Sequence[str] = (), timeout_s: int = 30) -> BackgroundSipp:
+        command = _sipp_command(work_dir, scenario, None, transport="u1", rows=None,
+                                local_port=local_port, calls=calls, limit=calls,
+                                extra=extra, timeout_s=timeout_s)
+        output_path = command.files["errors"].with_suffix(".out")
+        with output_path.open("wb") as output:
+            process = subprocess.Popen(command.command, cwd=work_dir, stdin=subprocess.DEVNULL,
+                                       stdout=output, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        background = BackgroundSipp(process, command, output_path)
+        started.append(background)
+        return background
+
+    yield start
+    for background in started:
+        background.kill()
 
 
 # ---------------------------------------------------------------- baresip
@@ -325,43 +555,63 @@ class Phone:
     transport: str  # udp, tcp or tls
     pbx_port: int
     cafile: Path | None = None
-    sip_port: int = 0
-    ctrl_port: int = 0
+    sip_port: int = 0  # 0: a free one (on 127.0.0.1), or 5060 inside a namespace
+    ctrl_port: int = 0  # likewise, 4444 inside a namespace
+    host: str = "127.0.0.1"  # where it listens for SIP and for control
+    pbx_host: str = "127.0.0.1"
+    netns: Netns | None = None  # run inside this namespace, each phone on its own `host`
+    audio_source: Path | None = None  # what it says: a 16-bit mono WAV (aufile)
+    record_dir: Path | None = None  # sndfile: dump-<call>-enc.wav (said), -dec.wav (heard)
+    rtp_ports: str = "20000-20100"
+    sip_trace: bool = False  # baresip -s: every SIP message in baresip.out
     process: subprocess.Popen[bytes] | None = None
     _control: socket.socket | None = None
     _buffer: bytes = b""
     events: list[dict[str, object]] = field(default_factory=list)
+    _taken: set[int] = field(default_factory=set)  # indexes in `events` wait_event returned
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.sip_port = free_port(span=2, avoid=(self.pbx_port,))  # TLS on sip_port + 1
-        self.ctrl_port = free_port(avoid=(self.pbx_port, self.sip_port, self.sip_port + 1))
+        if self.netns is not None:  # a namespace of its own: every port is free
+            self.sip_port = self.sip_port or 5060
+            self.ctrl_port = self.ctrl_port or 4444
+        if not self.sip_port:
+            self.sip_port = free_port(span=2, avoid=(self.pbx_port,))  # TLS on sip_port + 1
+        if not self.ctrl_port:
+            self.ctrl_port = free_port(avoid=(self.pbx_port, self.sip_port, self.sip_port + 1))
+        source = self.audio_source or "/dev/null"
         config = [
             "poll_method epoll",
-            f"sip_listen 127.0.0.1:{self.sip_port}",
+            f"sip_listen {self.host}:{self.sip_port}",
             "audio_player aufile,/dev/null",
-            "audio_source aufile,/dev/null",
+            f"audio_source aufile,{source}",
             "audio_alert aufile,/dev/null",
             f"module_path {BARESIP_MODULES}",
             "module g711.so",
+            *(["module aufile.so"] if self.audio_source is not None else []),
             "module_app account.so",
             "module_app menu.so",  # reginfo and the other commands
             "module_tmp uuid.so",
             "module_app ctrl_tcp.so",
-            f"ctrl_tcp_listen 127.0.0.1:{self.ctrl_port}",
-            "rtp_ports 20000-20100",
+            f"ctrl_tcp_listen {self.host}:{self.ctrl_port}",
+            f"rtp_ports {self.rtp_ports}",
         ]
+        if self.record_dir is not None:
+            self.record_dir.mkdir(parents=True, exist_ok=True)
+            config += ["module sndfile.so", f"snd_path {self.record_dir}"]
         if self.cafile is not None:
             config.append(f"sip_cafile {self.cafile}")
         (self.root / "config").write_text("\n".join(config) + "\n")
         t = self.transport
         (self.root / "accounts").write_text(
             f"<sip:{self.extension}@{DOMAIN};transport={t}>;auth_pass={self.password};"
-            f'outbound="sip:127.0.0.1:{self.pbx_port};transport={t}";regint=120\n')
+            f'outbound="sip:{self.pbx_host}:{self.pbx_port};transport={t}";regint=120\n')
         assert BARESIP is not None
         with (self.root / "baresip.out").open("ab") as output:
             self.process = subprocess.Popen(
-                [BARESIP, "-f", str(self.root)], cwd=self.root, stdin=subprocess.DEVNULL,
+                [*in_netns(self.netns.name if self.netns else None),
+                 BARESIP, "-f", str(self.root), *(["-s"] if self.sip_trace else [])],
+                cwd=self.root, stdin=subprocess.DEVNULL,
                 stdout=output, stderr=subprocess.STDOUT,
                 env={**os.environ, "HOME": str(self.root)}, start_new_session=True)
         self._control = wait_for(self._connect, 10.0, "baresip's ctrl_tcp")  # type: ignore[assignment]
@@ -370,7 +620,9 @@ class Phone:
         if self.process is not None and self.process.poll() is not None:
             pytest.fail(f"baresip exited with {self.process.returncode}:\n{self.output()}")
         try:
-            return socket.create_connection(("127.0.0.1", self.ctrl_port), timeout=5)
+            if self.netns is not None:
+                return self.netns.connect((self.host, self.ctrl_port), timeout_s=5)
+            return socket.create_connection((self.host, self.ctrl_port), timeout=5)
         except OSError:
             return None
 
@@ -400,6 +652,36 @@ class Phone:
             if not chunk:
                 raise ConnectionError("baresip closed its control connection")
             self._buffer += chunk
+
+    def wait_event(self, kind: str, timeout_s: float = 10.0) -> dict[str, object]:
+        """The first event of type `kind` (CALL_INCOMING, CALL_CLOSED...) not returned before.
+
+        Reads the control connection until one arrives; fails after `timeout_s`.
+        """
+        assert self._control is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for index, event in enumerate(self.events):
+                if event.get("type") == kind and index not in self._taken:
+                    self._taken.add(index)
+                    return event
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                seen = [(e.get("type"), e.get("param")) for e in self.events]
+                pytest.fail(f"{self.extension}: no {kind} within {timeout_s} s; "
+                            f"events so far: {seen}")
+            self._control.settimeout(remaining)
+            try:
+                message = self._read_netstring()
+            except TimeoutError:
+                continue
+            finally:
+                self._control.settimeout(5)
+            if not message.get("response"):
+                self.events.append(message)
+
+    def event_types(self) -> list[str]:
+        return [str(e.get("type")) for e in self.events]
 
     def registration(self) -> str:
         """The text of `reginfo`, without colours: "... OK ..." once registered."""

@@ -194,6 +194,7 @@ async def test_busy_callee(pbx_factory: Any) -> None:
 
     row, = await pbx.cdrs_when(1)
     assert (row["status"], row["answered_by"], row["duration_s"]) == (486, None, 0)
+    assert row["hangup_by"] == "callee"  # the busy phone ended it, not the PBX
 
 
 @pytest_twisted.ensureDeferred
