@@ -31,6 +31,7 @@ from pbx.core.guard import AuthGuard
 from pbx.sip.digest import AuthResult, Credentials, DigestAuthenticator
 from pbx.sip.message import Request, Response, make_response
 from pbx.sip.peer import Peer
+from pbx.sip.transaction import stateless_tag
 
 HA1Lookup = Callable[[str, str], str | None]
 """(user, algorithm) -> the user's HA1 for our realm, or None if no such user."""
@@ -64,6 +65,9 @@ class Denied:
     response: Response
     delay_s: float = 0.0
     security_event: SecurityEvent | None = None
+    stateless: bool = False
+    """A plain challenge (no credentials, or a stale nonce): as good when sent again,
+    so the endpoint answers it without keeping a transaction (RFC 3261 §8.2.7)."""
 
 
 class RequestAuthenticator:
@@ -94,14 +98,18 @@ class RequestAuthenticator:
             return Denied(response=self.respond(request, 403, "Too many failed attempts"))
         credentials = self._our_credentials(request, scheme)
         if credentials is None:
-            return self._challenge(request, scheme, now, claimed_user, stale=False,
-                                   delay_s=verdict.delay_s)
+            denied = self._challenge(request, scheme, now, claimed_user, stale=False,
+                                     delay_s=verdict.delay_s)
+            denied.stateless = True
+            return denied
         user = credentials.username
         ha1 = self.ha1_lookup(user, credentials.algorithm)
         result = self.authenticator.verify(credentials, request.method, ha1=ha1, now=now)
         if result is AuthResult.STALE:
-            return self._challenge(request, scheme, now, claimed_user, stale=True,
-                                   delay_s=verdict.delay_s)
+            denied = self._challenge(request, scheme, now, claimed_user, stale=True,
+                                     delay_s=verdict.delay_s)
+            denied.stateless = True
+            return denied
         if result is not AuthResult.OK:
             failure = self.guard.record_failure(peer.host, now)
             if failure.blocked:
@@ -137,8 +145,10 @@ class RequestAuthenticator:
                           if self.ha1_lookup(user, name) is not None] or None
         values = self.authenticator.challenge_values(now, stale=stale, algorithms=algorithms)
         headers = [(scheme.challenge_header, value) for value in values]
-        return Denied(response=self.respond(request, scheme.status, headers=headers),
-                      delay_s=delay_s)
+        # The same To tag for every retransmission, should one be answered again (§8.2.7).
+        response = make_response(request, scheme.status, to_tag=stateless_tag(request),
+                                 headers=headers)
+        return Denied(response=response, delay_s=delay_s)
 
     def respond(
         self, request: Request, status: int, reason: str | None = None,

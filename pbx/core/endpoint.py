@@ -54,6 +54,7 @@ from pbx.sip.transaction import (
     ServerTransaction,
     Transaction,
     TransactionLayer,
+    TransactionState,
 )
 from pbx.sip.uri import user_of
 from pbx.store import BindingWriter
@@ -96,10 +97,16 @@ def new_tag() -> str:
 
 @dataclass(slots=True)
 class _Merged:
-    """Key of §8.2.2.2 merged-request detection: same request, another branch."""
+    """What §8.2.2.2 merged-request detection compares: the branch of the ongoing one.
+
+    ``transaction`` is the live transaction; once it is a tombstone in the
+    layer (answered, absorbing retransmissions until Timer J) it is None and
+    ``until`` says when the request stops being ongoing.
+    """
 
     branch: str | None
-    transaction: ServerTransaction[Peer]
+    transaction: ServerTransaction[Peer] | None
+    until: float = 0.0
 
 
 class SipEndpoint:
@@ -138,6 +145,7 @@ class SipEndpoint:
         self._timer: IDelayedCall | None = None
         self._later: set[IDelayedCall] = set()  # slowed-down answers, cancelled by stop()
         self._merged: dict[tuple[str, str, int, str], _Merged] = {}
+        self._merged_sweep_at = 1024
 
     @property
     def policy(self) -> UasPolicy:
@@ -220,7 +228,8 @@ class SipEndpoint:
                     self.log.debug("Unsolicited {status} from {peer} dropped",
                                    status=response.status, peer=str(source))
                 case TransactionTerminated(transaction=transaction):
-                    self._forget_merged(transaction)
+                    if isinstance(transaction, ServerTransaction):
+                        self._forget_merged(transaction, now)
                     if calls is not None:
                         calls.transaction_ended(transaction)
                 case RequestRejected(request=request, source=source, status=status):
@@ -321,6 +330,9 @@ class SipEndpoint:
             self._later.add(self.clock.callLater(outcome.delay_s, self._respond_later,
                                                  transaction, request, peer, outcome.response))
             return None
+        if outcome.stateless:
+            self._respond(transaction, request, peer, outcome.response, now, stateless=True)
+            return None
         return outcome.response
 
     def _to_plugin(self, handler: RequestHandler, transaction: ServerTransaction[Peer],
@@ -373,9 +385,12 @@ class SipEndpoint:
         self._pump(now)
 
     def _respond(self, transaction: ServerTransaction[Peer], request: Request, peer: Peer,
-                 response: Response, now: float) -> None:
+                 response: Response, now: float, *, stateless: bool = False) -> None:
         response.headers.add("Server", self.server_header)
-        self.layer.respond(transaction, response, now)
+        if stateless:
+            self.layer.respond_statelessly(transaction, response, now)
+        else:
+            self.layer.respond(transaction, response, now)
         if not self.log_requests:
             return
         self.log.info(
@@ -398,21 +413,38 @@ class SipEndpoint:
         if from_tag is None:
             return False
         key = (from_tag, request.call_id, request.cseq.number, request.method)
-        seen = self._merged.get(key)
+        merged = self._merged
+        seen = merged.get(key)
         branch = request.top_via.branch
-        if seen is not None and seen.transaction is not transaction and seen.branch != branch:
+        if (seen is not None and seen.transaction is not transaction and seen.branch != branch
+                and (seen.transaction is not None or seen.until > self.clock.seconds())):
             return True
-        self._merged[key] = _Merged(branch, transaction)
+        merged[key] = _Merged(branch, transaction)
+        if len(merged) > self._merged_sweep_at:
+            self._sweep_merged()
         return False
 
-    def _forget_merged(self, transaction: object) -> None:
-        request = getattr(transaction, "request", None)
-        if not isinstance(request, Request) or request.from_addr.tag is None:
+    def _forget_merged(self, transaction: ServerTransaction[Peer], now: float) -> None:
+        """The transaction left the table: forget it, or remember it until Timer J."""
+        request = transaction.request
+        if request.from_addr.tag is None:
             return
         key = (request.from_addr.tag, request.call_id, request.cseq.number, request.method)
         seen = self._merged.get(key)
-        if seen is not None and seen.transaction is transaction:
+        if seen is None or seen.transaction is not transaction:
+            return
+        if transaction.state is TransactionState.COMPLETED:  # a tombstone now
+            seen.transaction = None
+            seen.until = now + self.layer.settings.timeout_s
+        else:
             del self._merged[key]
+
+    def _sweep_merged(self) -> None:
+        """Drop tombstones' entries past their time; amortised over the inserts."""
+        now = self.clock.seconds()
+        self._merged = {key: seen for key, seen in self._merged.items()
+                        if seen.transaction is not None or seen.until > now}
+        self._merged_sweep_at = 2 * len(self._merged) + 1024
 
     # ------------------------------------------------------------- timers
 

@@ -48,6 +48,8 @@ class RegisterOutcome:
     """Binding changes for the store (`BindingWriter.record_result`)."""
     security_event: SecurityEvent | None = None
     authenticated_user: str | None = None
+    stateless: bool = False
+    """Answer without a transaction: a plain challenge (`Denied.stateless`)."""
 
 
 class Registrar:
@@ -72,7 +74,8 @@ class Registrar:
                                           claimed_user=to_user)
             if isinstance(user, Denied):
                 return RegisterOutcome(response=user.response, delay_s=user.delay_s,
-                                       security_event=user.security_event)
+                                       security_event=user.security_event,
+                                       stateless=user.stateless)
             if to_user != user:
                 # §10.3 step 3: this user may not change another user's bindings.
                 return RegisterOutcome(

@@ -271,7 +271,7 @@ def _required(headers: Headers, name: str) -> str:
 
 _NO_HEADERS_YET = Headers()
 """Stands in while a received message's start line is read; its real headers
-replace it straight after (`_parse`, `Request.keeping_only`). Never mutated."""
+replace it straight after (`_parse`). Never mutated."""
 
 
 class Message:
@@ -456,18 +456,6 @@ class Request(Message):
         request._uri = None
         request._uri_text = uri_text
         return request
-
-    def keeping_only(self, keys: frozenset[str]) -> Request:
-        """A copy with only the headers whose lookup keys are in `keys`, and no body.
-
-        For holding on to a request cheaply after it was answered (see
-        `pbx.sip.transaction_server.ServerNonInviteTransaction`).
-        """
-        kept = Request._received(self.method, self._uri_text)
-        kept._uri = self._uri
-        kept.headers = Headers._from_parsed(
-            [entry for entry in self.headers._entries if entry[0] in keys])
-        return kept
 
     @property
     def uri(self) -> SipUri | TelUri:

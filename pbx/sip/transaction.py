@@ -53,6 +53,24 @@ What the layer does and what it leaves to the TU:
   layer is generic in their type). RFC 3581/§18.2.2 are the shell's job.
 * It serialises each message once and keeps the bytes for retransmission.
 
+Answered non-INVITE server transactions over UDP become *tombstones*. In
+Completed such a transaction does one thing for 64*T1: re-send its final
+response's bytes to each retransmission of its request (§17.2.2). A
+registrar answering thousands of REGISTERs a second holds tens of thousands
+of them, so the layer keeps just that: the match key, the bytes and the
+address, in a dict, with a FIFO of expiry times (every tombstone lives the
+same Timer J, so the oldest expires first: no heap). The transaction object
+leaves the table at once and `TransactionTerminated` is reported then,
+since nothing it could still do concerns the TU. Tombstones are bounded by
+``max_tombstones``; past it the oldest goes early (a retransmission later
+than that is processed as a new request, which the TU must tolerate anyway).
+With ``max_tombstones=0`` Completed transactions stay whole, as drawn.
+
+A TU may also answer statelessly (§8.2.7) with ``respond_statelessly``: the
+response goes out, the transaction ends at once and leaves no tombstone, and a
+retransmission is a new request. That is what a challenge (401/407 without
+credentials) deserves: answering it again costs less than remembering it.
+
 Limits: at most ``max_transactions`` live transactions (client and server
 together). When full, a new request is answered 503 statelessly and reported
 as `RequestRejected`, and ``send_request`` raises `TableFullError`, so a
@@ -122,6 +140,7 @@ __all__ = [
     "build_ack",
     "build_cancel",
     "new_branch",
+    "stateless_tag",
 ]
 
 A = TypeVar("A")
@@ -153,7 +172,7 @@ def _rfc2543_key(request: Request, method: str, to_tag: str | None) -> tuple[obj
             via.branch, to_tag)
 
 
-def _stateless_tag(request: Request) -> str:
+def stateless_tag(request: Request) -> str:
     """A To tag that is the same for every retransmission of `request` (§8.2.7)."""
     via = request.top_via
     seed = f"{request.call_id}|{request.from_addr.tag}|{via.branch}|{request.cseq.number}"
@@ -173,11 +192,17 @@ class TransactionLayer(Generic[A]):
         settings: TimerSettings | None = None,
         *,
         max_transactions: int = 100_000,
+        max_tombstones: int = 1_000_000,
     ) -> None:
         if max_transactions < 1:
             raise ValueError(f"max_transactions must be positive, not {max_transactions}")
+        if max_tombstones < 0:
+            raise ValueError(f"max_tombstones must not be negative, not {max_tombstones}")
         self.settings = settings if settings is not None else TimerSettings()
         self.max_transactions = max_transactions
+        self.max_tombstones = max_tombstones
+        self._tombstones: dict[tuple[object, ...], tuple[bytes, A]] = {}
+        self._tombstone_expiry: deque[tuple[float, tuple[object, ...]]] = deque()
         self._clients: dict[tuple[object, ...], ClientTransaction[A]] = {}
         self._servers: dict[tuple[object, ...], ServerTransaction[A]] = {}
         self._events: deque[TransactionEvent[A]] = deque()
@@ -228,6 +253,11 @@ class TransactionLayer(Generic[A]):
         if found is not None:
             found._receive_request(now)
             return
+        tombstone = self._tombstones.get(key)
+        if tombstone is not None:
+            data, destination = tombstone
+            self._outgoing.append(Outgoing(data=data, destination=destination))
+            return
         if len(self._clients) + len(self._servers) >= self.max_transactions:
             self._reject(request, source, 503)
             return
@@ -258,6 +288,9 @@ class TransactionLayer(Generic[A]):
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer whose deadline is at or before `now`, earliest first."""
+        expiry = self._tombstone_expiry
+        while expiry and expiry[0][0] <= now:
+            self._tombstones.pop(expiry.popleft()[1], None)
         queue = self._timer_queue
         while (due := queue.pop_due(now)) is not None:
             transaction, timer = due
@@ -300,6 +333,24 @@ class TransactionLayer(Generic[A]):
         (RFC 6026 §7.1) and is sent.
         """
         transaction._respond(response, now)
+
+    def respond_statelessly(
+        self, transaction: ServerTransaction[A], response: Response, now: float
+    ) -> None:
+        """Send a final `response` and end `transaction` at once, remembering nothing (§8.2.7).
+
+        A retransmission of the request then comes up as a new request. For
+        answers that are as good the second time, like a challenge; its To
+        tag should be `stateless_tag` so retransmissions see the same one.
+        """
+        if response.status < 200:
+            raise LocalProtocolError("a stateless response is final")
+        if transaction.state is not transaction.INITIAL_STATE:
+            raise LocalProtocolError(
+                f"{transaction!r} already answered: respond_statelessly must come first")
+        self._outgoing.append(Outgoing(data=response.to_bytes(), destination=transaction.peer))
+        transaction.last_response = response
+        transaction._enter(TransactionState.TERMINATED, now)
 
     def cancel(self, transaction: ClientInviteTransaction[A], now: float) -> None:
         """CANCEL a pending INVITE (RFC 3261 §9.1).
@@ -348,7 +399,17 @@ class TransactionLayer(Generic[A]):
 
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` must be called next, or None if no timer runs."""
-        return self._timer_queue.next_deadline()
+        deadline = self._timer_queue.next_deadline()
+        if self._tombstone_expiry:
+            first = self._tombstone_expiry[0][0]
+            if deadline is None or first < deadline:
+                return first
+        return deadline
+
+    @property
+    def tombstones(self) -> int:
+        """Answered non-INVITE server transactions still absorbing retransmissions."""
+        return len(self._tombstones)
 
     # ------------------------------------------------ for the machines only
 
@@ -358,6 +419,19 @@ class TransactionLayer(Generic[A]):
     def _transmit(self, data: bytes, destination: A, transaction: Transaction[A]) -> None:
         self._outgoing.append(
             Outgoing(data=data, destination=destination, transaction=transaction))
+
+    def _entomb(self, transaction: ServerTransaction[A], data: bytes, now: float) -> None:
+        """Completed over UDP: keep only what re-sends the final response (see above)."""
+        key = transaction._key
+        if self._servers.get(key) is transaction:
+            del self._servers[key]
+        tombstones = self._tombstones
+        expiry = self._tombstone_expiry
+        if len(tombstones) >= self.max_tombstones:
+            tombstones.pop(expiry.popleft()[1], None)
+        tombstones[key] = (data, transaction.peer)
+        expiry.append((now + self.settings.timeout_s, key))
+        self._emit(TransactionTerminated(transaction=transaction))
 
     def _retire(self, transaction: Transaction[A]) -> None:
         """Terminated: out of the table at once (§17.1.1.2 "destroyed the instant")."""
@@ -416,7 +490,7 @@ class TransactionLayer(Generic[A]):
         return None
 
     def _reject(self, request: Request, source: A, status: int) -> None:
-        response = make_response(request, status, to_tag=_stateless_tag(request))
+        response = make_response(request, status, to_tag=stateless_tag(request))
         self._outgoing.append(Outgoing(data=response.to_bytes(), destination=source))
         self._emit(RequestRejected(
             request=request, source=source, status=status, reason=response.reason))

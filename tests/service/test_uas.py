@@ -180,6 +180,25 @@ async def test_udp_retransmission_gets_the_same_response(pbx_factory: Any) -> No
     # response: the same branch again is a new request, RFC 3261 §17.2.2.)
     pbx = await pbx_factory()
     phone = await pbx.phone("1001", "udp")
+    contacts = [f"<{phone.contact_uri}>"]
+    challenge = await phone.request("REGISTER", contacts=contacts)
+    request = phone.build("REGISTER", contacts=contacts, authorization=phone.answer(challenge))
+
+    phone.link.send(request)
+    first = await phone.link.response()
+    phone.link.send(request)  # answered from the tombstone: the nonce count is not replayed
+    again = await phone.link.response()
+
+    assert first.status == 200
+    assert again.raw == first.raw
+    await phone.link.silence(0.1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_udp_retransmitted_challenge_is_answered_statelessly(pbx_factory: Any) -> None:
+    """A 401 is not remembered (§8.2.7): a retransmission gets a fresh one, same To tag."""
+    pbx = await pbx_factory()
+    phone = await pbx.phone("1001", "udp")
     request = phone.build("REGISTER", contacts=[f"<{phone.contact_uri}>"])
 
     phone.link.send(request)
@@ -187,8 +206,10 @@ async def test_udp_retransmission_gets_the_same_response(pbx_factory: Any) -> No
     phone.link.send(request)
     again = await phone.link.response()
 
-    assert first.status == 401
-    assert again.raw == first.raw  # same nonce, same To tag: not a new challenge
+    assert (first.status, again.status) == (401, 401)
+    assert again.to_tag == first.to_tag
+    assert again.challenges and first.challenges
+    assert pbx.service.layer.tombstones == 0
     await phone.link.silence(0.1)
 
 

@@ -154,6 +154,18 @@ def test_wait_timers_of_the_other_machines_over_udp() -> None:
     server_bye = next(e.transaction for e in drain(layer) if isinstance(e, RequestReceived))
     assert server_bye.timers == {}
     layer.respond(server_bye, respond_to(bye, 200), 1.0)
+    # Completed is a tombstone in the layer: Timer J is its expiry, not the object's.
+    assert server_bye.timers == {}
+    assert layer.tombstones == 1
+    layer.handle_timer(1.0 + 32.0 - 0.001)
+    assert layer.tombstones == 1
+    layer.handle_timer(1.0 + 32.0)  # 64*T1
+    assert layer.tombstones == 0
+
+    whole: TransactionLayer[str] = TransactionLayer(max_tombstones=0)  # as drawn
+    whole.receive_request(bye, UAC, 0.0)
+    server_bye = next(e.transaction for e in drain(whole) if isinstance(e, RequestReceived))
+    whole.respond(server_bye, respond_to(bye, 200), 1.0)
     assert server_bye.timers == {Timer.J: 1.0 + 32.0}  # 64*T1
 
 

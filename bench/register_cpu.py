@@ -1,0 +1,132 @@
+"""CPU per authenticated registration inside the PBX, with no sockets and no reactor.
+
+`bench/register.py` measures the whole server against Kamailio; this script
+isolates what the Python code costs, so a change to the REGISTER path can be
+judged in seconds and profiled. It builds the real `PbxService` objects (on
+a `twisted.internet.task.Clock`, listeners not started), captures what the
+endpoint sends, and plays SIPp's register_auth.xml exchange for N users in
+turn: REGISTER, 401, REGISTER with an MD5 digest, 200. Only the time spent
+inside `SipEndpoint.receive_data` is counted; building the requests is not.
+
+    .venv/bin/python bench/register_cpu.py [--registrations 20000] [--profile]
+
+It prints microseconds per registration (two requests, two responses) and,
+with --profile, the top of a cProfile listing of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import pstats
+import sys
+import time
+from pathlib import Path
+
+from twisted.internet.task import Clock
+
+from pbx.config import parse_config
+from pbx.service import PbxService, _tune_garbage_collector
+from pbx.sip.digest import Challenge, authorization_for, parse_auth_params
+from pbx.sip.peer import Peer
+
+DOMAIN = "pbx.test"
+SIPP = Peer("udp", "127.0.0.1", 5061)
+
+
+def build_service(users: int, data_dir: Path) -> PbxService:
+    config = parse_config({
+        "pbx": {"data_dir": str(data_dir), "log_requests": False},
+        "sip": {"domain": DOMAIN, "udp": "127.0.0.1:5060"},
+        "registrar": {"digest_algorithms": ["MD5"]},
+        "users": {f"u{i:04d}": {"password": f"pw{i:04d}"} for i in range(users)},
+    }, str(data_dir / "pbx.toml"))
+    return PbxService(config, reactor=Clock())
+
+
+def register(user: str, call: int, cseq: int, authorization: str | None) -> bytes:
+    lines = [
+        f"REGISTER sip:{DOMAIN} SIP/2.0",
+        f"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-{call}-{cseq};rport",
+        "Max-Forwards: 70",
+        f"From: <sip:{user}@{DOMAIN}>;tag={call}",
+        f"To: <sip:{user}@{DOMAIN}>",
+        f"Call-ID: {call}-1@127.0.0.1",
+        f"CSeq: {cseq} REGISTER",
+        f"Contact: <sip:{user}@127.0.0.1:5061;transport=UDP>",
+    ]
+    if authorization is not None:
+        lines.append(f"Authorization: {authorization}")
+    lines += ["Expires: 3600", "User-Agent: sipp", "Content-Length: 0", "", ""]
+    return "\r\n".join(lines).encode()
+
+
+def challenge_of(response: bytes) -> Challenge:
+    for line in response.split(b"\r\n"):
+        if line.lower().startswith(b"www-authenticate:"):
+            _, params = parse_auth_params(line.split(b":", 1)[1].strip().decode())
+            return Challenge(realm=params["realm"], nonce=params["nonce"],
+                             algorithm=params.get("algorithm", "MD5"),
+                             qop=tuple(params.get("qop", "").split(",")),
+                             opaque=params.get("opaque"))
+    raise SystemExit(f"no challenge in:\n{response.decode()}")
+
+
+def run(service: PbxService, registrations: int, users: int, first_call: int = 0) -> float:
+    sent: list[bytes] = []
+    service.connections.udp_send = lambda data, host, port: sent.append(data)
+    receive = service.endpoint.receive_data
+    clock: Clock = service.reactor
+    counter = time.perf_counter
+    spent = 0.0
+    for n in range(first_call, first_call + registrations):  # new Call-IDs and branches
+        user = f"u{n % users:04d}"
+        clock.advance(0.0002)
+        sent.clear()
+        first = register(user, n, 1, None)
+        started = counter()
+        receive(first, SIPP, datagram=True)
+        spent += counter() - started
+        challenge = challenge_of(sent[-1])
+        credentials = authorization_for(
+            challenge, username=user, password=f"pw{n % users:04d}", method="REGISTER",
+            uri=f"sip:{DOMAIN}", cnonce=f"c{n}")
+        second = register(user, n, 2, credentials.to_header_value())
+        sent.clear()
+        started = counter()
+        receive(second, SIPP, datagram=True)
+        spent += counter() - started
+        if not sent or not sent[-1].startswith(b"SIP/2.0 200"):
+            raise SystemExit(f"registration {n} failed:\n{sent[-1].decode() if sent else ''}")
+    return spent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--registrations", type=int, default=20_000)
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--profile", choices=("tottime", "cumulative"), nargs="?",
+                        const="tottime", help="print a cProfile listing sorted this way")
+    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/pbx-register-cpu"))
+    args = parser.parse_args()
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    service = build_service(args.users, args.data_dir)
+    _tune_garbage_collector()
+    run(service, min(2000, args.registrations), args.users)  # warm up
+    gc.collect()
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        spent = run(service, args.registrations, args.users, first_call=1_000_000)
+        profiler.disable()
+        pstats.Stats(profiler, stream=sys.stdout).sort_stats(args.profile).print_stats(45)
+    else:
+        spent = run(service, args.registrations, args.users, first_call=1_000_000)
+    per = spent / args.registrations * 1e6
+    print(f"{args.registrations} registrations: {per:.1f} µs each inside the endpoint "
+          f"({1e6 / per:,.0f}/s on one core before I/O)")
+
+
+if __name__ == "__main__":
+    main()
