@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -449,6 +450,13 @@ class SipEndpoint:
     # ------------------------------------------------------------- timers
 
     def _arm_timer(self) -> None:
+        """Keep the one reactor timer at or before the layer's next deadline.
+
+        A timer that fires early is harmless (`_on_timer` re-arms it), while
+        moving it costs a reactor call on every message: so it is moved only
+        when the deadline comes sooner, which is rare, since most new
+        deadlines (Timer J of a tombstone, say) lie behind the first.
+        """
         deadline = self.layer.next_deadline()
         timer = self._timer
         if deadline is None:
@@ -456,12 +464,12 @@ class SipEndpoint:
                 timer.cancel()
             self._timer = None
             return
-        delay = max(0.0, deadline - self.clock.seconds())
         if timer is not None and timer.active():
-            if abs(timer.getTime() - deadline) > 0.001:
-                timer.reset(delay)
+            if timer.getTime() > deadline + 0.001:
+                timer.reset(max(0.0, deadline - self.clock.seconds()))
             return
-        self._timer = self.clock.callLater(delay, self._on_timer)
+        self._timer = self.clock.callLater(max(0.0, deadline - self.clock.seconds()),
+                                           self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -480,22 +488,45 @@ class SipEndpoint:
 
 
 def _stamp_received(request: Request, peer: Peer) -> None:
-    """RFC 3261 §18.2.1 ``received`` and RFC 3581 ``rport`` on the top Via."""
+    """RFC 3261 §18.2.1 ``received`` and RFC 3581 ``rport`` on the top Via.
+
+    Every request pays for this, so the common case (one Via value on its
+    line, ``rport`` asked for) edits the text in place and hands the header
+    the typed Via it would otherwise parse again.
+    """
     via = request.top_via
-    params = list(via.params)
-    changed = False
-    if via.host.strip("[]") != peer.host:
-        params = [p for p in params if p[0].lower() != "received"]
-        params.append(("received", peer.host))
-        changed = True
+    params = via.params
+    add_received = via.host != peer.host and via.host.strip("[]") != peer.host
+    rport_at = -1
     for index, (name, value) in enumerate(params):
-        if not value and name.lower() == "rport":
-            params[index] = (name, str(peer.port))
-            changed = True
+        if not value and (name == "rport" or name.lower() == "rport"):
+            rport_at = index
             break
-    if changed:
-        _replace_top_via(request, str(Via(transport=via.transport, host=via.host, port=via.port,
-                                          params=tuple(params), protocol=via.protocol)))
+    if not add_received and rport_at < 0:
+        return
+    new_params = list(params)
+    if add_received:
+        new_params = [p for p in new_params if p[0].lower() != "received"]
+        new_params.append(("received", peer.host))
+        rport_at = next((i for i, (name, value) in enumerate(new_params)
+                         if not value and name.lower() == "rport"), -1)
+    if rport_at >= 0:
+        new_params[rport_at] = (new_params[rport_at][0], str(peer.port))
+    stamped = Via(transport=via.transport, host=via.host, port=via.port,
+                  params=tuple(new_params), protocol=via.protocol)
+    headers = request.headers
+    line = headers.get("via") or ""
+    text = None
+    if "," not in line and not add_received:
+        text = _BARE_RPORT.sub(f";rport={peer.port}", line, count=1)
+        if text == line:
+            text = None
+    _replace_top_via(request, text if text is not None else str(stamped))
+    headers._typed["via"] = stamped
+
+
+_BARE_RPORT = re.compile(r";[ \t]*rport(?=[ \t]*(?:;|$))", re.IGNORECASE)
+"""A valueless rport parameter in a Via's text (RFC 3581 §3)."""
 
 
 def _replace_top_via(request: Request, new_top: str) -> None:

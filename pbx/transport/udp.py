@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Callable
 
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.protocol import DatagramProtocol
 
 from pbx.sip.peer import Peer
@@ -16,32 +18,74 @@ from pbx.transport.sink import MessageSink
 _SHORTEST_MESSAGE = 16
 
 
+_PEER_CACHE_SIZE = 20_000
+"""Addresses whose `Peer` is kept for reuse: every phone of a big office, and then some."""
+
+
 class SipDatagramProtocol(DatagramProtocol):
-    """Hands each datagram to the core; sends what the core asks, to any address."""
+    """Hands each datagram to the core; sends what the core asks, to any address.
+
+    The per-datagram path is kept lean, since a registrar sees thousands of
+    datagrams a second: the `Peer` of each source address is made once and
+    reused (a frozen dataclass costs a microsecond or two to build), and
+    sends go straight to ``socket.sendto`` once the destination is known to
+    be an IP address of our family (Twisted's ``Port.write`` checks that on
+    every call). Anything else goes through ``Port.write``, which refuses a
+    host name (resolving it here would block the reactor).
+    """
 
     def __init__(self, sink: MessageSink, connections: Connections) -> None:
         self.sink = sink
         self.connections = connections
+        self._peers: dict[tuple[str, int], Peer] = {}
+        self._sendable: set[str] = set()
+        self._sendto: Callable[[bytes, tuple[str, int]], object] | None = None
+        self._family = socket.AF_INET
 
     def startProtocol(self) -> None:
         self.connections.udp_send = self.send
         _enlarge_receive_buffer(self.transport)
+        sock = getattr(self.transport, "socket", None)
+        self._sendto = None if sock is None else sock.sendto
+        self._family = getattr(self.transport, "addressFamily", socket.AF_INET)
 
     def stopProtocol(self) -> None:
         if self.connections.udp_send == self.send:
             self.connections.udp_send = None
+        self._sendto = None
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         if len(data) < _SHORTEST_MESSAGE:
             return
-        self.sink.receive_data(data, Peer("udp", addr[0], addr[1]), datagram=True)
+        peer = self._peers.get(addr)
+        if peer is None:
+            if len(self._peers) >= _PEER_CACHE_SIZE:
+                self._peers.clear()
+            peer = self._peers[addr] = Peer("udp", addr[0], addr[1])
+        self.sink.receive_data(data, peer, datagram=True)
 
     def send(self, data: bytes, host: str, port: int) -> None:
         assert self.transport is not None
-        # ICMP errors from an earlier send surface here on Linux; the
-        # transaction's timers deal with a peer that is gone.
+        sendto = self._sendto
+        if sendto is None or host not in self._sendable:
+            if sendto is None or not self._is_our_family(host):
+                # Twisted's checks and errors (a fake transport in tests, a host name).
+                with contextlib.suppress(OSError):
+                    self.transport.write(data, (host, port))
+                return
+            if len(self._sendable) >= _PEER_CACHE_SIZE:
+                self._sendable.clear()
+            self._sendable.add(host)
+        # ICMP errors from an earlier send surface here on Linux, and a full
+        # socket buffer drops the datagram: the transaction's timers deal with
+        # both, as with any loss on the way.
         with contextlib.suppress(OSError):
-            self.transport.write(data, (host, port))
+            sendto(data, (host, port))
+
+    def _is_our_family(self, host: str) -> bool:
+        if self._family == socket.AF_INET6:
+            return isIPv6Address(host)
+        return isIPAddress(host)
 
 
 RECEIVE_BUFFER_BYTES = 8 * 1024 * 1024
