@@ -66,7 +66,7 @@ def get_param(params: Params, name: str) -> str | None:
     """The value of parameter `name` (case-insensitive), "" for a flag, None if absent."""
     name = name.lower()
     for key, value in params:
-        if key.lower() == name:
+        if key == name or key.lower() == name:  # names are nearly always written lowercase
             return "" if value is None else value
     return None
 
