@@ -262,6 +262,31 @@ def _top_via(headers: Headers) -> Via:
         raise SipParseError(error.reason, answerable=False) from None
 
 
+_PARSED_CACHE_SIZE = 4096
+_NAME_ADDRS: dict[str, NameAddr] = {}
+_CSEQS: dict[str, CSeq] = {}
+"""Typed values by the text they were parsed from, shared between messages.
+
+A phone repeats the same To and Contact in every REGISTER and the same
+From in both requests of a challenge round (and a call's requests repeat
+theirs): parsing each text once saves a good part of a registration's
+parse. Shared objects are never changed in place (a NameAddr parses its URI
+lazily, which gives the same result for the same text; everything else
+builds new objects: `NameAddr.with_param`). Bounded: cleared when full, so
+a flood of distinct values costs what it would have without the cache.
+"""
+
+
+def _name_addr(value: str, what: str) -> NameAddr:
+    found = _NAME_ADDRS.get(value)
+    if found is None:
+        found = NameAddr.parse(value, what)
+        if len(_NAME_ADDRS) >= _PARSED_CACHE_SIZE:
+            _NAME_ADDRS.clear()
+        _NAME_ADDRS[value] = found
+    return found
+
+
 def _required(headers: Headers, name: str) -> str:
     value = headers.get(name)
     if value is None or not value.strip():
@@ -306,7 +331,7 @@ class Message:
         typed = self.headers._typed
         addr: NameAddr | None = typed.get("from")
         if addr is None:
-            addr = typed["from"] = NameAddr.parse(_required(self.headers, "from"), "From")
+            addr = typed["from"] = _name_addr(_required(self.headers, "from"), "From")
         return addr
 
     @property
@@ -314,7 +339,7 @@ class Message:
         typed = self.headers._typed
         addr: NameAddr | None = typed.get("to")
         if addr is None:
-            addr = typed["to"] = NameAddr.parse(_required(self.headers, "to"), "To")
+            addr = typed["to"] = _name_addr(_required(self.headers, "to"), "To")
         return addr
 
     @property
@@ -330,7 +355,14 @@ class Message:
         typed = self.headers._typed
         cseq: CSeq | None = typed.get("cseq")
         if cseq is None:
-            cseq = typed["cseq"] = CSeq.parse(_required(self.headers, "cseq"))
+            value = _required(self.headers, "cseq")
+            cseq = _CSEQS.get(value)
+            if cseq is None:
+                cseq = CSeq.parse(value)
+                if len(_CSEQS) >= _PARSED_CACHE_SIZE:
+                    _CSEQS.clear()
+                _CSEQS[value] = cseq
+            typed["cseq"] = cseq
         return cseq
 
     @property
@@ -353,7 +385,7 @@ class Message:
     def _address_list(self, key: str, what: str) -> list[NameAddr]:
         return self.headers._typed_value(
             key,
-            lambda h: [NameAddr.parse(v, what) for v in h.values(key)],
+            lambda h: [_name_addr(v, what) for v in h.values(key)],
         )
 
     @property

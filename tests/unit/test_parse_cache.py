@@ -1,0 +1,46 @@
+"""Typed header values shared between messages parsed from the same text."""
+
+from __future__ import annotations
+
+import pytest
+
+from pbx.sip import message as message_module
+from pbx.sip.errors import SipParseError
+from pbx.sip.message import Request, parse_message
+
+
+def register(from_value: str, cseq: str = "1 REGISTER") -> Request:
+    data = (
+        "REGISTER sip:pbx.test SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-1\r\n"
+        f"From: {from_value}\r\n"
+        "To: <sip:1001@pbx.test>\r\n"
+        "Call-ID: c1\r\n"
+        f"CSeq: {cseq}\r\n"
+        "Contact: <sip:1001@10.0.0.1:5060>;expires=60\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+    request = parse_message(data)
+    assert isinstance(request, Request)
+    return request
+
+
+def test_the_same_text_gives_the_same_typed_value() -> None:
+    first = register("<sip:1001@pbx.test>;tag=a")
+    second = register("<sip:1001@pbx.test>;tag=a")
+    assert second.from_addr is first.from_addr
+    assert second.to_addr is first.to_addr
+    assert second.contacts[0] is first.contacts[0]
+    assert second.cseq is first.cseq
+    assert register("<sip:1001@pbx.test>;tag=b").from_addr.tag == "b"
+
+
+def test_a_bad_value_is_not_remembered_and_the_cache_is_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SipParseError):
+        register("<sip:1001@pbx.test;tag=a")
+    assert "<sip:1001@pbx.test;tag=a" not in message_module._NAME_ADDRS
+    monkeypatch.setattr(message_module, "_PARSED_CACHE_SIZE", 3)
+    for n in range(10):
+        register(f"<sip:1001@pbx.test>;tag={n}")
+        assert len(message_module._NAME_ADDRS) <= 3
