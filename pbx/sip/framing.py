@@ -40,7 +40,8 @@ class KeepAlivePing:
 class FramingFailed:
     error: SipParseError
     data: bytes
-    """What we had of the failing message, to build an error response from."""
+    """The failing message's header section (capped at the size limit plus one
+    byte), to build an error response from; never bytes of the messages after it."""
 
 
 FramingEvent = FramedMessage | KeepAlivePing | FramingFailed
@@ -79,18 +80,22 @@ class StreamFramer:
                 continue
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
-                if len(buffer) > self._limits.max_message_bytes:
-                    events.append(self._fail("header section too large", 513))
+                limit = self._limits.max_message_bytes
+                if len(buffer) > limit:
+                    # Everything buffered is this header section; keep as much
+                    # as any cut of the stream would have when the limit tripped.
+                    events.append(self._fail("header section too large", 513, limit + 1))
                 break
             body_start = end + 4
             try:
                 length = _content_length(bytes(buffer[:end]))
             except SipParseError as error:
-                events.append(self._fail(error.reason, error.status))
+                events.append(self._fail(error.reason, error.status, body_start))
                 break
             total = body_start + length
             if total > self._limits.max_message_bytes:
-                events.append(self._fail(f"message of {total} bytes is too large", 513))
+                events.append(self._fail(f"message of {total} bytes is too large", 513,
+                                         body_start))
                 break
             if len(buffer) < total:
                 break
@@ -98,9 +103,14 @@ class StreamFramer:
             del buffer[:total]
         return events
 
-    def _fail(self, reason: str, status: int) -> FramingFailed:
+    def _fail(self, reason: str, status: int, size: int) -> FramingFailed:
+        """Broken: the first `size` bytes of the buffer are the failing message's.
+
+        Only those go into the event (not what followed in the same read), so
+        what the shell answers and logs does not depend on how the stream was cut.
+        """
         self._broken = True
-        data = bytes(self._buffer)
+        data = bytes(self._buffer[:size])
         self._buffer.clear()
         return FramingFailed(SipParseError(reason, status), data)
 
