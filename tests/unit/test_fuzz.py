@@ -20,7 +20,6 @@ import itertools
 import string
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
