@@ -142,6 +142,8 @@ class SipEndpoint:
         self.log_requests = log_requests
         self.on_security_event = on_security_event
         self.request_handlers: dict[str, RequestHandler] = {}
+        self._policy_methods: tuple[str, ...] = ()
+        self._policy = ENDPOINT_POLICY
         """Plugins' handlers for requests outside calls, by method (`PluginHost`)."""
         self._timer: IDelayedCall | None = None
         self._later: set[IDelayedCall] = set()  # slowed-down answers, cancelled by stop()
@@ -150,11 +152,21 @@ class SipEndpoint:
 
     @property
     def policy(self) -> UasPolicy:
-        """The methods the PBX takes: its own, and those plugins handle."""
-        extra = tuple(m for m in self.request_handlers if m not in ENDPOINT_POLICY.allowed_methods)
-        if not extra:
+        """The methods the PBX takes: its own, and those plugins handle.
+
+        Worked out again only when the plugins' methods change: every
+        request is checked against it.
+        """
+        handlers = self.request_handlers
+        if not handlers:
             return ENDPOINT_POLICY
-        return replace(ENDPOINT_POLICY, allowed_methods=ENDPOINT_POLICY.allowed_methods + extra)
+        methods = tuple(handlers)
+        if methods != self._policy_methods:
+            extra = tuple(m for m in methods if m not in ENDPOINT_POLICY.allowed_methods)
+            self._policy_methods = methods
+            self._policy = replace(ENDPOINT_POLICY,
+                                   allowed_methods=ENDPOINT_POLICY.allowed_methods + extra)
+        return self._policy
 
     # ------------------------------------------------------------ MessageSink
 
@@ -275,7 +287,7 @@ class SipEndpoint:
         # INVITEs (their SDP offer); in-dialog requests are relayed as they
         # are, and plugins judge the bodies they are given.
         reads_body = request.to_addr.tag is None and request.method not in self.request_handlers
-        early = check_request(request, self.policy, to_tag=new_tag(), reads_body=reads_body)
+        early = check_request(request, self.policy, make_tag=new_tag, reads_body=reads_body)
         if early is not None:
             return early
         method = request.method

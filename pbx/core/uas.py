@@ -13,7 +13,7 @@ transactions in the endpoint, which knows them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from pbx.sip.message import Request, Response, make_response
@@ -50,7 +50,7 @@ def check_request(
     request: Request,
     policy: UasPolicy,
     *,
-    to_tag: str,
+    make_tag: Callable[[], str],
     forwarding: bool = False,
     reads_body: bool = True,
 ) -> Response | None:
@@ -61,18 +61,19 @@ def check_request(
     itself (REGISTER, OPTIONS) is answered even with Max-Forwards 0 (§11).
     ``reads_body``: the PBX itself interprets the body; a body it relays (an
     INFO's DTMF, a MESSAGE's text) or hands to a plugin is not its to judge.
+    ``make_tag`` gives the To tag of an answer, only when there is one.
     """
     method = request.method
     if method not in policy.allowed_methods:
         if method not in KNOWN_METHODS:
-            return make_response(request, 501, to_tag=to_tag,
+            return make_response(request, 501, to_tag=make_tag(),
                                  headers=[("Allow", policy.allow_header)])
-        return make_response(request, 405, to_tag=to_tag,
+        return make_response(request, 405, to_tag=make_tag(),
                              headers=[("Allow", policy.allow_header)])
     if method not in ("ACK", "CANCEL"):
         unsupported = _unsupported(request.require, policy.supported_extensions)
         if unsupported:
-            return make_response(request, 420, to_tag=to_tag,
+            return make_response(request, 420, to_tag=make_tag(),
                                  headers=[("Unsupported", ", ".join(unsupported))])
     if reads_body and request.body and method != "ACK":
         content_type = request.content_type
@@ -81,16 +82,16 @@ def check_request(
             request.headers.get("content-disposition") or "").lower()
         if (content_type is None or content_type.value not in policy.accepted_types) and (
                 not optional):
-            return make_response(request, 415, to_tag=to_tag,
+            return make_response(request, 415, to_tag=make_tag(),
                                  headers=[("Accept", policy.accept_header)])
         encoding = request.headers.get("content-encoding")
         if encoding and encoding.strip().lower() != "identity":
-            return make_response(request, 415, to_tag=to_tag,
+            return make_response(request, 415, to_tag=make_tag(),
                                  headers=[("Accept-Encoding", "identity")])
     if forwarding:
         max_forwards = request.max_forwards
         if max_forwards is not None and max_forwards == 0:
-            return make_response(request, 483, to_tag=to_tag)
+            return make_response(request, 483, to_tag=make_tag())
     return None
 
 

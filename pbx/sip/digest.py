@@ -219,6 +219,12 @@ _PARAM_RE = re.compile(
     r'|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*)"'
     r"|([\x21\x23-\x2b\x2d-\x5b\x5d-\x7e]+))[ \t]*"
 )
+# The same grammar for values that are printable ASCII without backslashes
+# (no tab, no escape: what phones send): a quoted value is then any run of
+# non-quotes, a bare one anything but quote, comma and space.
+_FAST_PARAM = rf'{_TOKEN} *= *(?:"[^"]*"|[^", ]+)'
+_FAST_LIST_RE = re.compile(rf"[ ,]*{_FAST_PARAM}(?: *,[ ,]*{_FAST_PARAM})*[ ,]*")
+_FAST_ITEM_RE = re.compile(rf'({_TOKEN}) *= *(?:"([^"]*)"|([^", ]+))')
 # LWS = [*WSP CRLF] 1*WSP: a folded line becomes one space (RFC 3261 §7.3.1).
 _FOLD_RE = re.compile(r"[ \t]*\r?\n[ \t]+")
 _QUOTED_PAIR_RE = re.compile(r"\\(.)", re.DOTALL)
@@ -244,7 +250,22 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
     if m is None:
         raise SipParseError("authentication header does not start with 'scheme '")
     scheme = m.group(1)
-    pos, end = m.end(), len(value)
+    pos = m.end()
+    rest = value[pos:]
+    if rest.isascii() and rest.isprintable() and "\\" not in rest and _FAST_LIST_RE.fullmatch(rest):
+        # The common case, plain printable ASCII without escapes: the list's
+        # shape was just checked in one C call, so the items can be taken out
+        # in another. Anything else takes the exact path below.
+        found = _FAST_ITEM_RE.findall(rest)
+        fast = {name.lower(): quoted or token for name, quoted, token in found}
+        if len(fast) == len(found) and len(found) <= MAX_AUTH_PARAMS:
+            return scheme, fast
+    return scheme, _auth_params_exact(value, pos)
+
+
+def _auth_params_exact(value: str, pos: int) -> dict[str, str]:
+    """The auth-params of `value` from `pos` on, by the full grammar, one at a time."""
+    end = len(value)
     params: dict[str, str] = {}
     match = _PARAM_RE.match
     while True:
@@ -253,7 +274,7 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
         while pos < end and value[pos] in " \t,":
             pos += 1
         if pos == end:
-            return scheme, params
+            return params
         m = match(value, pos)
         if m is None:
             raise SipParseError(f"malformed auth-param at offset {pos}")

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pbx.sip import digest
 from pbx.sip.digest import (
     AuthResult,
     Challenge,
@@ -775,3 +776,36 @@ def test_challenge_values_are_the_challenges_formatted(stale: bool) -> None:
     assert [Challenge.parse(v).algorithm for v in values] == ["SHA-256", "MD5"]
     only_md5 = second.challenge_values(1000.0, algorithms=["MD5"])
     assert [Challenge.parse(v).algorithm for v in only_md5] == ["MD5"]
+
+
+# ------------------------------------------------ the fast auth-param path
+
+_NAMES = st.from_regex(r"[A-Za-z][A-Za-z0-9\-_]{0,8}", fullmatch=True)
+_BARE = st.from_regex(r"[\x21\x23-\x2b\x2d-\x5b\x5d-\x7e]{1,12}", fullmatch=True)
+_QUOTED = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12).map(
+    lambda text: '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+_SEPARATORS = st.sampled_from([",", ", ", " , ", ",,", ", ,", ",\t", " ,"])
+
+
+@given(st.lists(st.tuples(_NAMES, st.sampled_from(["=", " = ", "= "]),
+                          st.one_of(_BARE, _QUOTED)), max_size=12),
+       _SEPARATORS, st.sampled_from(["", " ", ",", " ,"]))
+def test_fast_auth_params_agree_with_the_grammar(
+        params: list[tuple[str, str, str]], separator: str, tail: str) -> None:
+    """Whatever takes the fast path answers exactly what the full grammar answers."""
+    rest = separator.join(f"{name}{equals}{value}" for name, equals, value in params) + tail
+    value = "Digest " + rest
+    try:
+        expected: dict[str, str] | str = digest._auth_params_exact(value, len("Digest "))
+    except SipParseError as error:
+        expected = error.reason
+    try:
+        scheme, got = parse_auth_params(value)
+        assert scheme == "Digest"
+        answer: dict[str, str] | str = got
+    except SipParseError as error:
+        answer = error.reason
+    if isinstance(expected, dict) and isinstance(answer, dict):
+        assert answer == expected
+    else:
+        assert isinstance(answer, str) and isinstance(expected, str)
