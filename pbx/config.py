@@ -29,12 +29,14 @@ add, update and remove.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import ipaddress
+import pickle
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
@@ -305,7 +307,20 @@ def load_config(path: str | Path) -> Config:
     except tomllib.TOMLDecodeError as e:
         message = f"invalid TOML: {e}"
         raise ConfigError([ConfigProblem(file=file, key="", message=message)]) from None
-    return parse_config(data, file)
+    config = parse_config(data, file)
+    # The users' objects were made while tomllib's whole document was alive,
+    # scattered among its temporaries, so the allocator could give none of
+    # that memory back once they are freed: about 70 MB for good with
+    # 100,000 users. Freeing the document (it holds reference cycles), then
+    # packing the users, dropping them and unpacking them into fresh memory
+    # leaves them side by side and lets the old memory go (measured: 126 MB
+    # resident after loading such a file, 55 MB with this).
+    del data
+    gc.collect()
+    packed = pickle.dumps(dict(config.users), protocol=pickle.HIGHEST_PROTOCOL)
+    config = replace(config, users={})  # the last reference to the scattered users
+    users: dict[str, UserConfig] = pickle.loads(packed)
+    return replace(config, users=users)
 
 
 def parse_config(

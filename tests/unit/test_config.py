@@ -81,6 +81,32 @@ def test_shipped_config_loads_as_is() -> None:
     ]
 
 
+def test_loaded_users_are_what_the_file_says_in_file_order(tmp_path: Path) -> None:
+    """load_config rebuilds the users in fresh memory (see its comment): nothing lost."""
+    users = "".join(
+        f'[users.{1000 + n}]\nname = "User {n}"\npassword = "pw {n}"\nvoicemail_pin = "{n:04d}"\n'
+        for n in range(50)) + '[users.carol]\nha1 = "' + "a" * 32 + '"\nenabled = false\n'
+    text = config_text(rest=users)
+    path = tmp_path / "pbx.toml"
+    path.write_text(text)
+
+    loaded = load_config(path)
+    parsed = parse_config(tomllib.loads(text), str(path))
+
+    assert list(loaded.users) == list(parsed.users) == [str(1000 + n) for n in range(50)] + [
+        "carol"]
+    for extension, user in parsed.users.items():
+        again = loaded.users[extension]
+        assert (again.extension, again.name, again.password, again.ha1, again.ha1_sha256,
+                again.voicemail_pin, again.enabled) == (
+            user.extension, user.name, user.password, user.ha1, user.ha1_sha256,
+            user.voicemail_pin, user.enabled)
+    assert loaded.users["1007"].ha1_for("pbx.test", "MD5") == md5_hex("1007:pbx.test:pw 7")
+    assert loaded.users["carol"].enabled is False
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loaded.users["1001"].name = "x"  # type: ignore[misc]
+
+
 def test_shipped_hashes_match_the_documented_password_and_domain() -> None:
     config = load_config(SHIPPED)
     carol = config.users["1003"]
