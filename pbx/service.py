@@ -397,6 +397,7 @@ class PbxService(MultiService):
                               user=binding.aor, contact=binding.contact)
         self.guard.sweep(now)
         self.authenticator.sweep(now)
+        self.endpoint.sweep(now)
 
     def _write_security_event(self, event: SecurityEvent) -> None:
         path = self.config.security.log_file

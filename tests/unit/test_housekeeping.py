@@ -1,0 +1,56 @@
+"""The service's housekeeping forgets per-request state once its time is up.
+
+Built on a `Clock`, no sockets: what the endpoint would send is captured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.internet.task import Clock
+
+from pbx.config import parse_config
+from pbx.service import PbxService
+from pbx.sip.peer import Peer
+
+PHONE = Peer("udp", "127.0.0.1", 5062)
+
+
+def options(n: int) -> bytes:
+    return (
+        "OPTIONS sip:pbx.test SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK-h{n};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:1001@pbx.test>;tag=f{n}\r\n"
+        "To: <sip:pbx.test>\r\n"
+        f"Call-ID: housekeeping-{n}@127.0.0.1\r\n"
+        "CSeq: 1 OPTIONS\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def test_merged_request_entries_go_once_their_transactions_are_over(tmp_path: Path) -> None:
+    config = parse_config({
+        "pbx": {"data_dir": str(tmp_path)},
+        "sip": {"domain": "pbx.test", "udp": "127.0.0.1:5060"},
+        "users": {"1001": {"password": "secret"}},
+    }, str(tmp_path / "pbx.toml"))
+    clock = Clock()
+    service = PbxService(config, reactor=clock)
+    sent: list[bytes] = []
+    service.connections.udp_send = lambda data, host, port: sent.append(data)
+
+    for n in range(20):
+        service.endpoint.receive_data(options(n), PHONE, datagram=True)
+    assert len(sent) == 20 and all(s.startswith(b"SIP/2.0 200") for s in sent)
+    assert len(service.endpoint._merged) == 20  # each answered request is remembered
+
+    # Timer J (64*T1 over UDP) and a little more, with no other traffic.
+    for _ in range(40):
+        clock.advance(1.0)
+    service._housekeeping()
+
+    assert service.endpoint._merged == {}
+    # ... and a retransmission of an old request is a new request again, not a loop.
+    service.endpoint.receive_data(options(3), PHONE, datagram=True)
+    assert sent[-1].startswith(b"SIP/2.0 200")
