@@ -43,6 +43,7 @@ import contextlib
 import csv
 import os
 import platform
+import pstats
 import resource
 import shutil
 import signal
@@ -237,6 +238,9 @@ class Server:
 LOG_REQUESTS = True
 """The PBX's [pbx] log_requests; set from --log-requests."""
 
+PROFILE: Path | None = None
+"""Where twistd's cProfile statistics go; set from --profile."""
+
 class Pbx(Server):
     name = "pbx"
     keeps_bindings = True  # SQLite, flushed on a clean stop
@@ -261,7 +265,9 @@ class Pbx(Server):
         self.log = self.workdir / "pbx.log"
 
     def command(self) -> list[str]:
-        return [str(TWISTD), "-n", "--pidfile", str(self.workdir / "pbx.pid"),
+        profile = [] if PROFILE is None else [
+            f"--profile={PROFILE}", "--profiler=cprofile", "--savestats"]
+        return [str(TWISTD), "-n", "--pidfile", str(self.workdir / "pbx.pid"), *profile,
                 "--logfile", str(self.log), "pbx", "--config", str(self.config)]
 
     def bindings(self) -> int | None:
@@ -496,6 +502,18 @@ def bindings_run(server: Server, count: int, rate: int, settle_s: float, work: P
         server.stop()
 
 
+def print_profile(path: Path, top: int = 40) -> None:
+    """The functions the PBX spent most time in, itself and with what they called."""
+    if not path.exists():
+        say(f"# no profile at {path}: twistd did not stop cleanly")
+        return
+    stats = pstats.Stats(str(path))
+    stats.strip_dirs()
+    for order in ("tottime", "cumulative"):
+        say(f"\n# PBX profile by {order} (cProfile, so calls are overcharged)")
+        stats.sort_stats(order).print_stats(top)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -513,8 +531,11 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--log-requests", choices=("on", "off"), default="on",
                         help="the PBX's [pbx] log_requests (Kamailio logs no request)")
+    parser.add_argument("--profile", action="store_true",
+                        help="run the PBX under twistd's cProfile (slows it about twofold: "
+                             "for where its time goes, not for figures) and print the top")
     args = parser.parse_args()
-    global LOG_REQUESTS
+    global LOG_REQUESTS, PROFILE
     LOG_REQUESTS = args.log_requests == "on"
 
     missing = [tool for tool in ("sipp", "taskset") if shutil.which(tool) is None]
@@ -537,6 +558,8 @@ def main() -> None:
     signal.signal(signal.SIGHUP, interrupted)
 
     work = Path(tempfile.mkdtemp(prefix="bench-register-"))
+    if args.profile:
+        PROFILE = work / "pbx.pstats"
     say(f"# bench/register.py {' '.join(sys.argv[1:])}  ({time.strftime('%Y-%m-%d %H:%M')})")
     say(f"# {machine_note()}; server on CPU {SERVER_CPU}, SIPp on CPU {LOAD_CPU}; "
         f"{load_note()}")
@@ -576,6 +599,9 @@ def main() -> None:
         if pbx_best is not None and kamailio_best is not None:
             say(f"ratio pbx/kamailio (highest clean rate): "
                 f"{pbx_best.rate / kamailio_best.rate:.2f}")
+        if PROFILE is not None and "pbx" in servers:
+            servers["pbx"].stop()  # twistd writes its statistics on the way out
+            print_profile(PROFILE)
     finally:
         for server in servers.values():
             server.stop()

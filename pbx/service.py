@@ -59,7 +59,7 @@ from pbx.store import BindingWriter, Store, StoreError
 from pbx.transport.connections import Connections
 from pbx.transport.stream import SipStreamClientFactory, SipStreamFactory
 from pbx.transport.tls import client_context, ensure_self_signed, server_context
-from pbx.transport.udp import SipDatagramProtocol
+from pbx.transport.udp import SipDatagramProtocol, listen_udp
 from pbx.transport.ws import SipWebSocketFactory
 
 FLUSH_INTERVAL_S = 0.2
@@ -248,8 +248,7 @@ class PbxService(MultiService):
         host = listen.host
         if name == "udp":
             protocol = SipDatagramProtocol(self.endpoint, self.connections)
-            port: IListeningPort = reactor.listenUDP(listen.port, protocol, interface=host,
-                                                     maxPacketSize=65535)
+            port: IListeningPort = listen_udp(reactor, listen.port, protocol, interface=host)
             return port
         if name in ("tcp", "tls"):
             factory: Any = SipStreamFactory(name, self.endpoint, self.connections, reactor)

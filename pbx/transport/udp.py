@@ -6,7 +6,9 @@ import contextlib
 import socket
 from collections.abc import Callable
 
+from twisted.internet import udp
 from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.internet.protocol import DatagramProtocol
 
 from pbx.sip.peer import Peer
@@ -20,6 +22,13 @@ _SHORTEST_MESSAGE = 16
 
 _PEER_CACHE_SIZE = 20_000
 """Addresses whose `Peer` is kept for reuse: every phone of a big office, and then some."""
+
+MAX_HELD_SENDS = 32
+"""Datagrams held back during one read burst before they go out anyway.
+
+Bounds the delay holding adds: at ~300 µs of work a message, the first
+answer of a full batch waits about 10 ms, far below T1 (500 ms).
+"""
 
 
 class SipDatagramProtocol(DatagramProtocol):
@@ -41,6 +50,35 @@ class SipDatagramProtocol(DatagramProtocol):
         self._sendable: set[str] = set()
         self._sendto: Callable[[bytes, tuple[str, int]], object] | None = None
         self._family = socket.AF_INET
+        # Datagrams held while a read burst is handled (`SipUdpPort`); None outside one.
+        self._held: list[tuple[bytes, tuple[str, int]]] | None = None
+
+    def begin_burst(self) -> None:
+        """Hold sends until `end_burst`: the datagrams waiting to be read come first.
+
+        Why: a datagram sent to a program that sleeps waiting for it costs
+        the sender the wake-up (an inter-processor interrupt; 40-130 µs a
+        send on the virtual machines measured, 5 µs when the receiver is
+        already awake). Answering a burst of requests back to back wakes
+        each peer once instead of once per answer, so the busier the PBX,
+        the less each answer costs it. Nothing is held when a single
+        datagram arrives: a burst of one ends with its own answer.
+        """
+        self._held = []
+
+    def end_burst(self) -> None:
+        """Send what `begin_burst` held, in order."""
+        held, self._held = self._held, None
+        if held:
+            self._send_held(held)
+
+    def _send_held(self, held: list[tuple[bytes, tuple[str, int]]]) -> None:
+        sendto = self._sendto
+        if sendto is None:
+            return
+        for data, address in held:
+            with contextlib.suppress(OSError):
+                sendto(data, address)
 
     def startProtocol(self) -> None:
         self.connections.udp_send = self.send
@@ -76,6 +114,13 @@ class SipDatagramProtocol(DatagramProtocol):
             if len(self._sendable) >= _PEER_CACHE_SIZE:
                 self._sendable.clear()
             self._sendable.add(host)
+        held = self._held
+        if held is not None:
+            held.append((data, (host, port)))
+            if len(held) >= MAX_HELD_SENDS:
+                self._held = []
+                self._send_held(held)
+            return
         # ICMP errors from an earlier send surface here on Linux, and a full
         # socket buffer drops the datagram: the transaction's timers deal with
         # both, as with any loss on the way.
@@ -86,6 +131,33 @@ class SipDatagramProtocol(DatagramProtocol):
         if self._family == socket.AF_INET6:
             return isIPv6Address(host)
         return isIPAddress(host)
+
+
+class SipUdpPort(udp.Port):
+    """Twisted's UDP port, telling its `SipDatagramProtocol` where each read burst ends.
+
+    ``doRead`` reads every datagram waiting (up to Twisted's per-call
+    budget); the protocol holds its answers until the last is handled.
+    """
+
+    protocol: SipDatagramProtocol
+
+    def doRead(self) -> None:
+        protocol = self.protocol
+        protocol.begin_burst()
+        try:
+            super().doRead()  # type: ignore[no-untyped-call]
+        finally:
+            protocol.end_burst()
+
+
+def listen_udp(reactor: IReactorFDSet, port: int, protocol: SipDatagramProtocol,
+               interface: str = "") -> SipUdpPort:
+    """`reactor.listenUDP`, with the port that lets `protocol` batch its answers."""
+    listening = SipUdpPort(  # type: ignore[no-untyped-call]
+        port, protocol, interface, maxPacketSize=65535, reactor=reactor)
+    listening.startListening()  # type: ignore[no-untyped-call]
+    return listening
 
 
 RECEIVE_BUFFER_BYTES = 8 * 1024 * 1024

@@ -7,6 +7,7 @@ and Twisted's own checks are the real ones.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 
@@ -17,7 +18,7 @@ from twisted.internet.error import InvalidAddressError
 from pbx.sip.errors import SipParseError
 from pbx.sip.peer import Peer
 from pbx.transport.connections import Connections
-from pbx.transport.udp import SipDatagramProtocol
+from pbx.transport.udp import MAX_HELD_SENDS, SipDatagramProtocol, listen_udp
 
 
 class Sink:
@@ -101,3 +102,55 @@ def test_a_send_to_a_closed_port_is_not_an_error(
     closed.close()
     for _ in range(3):  # the ICMP error of the first surfaces on a later call
         protocol.send(b"to nobody", "127.0.0.1", gone)
+
+
+def test_answers_to_a_burst_go_out_when_the_burst_is_read(phone: socket.socket) -> None:
+    """Answers are held while more datagrams wait, then sent in order (`SipUdpPort`)."""
+    seen_at_send: list[int] = []
+    arrived_during_burst: list[bytes] = []
+
+    class Echo(Sink):
+        def receive_data(self, data: bytes, peer: Peer, *, datagram: bool) -> None:
+            super().receive_data(data, peer, datagram=datagram)
+            protocol.send(b"answer " + data[-1:], peer.host, peer.port)
+            seen_at_send.append(len(self.received))
+            with contextlib.suppress(BlockingIOError):
+                arrived_during_burst.append(phone.recv(100))
+
+    protocol = SipDatagramProtocol(Echo(), Connections())
+    port = listen_udp(reactor, 0, protocol, interface="127.0.0.1")  # type: ignore[arg-type]
+    try:
+        where = ("127.0.0.1", port.getHost().port)
+        for n in range(3):
+            phone.sendto(MESSAGE + str(n).encode(), where)
+        phone.setblocking(False)
+        port.doRead()
+        assert seen_at_send == [1, 2, 3]  # all three handled in one read
+        assert arrived_during_burst == []  # nothing went out before the burst ended
+        phone.settimeout(2)
+        assert [phone.recv(100) for _ in range(3)] == [b"answer 0", b"answer 1", b"answer 2"]
+        # Outside a read burst (a timer's retransmission), a send goes at once.
+        protocol.send(b"now", "127.0.0.1", phone.getsockname()[1])
+        assert phone.recv(100) == b"now"
+    finally:
+        port.stopListening()
+
+
+def test_a_long_burst_sends_in_batches(phone: socket.socket) -> None:
+    protocol = SipDatagramProtocol(Sink(), Connections())
+    port = listen_udp(reactor, 0, protocol, interface="127.0.0.1")  # type: ignore[arg-type]
+    try:
+        target = phone.getsockname()
+        protocol.begin_burst()
+        for n in range(MAX_HELD_SENDS - 1):
+            protocol.send(b"%d" % n, *target)
+        phone.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            phone.recv(100)  # held
+        protocol.send(b"last of the batch", *target)  # the cap: the batch goes now
+        phone.settimeout(2)
+        got = [phone.recv(100) for _ in range(MAX_HELD_SENDS)]
+        assert got[0] == b"0" and got[-1] == b"last of the batch"
+        protocol.end_burst()
+    finally:
+        port.stopListening()
