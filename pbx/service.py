@@ -395,7 +395,6 @@ class PbxService(MultiService):
                 self.log.info("Registration of {user} at {contact} expired",
                               user=binding.aor, contact=binding.contact)
         self.guard.sweep(now)
-        self.authenticator.sweep(now)
         self.endpoint.sweep(now)
 
     def _write_security_event(self, event: SecurityEvent) -> None:

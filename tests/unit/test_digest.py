@@ -9,9 +9,11 @@ deterministic random bytes.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import subprocess
 import sys
+import tracemalloc
 from collections.abc import Callable
 
 import pytest
@@ -650,15 +652,40 @@ def test_table_is_bounded_and_an_evicted_nonce_cannot_start_over() -> None:
     assert auth.tracked_nonce_count == 3
 
 
-def test_sweep_forgets_expired_nonces() -> None:
+def test_an_expired_nonce_is_stale_whatever_the_ring_holds() -> None:
     auth = make_auth(nonce_lifetime_s=300.0)
-    for created in (T0, T0 + 10, T0 + 20):
-        assert verify(auth, answer(auth, created), created + 1) is AuthResult.OK
-    assert auth.sweep(T0 + 299) == 0
-    assert auth.sweep(T0 + 305) == 1
-    assert auth.tracked_nonce_count == 2
-    assert auth.sweep(T0 + 400) == 2
-    assert auth.tracked_nonce_count == 0
+    (challenge, _) = auth.challenges(T0)
+    assert verify(auth, respond(challenge, nc=1), T0 + 1) is AuthResult.OK
+    assert verify(auth, respond(challenge, nc=2), T0 + 299) is AuthResult.OK
+    assert verify(auth, respond(challenge, nc=3), T0 + 300) is AuthResult.STALE
+
+
+def test_tracked_nonces_cost_no_memory_beyond_the_ring() -> None:
+    """The replay table is allocated once: 5,000 phones' nonces add nothing to it."""
+    auth = make_auth(max_tracked_nonces=8192)
+    ready = [answer(auth, T0, password="secret") for _ in range(5000)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for creds in ready:
+            assert verify(auth, creds, T0 + 1) is AuthResult.OK
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert auth.tracked_nonce_count == 5000
+    assert grown < 20_000  # a dict of nonces: about 800,000
+
+
+def test_a_nonce_from_before_a_restart_under_the_same_secret_starts_over_safely() -> None:
+    """A new run's counter starts again: an old nonce must not inherit a new one's slot."""
+    old_run = make_auth()
+    for _ in range(10):
+        old_run.challenges(T0)
+    (old_challenge, _) = old_run.challenges(T0)  # counter 11 in the old run
+    new_run = make_auth()  # same secret, counter back at 0
+    assert verify(new_run, respond(old_challenge, nc=1), T0 + 1) is AuthResult.STALE
 
 
 @pytest.mark.parametrize(
