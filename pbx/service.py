@@ -123,6 +123,7 @@ class PbxService(MultiService):
             authenticator=self.authenticator,
             guard=self.guard,
             make_tag=new_tag,
+            user_name=self._user_name,
         )
         self.registrar = Registrar(
             auth=self.auth,
@@ -179,6 +180,11 @@ class PbxService(MultiService):
         # The realm in force is the one the service started with (see reload).
         return user.ha1_for(self.registrar.domain, algorithm)  # type: ignore[arg-type]
 
+    def _user_name(self, extension: str) -> str:
+        """The config's own str for `extension` (equal text, shared object)."""
+        user = self._users.get(extension)
+        return extension if user is None else user.extension
+
     # -------------------------------------------------------- lifecycle
 
     def privilegedStartService(self) -> None:
@@ -202,7 +208,8 @@ class PbxService(MultiService):
         self.endpoint.request_handlers = self.plugins.request_handlers
         self.writer = BindingWriter(self.store)
         self.endpoint.writer = self.writer
-        dropped = self.location.load(self.store.load_bindings(), self.reactor.seconds())
+        dropped = self.location.load(self.store.load_bindings(self._user_name),
+                                     self.reactor.seconds())
         self.writer.record_removals(dropped)
         self.log.info("Loaded {count} binding(s) from {path}", count=len(self.location),
                       path=str(self.store.path))

@@ -194,11 +194,17 @@ class Store:
 
     # -- bindings ----------------------------------------------------------------
 
-    def load_bindings(self) -> list[Binding]:
-        """Every stored binding, expired or not: `LocationService.load` sorts them out."""
+    def load_bindings(self, aor_of: Callable[[str], str] | None = None) -> list[Binding]:
+        """Every stored binding, expired or not: `LocationService.load` sorts them out.
+
+        ``aor_of`` maps a stored AOR to the str to keep (the service passes
+        the config's own, so 100,000 bindings do not each hold a copy).
+        """
         bindings = []
         for row in self._db.table("bindings").rows:
             try:
+                if aor_of is not None and isinstance(row.get("aor"), str):
+                    row["aor"] = aor_of(row["aor"])
                 bindings.append(Binding(**row))
             except (TypeError, ValueError) as exc:
                 raise StoreError(f"{self.path}: bad row in bindings {row!r}: {exc}") from exc

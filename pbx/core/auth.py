@@ -79,9 +79,14 @@ class RequestAuthenticator:
         authenticator: DigestAuthenticator,
         guard: AuthGuard,
         make_tag: Callable[[], str],
+        user_name: Callable[[str], str] | None = None,
     ) -> None:
         self.domain = domain
         self.ha1_lookup = ha1_lookup
+        # The configured spelling of an authenticated user name: the very str
+        # the config holds, so that the bindings (and calls) of 100,000 users
+        # share the config's strings rather than each keeping a copy (~55 bytes).
+        self.user_name = user_name if user_name is not None else str
         self.authenticator = authenticator
         self.guard = guard
         self.make_tag = make_tag
@@ -125,7 +130,7 @@ class RequestAuthenticator:
                 kind="auth-failure", address=peer.host, user=user, detail=result.name.lower())
             return denied
         self.guard.record_success(peer.host)
-        return user
+        return self.user_name(user)
 
     def _our_credentials(self, request: Request, scheme: AuthScheme) -> Credentials | None:
         """The credentials for our realm, if any (a phone may send several)."""
