@@ -8,22 +8,27 @@ who is registered.
 
 Theory of operation
 -------------------
-* ``_by_aor`` maps an AOR to a short tuple of its `Binding` values (at most
+* ``_by_aor`` maps an AOR to its `Binding` when it has one (nearly every
+  AOR: one phone per user), else to a short tuple of them (at most
   ``max_contacts_per_aor``, 10 by default). It is small, so a linear scan
-  beats any index, and a tuple costs far less memory than a dict. A change
-  builds the AOR's new tuple aside and swaps it in, which is what makes a
-  failed REGISTER change nothing.
+  beats any index; a tuple costs far less memory than a dict, and no tuple
+  at all saves 64 bytes a phone. A change builds the AOR's new bindings
+  aside and swaps them in, which is what makes a failed REGISTER change
+  nothing. `_held` reads an entry as a tuple, `_packed` writes one.
 * Two contacts are the same binding when their URIs are equal by RFC 3261
   §19.1.4, not when their text is. The text is compared first, since a phone
   refreshing its registration sends the same text; only a miss pays for
   parsing with `pbx.sip.uri.parse_uri`. Parsed URIs are not kept: they would
   add several hundred bytes to every binding to save a parse on the rare
   path (about 9 µs against 4 µs for a same-text refresh).
-* ``_heap`` orders (expires_at, aor, contact) for `expire`. Refreshes and
-  removals leave the old entry behind (lazy deletion): an entry counts only
-  if the binding still under that contact has that very expiry. Stale entries
-  are dropped when popped, and the heap is rebuilt when they outnumber the
-  live ones, so a phone that refreshes every second cannot grow it.
+* ``_wheel`` files each binding under the whole second its expiry falls in
+  (``_seconds`` is a heap of those seconds), for `expire`: 8 bytes a binding
+  in a bucket's list, where a heap entry of (expiry, AOR, contact) cost 72.
+  Refreshes and removals leave the old entry behind (lazy deletion): an
+  entry counts only if that very `Binding` object is still held. Stale
+  entries are dropped when their second comes, and the wheel is rebuilt when
+  they outnumber the live ones, so a phone that refreshes every second
+  cannot grow it.
 * ``_by_connection`` maps a stream connection id to the AOR (rarely AORs) of
   bindings that arrived over it, so a transport whose connection closed can
   ask which bindings it carried without a scan of the whole table.
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import math
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -65,7 +71,7 @@ tried later (q<1), which is what people who set q on one device expect.
 """
 
 DEFAULT_MAX_BINDINGS: Final = 200_000
-"""About 180 MB at the measured 900 bytes a binding: far above an office, within one host."""
+"""About 160 MB at the measured 790 bytes a binding: far above an office, within one host."""
 
 DEFAULT_MAX_CONTACTS_PER_AOR: Final = 10
 """Desk phone, softphones, a mobile app and room to spare; a REGISTER loop stops here."""
@@ -210,10 +216,12 @@ class LocationService:
             raise ValueError("location service bounds must be at least 1")
         self.max_bindings = max_bindings
         self.max_contacts_per_aor = max_contacts_per_aor
-        # Tuples, not lists: exact size, and an AOR's bindings change as a whole.
-        self._by_aor: dict[str, tuple[Binding, ...]] = {}
+        # A Binding, or a tuple of two or more: see the module's notes.
+        self._by_aor: dict[str, Binding | tuple[Binding, ...]] = {}
         self._count = 0
-        self._heap: list[tuple[float, str, str]] = []
+        self._wheel: dict[int, list[Binding]] = {}
+        self._seconds: list[int] = []  # heap of the wheel's keys
+        self._wheel_entries = 0
         # connection id -> the AOR using it, or a tuple of AORs (one entry per
         # binding) in the rare case of several bindings on one connection.
         self._by_connection: dict[int, str | tuple[str, ...]] = {}
@@ -235,7 +243,7 @@ class LocationService:
         q, the most recently registered first, as it is the likeliest to be
         reachable.
         """
-        held = self._by_aor.get(aor)
+        held = self._held(aor)
         if not held:
             return []
         live = [binding for binding in held if binding.expires_at > now]
@@ -256,13 +264,13 @@ class LocationService:
         return [
             binding
             for aor in aors
-            for binding in self._by_aor.get(aor, ())
+            for binding in self._held(aor)
             if binding.connection_id == connection_id
         ]
 
     def next_deadline(self) -> float | None:
         """When to call `expire` next: possibly early (a stale entry), never late."""
-        return self._heap[0][0] if self._heap else None
+        return float(self._seconds[0]) if self._seconds else None
 
     # -- changes -------------------------------------------------------------
 
@@ -279,11 +287,10 @@ class LocationService:
             return _NOTHING_CHANGED
         if self._count >= self.max_bindings:
             return _TABLE_FULL
-        single = (binding,)
-        self._by_aor[binding.aor] = single
+        self._by_aor[binding.aor] = binding
         self._attach(binding)
-        self._compact_heap_if_stale()
-        return UpdateResult(status=UpdateStatus.OK, added=single)
+        self._compact_wheel_if_stale()
+        return UpdateResult(status=UpdateStatus.OK, added=(binding,))
 
     def update_all(self, bindings: Sequence[Binding], now: float) -> UpdateResult:
         """Apply every Contact of one REGISTER, all or nothing.
@@ -298,7 +305,7 @@ class LocationService:
         for binding in bindings:
             if binding.aor != aor:
                 raise ValueError("one REGISTER updates one address-of-record")
-        held = self._by_aor.get(aor, ())
+        held = self._held(aor)
         # working[i] is the binding in slot i; original[i] what the slot held
         # before this request (None for a contact this request adds).
         working: list[Binding] = []
@@ -346,10 +353,10 @@ class LocationService:
                 self._attach(binding)
                 (added if before is None else refreshed).append(binding)
         if working:
-            self._by_aor[aor] = tuple(working)
+            self._by_aor[aor] = _packed(working)
         else:
             self._by_aor.pop(aor, None)
-        self._compact_heap_if_stale()
+        self._compact_wheel_if_stale()
         # A binding whose contact text lives on in another is upserted, not deleted.
         removed = [
             binding for binding in gone
@@ -369,7 +376,7 @@ class LocationService:
         unexpired binding: a stale retransmission must not unregister a
         phone that has registered again since.
         """
-        held = self._by_aor.get(aor)
+        held = self._held(aor)
         if not held:
             return _NOTHING_CHANGED
         for binding in held:
@@ -382,7 +389,7 @@ class LocationService:
 
     def remove(self, aor: str, contact: str) -> Binding | None:
         """Remove one binding outright (an administrator's action): no ordering check."""
-        held = self._by_aor.get(aor)
+        held = self._held(aor)
         if not held:
             return None
         index = _find(held, contact)
@@ -395,7 +402,7 @@ class LocationService:
 
     def remove_aor(self, aor: str) -> list[Binding]:
         """Forget an AOR entirely, e.g. when its user is deleted from the config."""
-        held = self._by_aor.pop(aor, ())
+        held = _as_tuple(self._by_aor.pop(aor, None))
         for binding in held:
             self._detach(binding)
         return list(held)
@@ -409,16 +416,28 @@ class LocationService:
         come back at once.
         """
         expired: list[Binding] = []
-        heap = self._heap
-        while heap and heap[0][0] <= now and (limit is None or len(expired) < limit):
-            expires_at, aor, contact = heapq.heappop(heap)
-            held = self._by_aor.get(aor, ())
-            for index, binding in enumerate(held):
-                if binding.contact == contact and binding.expires_at == expires_at:
-                    self._set_aor(aor, held[:index] + held[index + 1 :])
-                    self._detach(binding)
-                    expired.append(binding)
+        seconds, wheel = self._seconds, self._wheel
+        while seconds and seconds[0] <= now and (limit is None or len(expired) < limit):
+            second = seconds[0]
+            bucket = wheel[second]
+            waiting: list[Binding] = []  # due later within this second, or over the limit
+            for index, binding in enumerate(bucket):
+                if limit is not None and len(expired) >= limit:
+                    waiting.extend(bucket[index:])
                     break
+                if not self._is_held(binding):
+                    continue  # refreshed or removed since: a stale entry
+                if binding.expires_at <= now:
+                    self._drop(binding)
+                    expired.append(binding)
+                else:
+                    waiting.append(binding)
+            self._wheel_entries -= len(bucket) - len(waiting)
+            if waiting:
+                wheel[second] = waiting
+                break  # the rest of this second is not due yet
+            del wheel[second]
+            heapq.heappop(seconds)
         return expired
 
     def load(self, bindings: Iterable[Binding], now: float) -> list[Binding]:
@@ -439,7 +458,7 @@ class LocationService:
                 live.append(binding)
         live.sort(key=lambda binding: binding.updated_at, reverse=True)
         for binding in live:
-            held = self._by_aor.get(binding.aor, ())
+            held = self._held(binding.aor)
             if (
                 _find(held, binding.contact) >= 0
                 or len(held) >= self.max_contacts_per_aor
@@ -449,22 +468,50 @@ class LocationService:
                 continue
             if binding.connection_id is not None:
                 binding = replace(binding, connection_id=None)
-            self._by_aor[binding.aor] = (*held, binding)
+            self._by_aor[binding.aor] = _packed((*held, binding))
             self._attach(binding)
-        self._compact_heap_if_stale()
+        self._compact_wheel_if_stale()
         return dropped
 
     # -- bookkeeping ---------------------------------------------------------
 
+    def _held(self, aor: str) -> tuple[Binding, ...]:
+        """The AOR's bindings as a tuple (empty if none)."""
+        return _as_tuple(self._by_aor.get(aor))
+
+    def _is_held(self, binding: Binding) -> bool:
+        """Whether this very object is one of its AOR's bindings (not an equal one)."""
+        entry = self._by_aor.get(binding.aor)
+        if entry is binding:
+            return True
+        return type(entry) is tuple and any(held is binding for held in entry)
+
+    def _drop(self, binding: Binding) -> None:
+        """Take a held binding out of its AOR and the indexes."""
+        held = self._held(binding.aor)
+        self._set_aor(binding.aor, tuple(b for b in held if b is not binding))
+        self._detach(binding)
+
     def _set_aor(self, aor: str, bindings: tuple[Binding, ...]) -> None:
         if bindings:
-            self._by_aor[aor] = bindings
+            self._by_aor[aor] = _packed(bindings)
         else:
             del self._by_aor[aor]
 
+    def _file(self, binding: Binding) -> None:
+        """File the binding in the wheel under the second its expiry falls in."""
+        second = math.floor(binding.expires_at)
+        bucket = self._wheel.get(second)
+        if bucket is None:
+            self._wheel[second] = [binding]
+            heapq.heappush(self._seconds, second)
+        else:
+            bucket.append(binding)
+        self._wheel_entries += 1
+
     def _attach(self, binding: Binding) -> None:
         self._count += 1
-        heapq.heappush(self._heap, (binding.expires_at, binding.aor, binding.contact))
+        self._file(binding)
         connection_id = binding.connection_id
         if connection_id is not None:
             entry = self._by_connection.get(connection_id)
@@ -488,21 +535,36 @@ class LocationService:
         rest.remove(binding.aor)
         self._by_connection[connection_id] = rest[0] if len(rest) == 1 else tuple(rest)
 
-    def _compact_heap_if_stale(self) -> None:
+    def _compact_wheel_if_stale(self) -> None:
         """Drop stale entries once they outnumber live ones: O(n), paid once per n refreshes.
 
-        Called after every change that pushes an entry, once ``_by_aor`` is
-        consistent again (the rebuild reads it), so the heap never exceeds
-        twice the live bindings plus the slack, whatever the mix of changes.
+        Called after every change that files an entry, once ``_by_aor`` is
+        consistent again (the rebuild reads it), so the wheel never holds
+        more than twice the live bindings plus the slack, whatever the mix
+        of changes.
         """
-        if len(self._heap) <= 2 * self._count + _COMPACT_SLACK:
+        if self._wheel_entries <= 2 * self._count + _COMPACT_SLACK:
             return
-        self._heap = [
-            (binding.expires_at, binding.aor, binding.contact)
-            for held in self._by_aor.values()
-            for binding in held
-        ]
-        heapq.heapify(self._heap)
+        self._wheel = {}
+        self._seconds = []
+        self._wheel_entries = 0
+        for entry in self._by_aor.values():
+            for binding in _as_tuple(entry):
+                self._file(binding)
+
+
+def _as_tuple(entry: Binding | tuple[Binding, ...] | None) -> tuple[Binding, ...]:
+    """An entry of ``_by_aor`` (or its absence) as a tuple of bindings."""
+    if entry is None:
+        return ()
+    if type(entry) is tuple:
+        return entry
+    return (entry,)  # type: ignore[return-value]  # a lone Binding
+
+
+def _packed(bindings: Sequence[Binding]) -> Binding | tuple[Binding, ...]:
+    """How ``_by_aor`` keeps one AOR's bindings: the binding itself when alone."""
+    return bindings[0] if len(bindings) == 1 else tuple(bindings)
 
 
 _NOTHING_CHANGED: Final = UpdateResult(status=UpdateStatus.OK)
