@@ -51,6 +51,7 @@ from pbx.core.location import LocationService
 from pbx.core.plugins import PluginError, PluginHost
 from pbx.core.registrar import Registrar, RegistrarSettings
 from pbx.core.router import DialplanError, DialplanLoader
+from pbx.memory import give_back_free_memory
 from pbx.sip.digest import DigestAuthenticator
 from pbx.sip.peer import Peer
 from pbx.sip.timers import TimerSettings
@@ -455,6 +456,9 @@ class PbxService(MultiService):
         if needs_restart:
             self.log.warn("Changes to [{sections}] take effect at the next restart",
                           sections=", ".join(needs_restart))
+        del new
+        gc.collect()  # the old config's users, and what parsing the new one left
+        give_back_free_memory()
         return True
 
 
@@ -465,6 +469,7 @@ def _tune_garbage_collector() -> None:
     loaded bindings) into a permanent generation that collections skip.
     """
     gc.collect()
+    give_back_free_memory()  # what loading the config and the bindings left behind
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_GENERATION_THRESHOLD, middle, old)
