@@ -49,6 +49,7 @@ from pbx.sip.errors import SipParseError
 from pbx.sip.headers import quote_string
 from pbx.sip.message import Headers, Request, Response, make_response
 from pbx.sip.peer import Peer
+from pbx.sip.reliable import requires_100rel
 from pbx.sip.session_timer import (
     SessionTimer,
     SessionTimerDecision,
@@ -77,6 +78,9 @@ class ResponseOwner(Protocol):
 
     def on_failure(self, status: int) -> None:
         """No response: 408 for a timeout (Timer B/F), 503 for a transport error."""
+
+    def on_ended(self) -> None:
+        """The request's transaction is over: nothing more will come for it."""
 
 
 class CallServices(Protocol):
@@ -154,12 +158,19 @@ class DialOutcome:
 
 
 class Leg:
-    """What the two kinds of leg share: a peer, a dialog once there is one."""
+    """What the two kinds of leg share: a peer, a dialog once there is one.
+
+    ``call`` is None once the call has ended and let go of this leg (see
+    `Call._release`): a leg outlives its call only as the owner of a
+    request still in flight.
+    """
+
+    __slots__ = ("call", "dialog", "last_sdp", "peer", "timer")
 
     side = "?"
 
     def __init__(self, call: Call, peer: Peer) -> None:
-        self.call = call
+        self.call: Call | None = call
         self.peer = peer
         self.dialog: Dialog | None = None
         self.timer: LegTimer | None = None
@@ -169,15 +180,24 @@ class Leg:
 
 
 class ALeg(Leg):
-    """The caller's side: we are the UAS of its INVITE."""
+    """The caller's side: we are the UAS of its INVITE.
+
+    The INVITE, its server transaction and our 2xx are needed until the
+    caller's ACK (the 2xx is retransmitted until then, §13.3.1.4); after
+    that the dialog is all the call needs, and they are let go
+    (`set_up`): an active call holds no parsed messages.
+    """
+
+    __slots__ = ("_answered_at", "_invite", "_retransmit", "_retransmit_interval",
+                 "_transaction", "answer", "final_sent", "local_tag")
 
     side = "caller"
 
     def __init__(self, call: Call, transaction: ServerTransaction[Peer], invite: Request,
                  peer: Peer, local_tag: str) -> None:
         super().__init__(call, peer)
-        self.transaction = transaction
-        self.invite = invite
+        self._transaction: ServerTransaction[Peer] | None = transaction
+        self._invite: Request | None = invite
         self.local_tag = local_tag
         self.final_sent = False
         self.answer: Response | None = None
@@ -185,34 +205,92 @@ class ALeg(Leg):
         self._retransmit_interval = 0.0
         self._answered_at = 0.0
 
+    @property
+    def invite(self) -> Request:
+        """The caller's INVITE, until the call is set up (`set_up`)."""
+        if self._invite is None:
+            raise LookupError("the caller's INVITE is let go once its ACK has arrived")
+        return self._invite
+
+    @property
+    def transaction(self) -> ServerTransaction[Peer]:
+        """The INVITE's server transaction, until the call is set up (`set_up`)."""
+        if self._transaction is None:
+            raise LookupError("the caller's INVITE transaction is let go once its ACK has arrived")
+        return self._transaction
+
+    @property
+    def is_set_up(self) -> bool:
+        return self._invite is None
+
+    def set_up(self) -> None:
+        """The ACK for our 2xx arrived (or the call ended): let go of the set-up."""
+        if self._retransmit is not None and self._retransmit.active():
+            self._retransmit.cancel()
+        self._retransmit = None
+        self._retransmit_interval = self._answered_at = 0.0
+        self._invite = None
+        self._transaction = None
+        self.answer = None
+
 
 class BLeg(Leg):
-    """One branch: we are the UAC of its INVITE."""
+    """One branch: we are the UAC of its INVITE (and the owner of its responses).
+
+    The INVITE, its client transaction and our ACK are needed while the
+    transaction lasts: to CANCEL it, to build the dialog of a 2xx, to ACK
+    a retransmitted 2xx again. When it is over (`on_ended`) they are let
+    go; the dialog is all an answered leg needs.
+    """
+
+    __slots__ = ("_invite", "ack", "cancelled", "early_dialogs", "final_reason",
+                 "final_status", "invite_cseq", "target", "transaction")
 
     side = "callee"
 
     def __init__(self, call: Call, target: Target, invite: Request) -> None:
         super().__init__(call, target.peer)
         self.target = target
-        self.invite = invite
+        self._invite: Request | None = invite
+        self.invite_cseq = invite.cseq.number
         self.transaction: ClientTransaction[Peer] | None = None
         self.final_status: int | None = None
         self.final_reason = ""
         self.cancelled = False
         self.ack: Request | None = None
-        self.early_dialogs: dict[str, Dialog] = {}
+        self.early_dialogs: dict[str, Dialog] | None = None
+        """The callee's early dialogs by To tag, while it rings."""
+
+    @property
+    def invite(self) -> Request:
+        """Our INVITE, while its transaction lasts."""
+        if self._invite is None:
+            raise LookupError("the INVITE of a branch is let go once its transaction is over")
+        return self._invite
 
     # ResponseOwner of the INVITE
 
     def on_response(self, response: Response) -> None:
-        self.call._b_response(self, response)
+        if self.call is not None:
+            self.call._b_response(self, response)
 
     def on_failure(self, status: int) -> None:
+        if self.call is None:
+            return
         if status == 408:
             self.call._b_failed(self, 408, "Request Timeout")
         else:
             # Could not even be sent (a connection refused): the phone is away.
             self.call._b_failed(self, 480, "Unreachable")
+
+    def on_ended(self) -> None:
+        """The INVITE transaction is over: no response can come any more."""
+        self._invite = None
+        self.transaction = None
+        self.ack = None
+        self.early_dialogs = None
+        if self.dialog is None:
+            self.call = None  # a branch that never answered: nothing more to do
 
 
 @dataclass(slots=True)
@@ -232,6 +310,9 @@ class _Relay:
     def on_failure(self, status: int) -> None:
         self.call._relay_failed(self, status)
 
+    def on_ended(self) -> None:
+        return None
+
 
 @dataclass(slots=True)
 class _Bye:
@@ -241,6 +322,9 @@ class _Bye:
         return None
 
     def on_failure(self, status: int) -> None:
+        return None
+
+    def on_ended(self) -> None:
         return None
 
 
@@ -263,7 +347,18 @@ class CallRecord:
 
 
 class Call:
-    """The controller of one call (see the module docstring)."""
+    """The controller of one call (see the module docstring).
+
+    Memory: every phone in the office may be in a call at once, so an
+    answered call keeps only what its dialogs need (no parsed messages,
+    no transactions: see `ALeg` and `BLeg`), and an ended one breaks its
+    reference cycles (`_release`), so that it is freed as soon as the last
+    request it sent is over, without waiting for the cyclic collector.
+    """
+
+    __slots__ = ("__weakref__", "_best", "_caller_timer", "_dial_done", "_dial_timer",
+                 "_extra_headers", "_on_end", "_pending_relays", "a", "b_legs", "connected",
+                 "provisionals", "record", "services", "state")
 
     def __init__(self, services: CallServices, *, transaction: ServerTransaction[Peer],
                  invite: Request, peer: Peer, caller: str, caller_name: str | None,
@@ -280,9 +375,10 @@ class Call:
         self._dial_done: Callable[[DialOutcome], None] | None = None
         self._dial_timer: Cancellable | None = None
         self._best: tuple[int, str] | None = None
-        self._pending_relays: dict[int, _Relay] = {}
-        self._on_end: list[Callable[[], None]] = []
-        self.provisionals = CallerProvisionals(self)
+        self._pending_relays: dict[int, _Relay] | None = None
+        self._on_end: list[Callable[[], None]] | None = None
+        self.provisionals = CallerProvisionals(self) if requires_100rel(invite) else None
+        """Reliable provisionals (RFC 3262), for a caller that requires them."""
         self._extra_headers: tuple[tuple[str, str], ...] = ()
 
     # ---------------------------------------------------------- dialplan side
@@ -295,6 +391,8 @@ class Call:
         """Run `work` once the call has ended (the dialplan's CallEnded)."""
         if self.ended:
             work()
+        elif self._on_end is None:
+            self._on_end = [work]
         else:
             self._on_end.append(work)
 
@@ -405,8 +503,10 @@ class Call:
             if status == 100 or self.state is not CallState.DIALING or leg.cancelled:
                 return
             tag = response.to_addr.tag
-            if tag is not None and tag not in leg.early_dialogs:
+            if tag is not None and (leg.early_dialogs is None or tag not in leg.early_dialogs):
                 dialog = Dialog.as_uac(leg.invite, response)
+                if leg.early_dialogs is None:
+                    leg.early_dialogs = {}
                 leg.early_dialogs[tag] = dialog
             self._provisional_to_caller(response)
             return
@@ -415,6 +515,7 @@ class Call:
             return
         if leg.final_status is None:
             leg.final_status, leg.final_reason = status, response.reason
+            leg.early_dialogs = None
             if not leg.cancelled:  # a 487 we asked for (maybe in an earlier dial)
                 self._consider(status, response.reason)
             self._branch_done()
@@ -428,26 +529,27 @@ class Call:
         self._branch_done()
 
     def _b_answered(self, leg: BLeg, response: Response) -> None:
+        if leg.dialog is not None:
+            # The phone retransmits its 2xx: our ACK was lost (§13.2.2.4), or
+            # not sent yet (a late offer: it waits for the caller's answer).
+            if leg.ack is not None:
+                self.services.send_ack(leg.ack, leg.peer)
+            return
         dialog = Dialog.as_uac(leg.invite, response)
-        ack = dialog.ack(leg.invite.cseq.number, via=self.services.via_for(leg.peer))
+        ack = dialog.ack(leg.invite_cseq, via=self.services.via_for(leg.peer))
         # A cancelled branch is one the dial gave up on (it may be an earlier
         # dial's, its 2xx arriving while the dialplan rings someone else).
         if self.state is not CallState.DIALING or leg.cancelled or (
                 self.connected is not None and self.connected is not leg) or (
                 leg.final_status is not None and leg is not self.connected):
-            if self.connected is leg:
-                # The phone retransmits its 2xx: our ACK was lost (§13.2.2.4), or
-                # not sent yet (a late offer: it waits for the caller's answer).
-                if leg.ack is not None:
-                    self.services.send_ack(leg.ack, leg.peer)
-                return
             # A late 2xx from a losing branch: ACK it, then BYE it (§16.7 step 7).
             self.services.send_ack(ack, leg.peer)
             bye = dialog.new_request("BYE", via=self.services.via_for(leg.peer))
             self.services.send_request(bye, leg.peer, _Bye())
             return
         leg.dialog = dialog
-        leg.final_status, leg.final_reason = response.status, response.reason
+        leg.final_status = response.status
+        leg.early_dialogs = None
         self.connected = leg
         self.services.register_dialog(dialog, leg)
         if self.a.invite.body:
@@ -463,6 +565,10 @@ class Call:
         self.record.answered_by = leg.target.label
         self._cancel_branches(except_leg=leg)
         self._stop_dial_timer()
+        # The losing branches are owned by their INVITEs' transactions until
+        # those are over (a late 2xx is still ACKed and BYEd); the call keeps
+        # only the leg it is connected to.
+        self.b_legs = [leg]
         self._report(DialOutcome(answered_by=leg.target.label, status=response.status,
                                  reason=response.reason))
 
@@ -521,7 +627,10 @@ class Call:
         reply = make_response(self.a.invite, status, reason, to_tag=self.a.local_tag,
                               headers=[("Contact", self._a_contact()),
                                        *_body_headers(response)], body=response.body)
-        self.provisionals.send(reply)
+        if self.provisionals is None:
+            self.services.respond(self.a.transaction, reply)
+        else:
+            self.provisionals.send(reply)
 
     def _answer_caller(self, response: Response) -> None:
         a = self.a
@@ -536,7 +645,9 @@ class Call:
         a.last_sdp = response.body
         a.final_sent = True
         a.answer = reply
-        self.provisionals.final_sent()
+        self._caller_timer = None
+        if self.provisionals is not None:
+            self.provisionals.final_sent()
         if a.dialog is None:
             a.dialog = Dialog.as_uas(a.invite, local_tag=a.local_tag,
                                      local_contact=self._a_contact(), early=False)
@@ -584,7 +695,8 @@ class Call:
         if a.final_sent:
             return
         a.final_sent = True
-        self.provisionals.final_sent()
+        if self.provisionals is not None:
+            self.provisionals.final_sent()
         self.services.respond(a.transaction, make_response(
             a.invite, status, reason, to_tag=a.local_tag, headers=headers))
 
@@ -594,13 +706,13 @@ class Call:
     def a_ack(self, ack: Request) -> None:
         """The caller's ACK for our 2xx (or a re-INVITE's)."""
         a = self.a
-        if a._retransmit is not None and a._retransmit.active():
-            a._retransmit.cancel()
-        a._retransmit = None
+        if a.is_set_up or not a.final_sent:
+            return  # the ACK for a re-INVITE's 2xx: its transaction took it
+        a.set_up()
         leg = self.connected
         if leg is not None and leg.ack is None and leg.dialog is not None:
             # Late offer: the callee's ACK carries the caller's answer.
-            leg.ack = leg.dialog.ack(leg.invite.cseq.number,
+            leg.ack = leg.dialog.ack(leg.invite_cseq,
                                      via=self.services.via_for(leg.peer), body=ack.body,
                                      content_type=ack.headers.get("content-type"))
             self.services.send_ack(leg.ack, leg.peer)
@@ -656,7 +768,10 @@ class Call:
             self._end(hangup_by=leg.side)
             return
         if method == "PRACK" and leg is self.a:
-            self.services.respond(transaction, self.provisionals.prack(request))
+            # 481 unless it acknowledges our reliable provisional (RFC 3262 §3).
+            provisionals = self.provisionals
+            self.services.respond(transaction, make_response(request, 481)
+                                  if provisionals is None else provisionals.prack(request))
             return
         if method in ("OPTIONS", "PRACK"):
             self.services.respond(transaction, make_response(request, 200))
@@ -669,8 +784,11 @@ class Call:
         if other is None or other.dialog is None or self.state is not CallState.ANSWERED:
             self.services.respond(transaction, make_response(request, 481))
             return
+        pending = self._pending_relays
+        if pending is None:
+            pending = self._pending_relays = {}
         if method in ("INVITE", "UPDATE") and any(
-                r.request.method in ("INVITE", "UPDATE") for r in self._pending_relays.values()):
+                r.request.method in ("INVITE", "UPDATE") for r in pending.values()):
             # Glare (§14.1): another offer is in progress on this call.
             self.services.respond(transaction, make_response(
                 request, 491, headers=[("Retry-After", "1")]))
@@ -684,7 +802,7 @@ class Call:
         if method == "INVITE" and request.body:
             other.last_sdp = request.body
         relay.sent = sent
-        self._pending_relays[id(relay)] = relay
+        pending[id(relay)] = relay
         if self.services.send_request(sent, other.peer, relay) is None:
             self._relay_failed(relay, 503)
 
@@ -692,7 +810,7 @@ class Call:
         status = response.status
         if status < 200:
             return
-        self._pending_relays.pop(id(relay), None)
+        self._forget_relay(relay)
         destination = relay.destination
         assert destination.dialog is not None and relay.sent is not None
         destination.dialog.receive_response(relay.sent, response)
@@ -722,13 +840,20 @@ class Call:
 
     def _relay_failed(self, relay: _Relay, status: int) -> None:
         """§12.2.1.2: 408/481 or no answer to an in-dialog request ends the dialog."""
-        self._pending_relays.pop(id(relay), None)
+        self._forget_relay(relay)
         self.services.respond(relay.transaction, make_response(relay.request, status))
         if self.ended:
             return
         self._bye(relay.source)
         self._end(hangup_by="pbx", status=status,
                   reason=f"{relay.destination.side} leg failed")
+
+    def _forget_relay(self, relay: _Relay) -> None:
+        pending = self._pending_relays
+        if pending is not None:
+            pending.pop(id(relay), None)
+            if not pending:
+                self._pending_relays = None
 
     # ------------------------------------------------------------- ending
 
@@ -747,9 +872,7 @@ class Call:
             return
         self.state = CallState.ENDED
         self._stop_dial_timer()
-        a = self.a
-        if a._retransmit is not None and a._retransmit.active():
-            a._retransmit.cancel()
+        self.a.set_up()  # no more 2xx retransmissions; the INVITE is let go
         record = self.record
         record.ended_at = self.services.now()
         record.hangup_by = hangup_by
@@ -758,7 +881,8 @@ class Call:
         record.status = status if status is not None and record.answered_at is None else (
             record.status or status)
         record.reason = reason
-        self.provisionals.stop()
+        if self.provisionals is not None:
+            self.provisionals.stop()
         for leg in (self.a, *self.b_legs):
             if leg.timer is not None:
                 leg.timer.stop()
@@ -768,9 +892,33 @@ class Call:
         report, self._dial_done = self._dial_done, None
         if report is not None:
             report(DialOutcome(answered_by=None, status=487, reason="Call ended"))
-        for work in self._on_end:
+        on_end, self._on_end = self._on_end, None
+        for work in on_end or ():
             work()
-        self._on_end.clear()
+        self._release()
+
+    def _release(self) -> None:
+        """Break every reference cycle through the ended call.
+
+        The call and its legs point at each other (a leg owns the responses
+        to its requests and hands them to its call); so do the call and its
+        leg timers, reliable provisionals and relayed requests. Undone here,
+        the ended call is freed by reference counting as soon as nothing
+        else holds it: at once, or when the last transaction whose owner
+        still needs it (a branch's INVITE that may yet be answered 2xx, a
+        relayed request awaiting its answer) is over. Left alone, its
+        memory would wait for the cyclic collector, which the service runs
+        seldom (`pbx.service.YOUNG_GENERATION_THRESHOLD`).
+        """
+        a = self.a
+        a.call = None
+        for leg in (a, *self.b_legs):
+            leg.timer = None
+        self.b_legs = []
+        self.connected = None
+        self.provisionals = None
+        self._pending_relays = None
+        self._caller_timer = None
 
 
 def _rank(status: int) -> tuple[int, int]:

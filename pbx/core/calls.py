@@ -165,7 +165,7 @@ class CallManager:
     def in_dialog(self, transaction: ServerTransaction[Peer], request: Request) -> bool:
         """A request with a To tag; False when no dialog matches (the endpoint says 481)."""
         leg = self._dialogs.get(dialog_id_of_request(request))
-        if leg is None:
+        if leg is None or leg.call is None:
             return False
         leg.call.in_dialog_request(leg, transaction, request)
         return True
@@ -179,7 +179,7 @@ class CallManager:
 
     def ack(self, request: Request) -> None:
         leg = self._dialogs.get(dialog_id_of_request(request))
-        if leg is not None and leg is leg.call.a:
+        if leg is not None and leg.call is not None and leg is leg.call.a:
             leg.call.a_ack(request)
 
     def response(self, transaction: ClientTransaction[Peer], response: Response) -> None:
@@ -194,7 +194,9 @@ class CallManager:
 
     def transaction_ended(self, transaction: object) -> None:
         if isinstance(transaction, ClientTransaction):
-            self._owners.pop(transaction, None)
+            owner = self._owners.pop(transaction, None)
+            if owner is not None:
+                owner.on_ended()
         elif isinstance(transaction, ServerTransaction):
             self._invites.pop(transaction, None)
 
@@ -262,11 +264,12 @@ class CallManager:
         self.pump()
 
     def call_later(self, delay_s: float, work: Callable[[], None]) -> Cancellable:
-        def run() -> None:
-            work()
-            self.pump()
+        # The work goes in the DelayedCall's arguments: no closure per timer.
+        return self.clock.callLater(delay_s, self._run_later, work)
 
-        return self.clock.callLater(delay_s, run)
+    def _run_later(self, work: Callable[[], None]) -> None:
+        work()
+        self.pump()
 
     def via_for(self, peer: Peer) -> str:
         host, port = self.local_address(peer)

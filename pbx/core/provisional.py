@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from pbx.sip.dialog import Dialog
 from pbx.sip.message import Request, Response, make_response
-from pbx.sip.reliable import RAck, ReliableProvisionalSender, requires_100rel
+from pbx.sip.reliable import RAck, ReliableProvisionalSender
 from pbx.sip.timers import TimerSettings
 
 if TYPE_CHECKING:
@@ -24,28 +24,30 @@ if TYPE_CHECKING:
 
 
 class CallerProvisionals:
+    """The reliable provisionals of one call whose caller requires 100rel.
+
+    Made only for such a caller (`requires_100rel`); a call to anyone else
+    sends its provisionals as they come and has none of this.
+    """
+
+    __slots__ = ("_timer", "call", "sender")
+
     def __init__(self, call: Call) -> None:
         self.call = call
         services = call.services
-        self.sender: ReliableProvisionalSender | None = None
-        if requires_100rel(call.a.invite):
-            self.sender = ReliableProvisionalSender(
-                timers=TimerSettings(t1_s=services.t1_s, t2_s=services.t2_s))
+        self.sender = ReliableProvisionalSender(
+            timers=TimerSettings(t1_s=services.t1_s, t2_s=services.t2_s))
         self._timer: Cancellable | None = None
 
     def send(self, reply: Response) -> None:
         call = self.call
         a = call.a
-        sender = self.sender
-        if sender is None:
-            call.services.respond(a.transaction, reply)
-            return
         if a.dialog is None:
             a.dialog = Dialog.as_uas(a.invite, local_tag=a.local_tag,
                                      local_contact=call.services.contact_for(a.peer, None),
                                      early=True)
             call.services.register_dialog(a.dialog, a)
-        sent = sender.send(reply, call.services.now())
+        sent = self.sender.send(reply, call.services.now())
         if not sent.queued:
             call.services.respond(a.transaction, sent.response)
         self._arm()
@@ -54,8 +56,7 @@ class CallerProvisionals:
         """200 for the PRACK of the outstanding provisional, 481 for anything else (§3)."""
         sender = self.sender
         rack = RAck.from_request(request)
-        if sender is None or rack is None or not sender.receive_prack(
-                rack, self.call.services.now()):
+        if rack is None or not sender.receive_prack(rack, self.call.services.now()):
             return make_response(request, 481)
         for released in sender.take_outgoing():
             self.call.services.respond(self.call.a.transaction, released)
@@ -63,8 +64,7 @@ class CallerProvisionals:
         return make_response(request, 200)
 
     def final_sent(self) -> None:
-        if self.sender is not None:
-            self.sender.final_sent()
+        self.sender.final_sent()
         self.stop()
 
     def stop(self) -> None:
@@ -74,8 +74,7 @@ class CallerProvisionals:
 
     def _arm(self) -> None:
         self.stop()
-        sender = self.sender
-        deadline = None if sender is None else sender.next_deadline()
+        deadline = self.sender.next_deadline()
         if deadline is not None:
             services = self.call.services
             self._timer = services.call_later(max(0.0, deadline - services.now()), self._due)
@@ -84,7 +83,7 @@ class CallerProvisionals:
         self._timer = None
         sender = self.sender
         call = self.call
-        if sender is None or call.ended:
+        if call.ended:
             return
         for again in sender.handle_timer(call.services.now()):
             call.services.respond(call.a.transaction, again)

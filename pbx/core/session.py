@@ -42,7 +42,14 @@ RETRY_AFTER_GLARE_S = 2.0
 
 
 class LegTimer:
-    """The RFC 4028 timer of one leg (see the module docstring)."""
+    """The RFC 4028 timer of one leg (see the module docstring).
+
+    Each refresh it sends has an owner of its own (`_Refresh`), which holds
+    the request only while its transaction lasts: between refreshes a
+    timer holds no message.
+    """
+
+    __slots__ = ("_deadline", "allows_update", "call", "leg", "timer")
 
     def __init__(self, call: Call, leg: Leg, timer: SessionTimer, *,
                  allows_update: bool) -> None:
@@ -51,7 +58,6 @@ class LegTimer:
         self.timer = timer
         self.allows_update = allows_update
         self._deadline: Cancellable | None = None
-        self._refresh: Request | None = None
 
     @property
     def we_refresh(self) -> bool:
@@ -110,16 +116,15 @@ class LegTimer:
             request = dialog.new_request(
                 "INVITE", via=via, headers=self.request_headers(), body=leg.last_sdp,
                 content_type="application/sdp" if leg.last_sdp else None)
-        self._refresh = request
-        if services.send_request(request, leg.peer, self) is None:
+        if services.send_request(request, leg.peer, _Refresh(self, request)) is None:
             self.call.session_expired(leg, "refresh could not be sent")
 
-    # ---------------------------------------- ResponseOwner of our refresh
+    # ---------------------------------------- what the answers to a refresh do
 
-    def on_response(self, response: Response) -> None:
-        request = self._refresh
+    def answered(self, request: Request, response: Response) -> None:
+        """A response to our refresh `request`."""
         status = response.status
-        if request is None or status < 200 or self.call.ended:
+        if status < 200 or self.call.ended:
             return
         leg = self.leg
         if leg.dialog is not None:
@@ -142,6 +147,25 @@ class LegTimer:
             # deadline a phone-side refresher would have had.
             self._schedule(self.timer.interval_s / 2)
 
-    def on_failure(self, status: int) -> None:
+    def not_answered(self) -> None:
         if not self.call.ended:
             self.call.session_expired(self.leg, "refresh not answered")
+
+
+class _Refresh:
+    """The ResponseOwner of one refresh: the request, while its transaction lasts."""
+
+    __slots__ = ("request", "timer")
+
+    def __init__(self, timer: LegTimer, request: Request) -> None:
+        self.timer = timer
+        self.request = request
+
+    def on_response(self, response: Response) -> None:
+        self.timer.answered(self.request, response)
+
+    def on_failure(self, status: int) -> None:
+        self.timer.not_answered()
+
+    def on_ended(self) -> None:
+        return None
