@@ -67,9 +67,16 @@ than that is processed as a new request, which the TU must tolerate anyway).
 With ``max_tombstones=0`` Completed transactions stay whole, as drawn.
 
 A TU may also answer statelessly (§8.2.7) with ``respond_statelessly``: the
-response goes out, the transaction ends at once and leaves no tombstone, and a
-retransmission is a new request. That is what a challenge (401/407 without
-credentials) deserves: answering it again costs less than remembering it.
+response goes out and the transaction ends at once. That is what a challenge
+(401/407 without credentials) deserves: remembering it for Timer J would
+cost a registrar tens of megabytes. Over UDP the answer is still kept as a
+tombstone for a short while, ``stateless_echo_s`` (8*T1, 4 s: the request's
+first three retransmissions), so that a retransmission gets the very same
+bytes back: a phone, or SIPp, that already answered a challenge takes a
+second identical 401 for the retransmission it is, where a new challenge
+(another nonce) is a surprise that fails the registration; and re-sending
+costs far less than answering again on a PBX that is behind. Past that
+window a retransmission is a new request, as §8.2.7 allows.
 
 Limits: at most ``max_transactions`` live transactions (client and server
 together). When full, a new request is answered 503 statelessly and reported
@@ -203,6 +210,10 @@ class TransactionLayer(Generic[A]):
         self.max_tombstones = max_tombstones
         self._tombstones: dict[tuple[object, ...], tuple[bytes, A]] = {}
         self._tombstone_expiry: deque[tuple[float, tuple[object, ...]]] = deque()
+        # Stateless answers kept for `stateless_echo_s`, in the same dict: the
+        # entry itself is in the FIFO, so an expiry never takes a newer one.
+        self._echo_expiry: deque[tuple[float, tuple[object, ...], tuple[bytes, A]]] = deque()
+        self.stateless_echo_s = 8 * self.settings.t1_s
         self._clients: dict[tuple[object, ...], ClientTransaction[A]] = {}
         self._servers: dict[tuple[object, ...], ServerTransaction[A]] = {}
         self._events: deque[TransactionEvent[A]] = deque()
@@ -291,6 +302,12 @@ class TransactionLayer(Generic[A]):
         expiry = self._tombstone_expiry
         while expiry and expiry[0][0] <= now:
             self._tombstones.pop(expiry.popleft()[1], None)
+        echoes = self._echo_expiry
+        tombstones = self._tombstones
+        while echoes and echoes[0][0] <= now:
+            _, key, entry = echoes.popleft()
+            if tombstones.get(key) is entry:
+                del tombstones[key]
         queue = self._timer_queue
         while (due := queue.pop_due(now)) is not None:
             transaction, timer = due
@@ -339,16 +356,24 @@ class TransactionLayer(Generic[A]):
     ) -> None:
         """Send a final `response` and end `transaction` at once, remembering nothing (§8.2.7).
 
-        A retransmission of the request then comes up as a new request. For
-        answers that are as good the second time, like a challenge; its To
-        tag should be `stateless_tag` so retransmissions see the same one.
+        For answers that are as good the second time, like a challenge; its
+        To tag should be `stateless_tag` so that, once the short echo window
+        (see the module's notes) is over, a retransmission answered anew
+        still sees the same one.
         """
         if response.status < 200:
             raise LocalProtocolError("a stateless response is final")
         if transaction.state is not transaction.INITIAL_STATE:
             raise LocalProtocolError(
                 f"{transaction!r} already answered: respond_statelessly must come first")
-        self._outgoing.append(Outgoing(data=response.to_bytes(), destination=transaction.peer))
+        data = response.to_bytes()
+        self._outgoing.append(Outgoing(data=data, destination=transaction.peer))
+        if not transaction.reliable and self.stateless_echo_s > 0 and (
+                len(self._tombstones) < self.max_tombstones):
+            key = transaction._key
+            entry = (data, transaction.peer)
+            self._tombstones[key] = entry
+            self._echo_expiry.append((now + self.stateless_echo_s, key, entry))
         transaction.last_response = response
         transaction._enter(TransactionState.TERMINATED, now)
 
@@ -400,10 +425,11 @@ class TransactionLayer(Generic[A]):
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` must be called next, or None if no timer runs."""
         deadline = self._timer_queue.next_deadline()
-        if self._tombstone_expiry:
-            first = self._tombstone_expiry[0][0]
-            if deadline is None or first < deadline:
-                return first
+        for fifo in (self._tombstone_expiry, self._echo_expiry):
+            if fifo:
+                first = fifo[0][0]
+                if deadline is None or first < deadline:
+                    deadline = first
         return deadline
 
     @property

@@ -112,7 +112,7 @@ def test_provisional_and_reliable_and_whole_machines_keep_their_object() -> None
     assert len(whole) == 1 and whole.tombstones == 0
 
 
-def test_respond_statelessly_ends_the_transaction_and_remembers_nothing() -> None:
+def test_respond_statelessly_ends_the_transaction_and_echoes_only_briefly() -> None:
     layer: TransactionLayer[str] = TransactionLayer()
     request = make_request("REGISTER")
     transaction = receive(layer, request, 0.0)
@@ -121,11 +121,32 @@ def test_respond_statelessly_ends_the_transaction_and_remembers_nothing() -> Non
     assert out.destination == UAC and out.data.startswith(b"SIP/2.0 401")
     assert [type(e) for e in drain(layer)] == [TransactionTerminated]
     assert transaction.state is TransactionState.TERMINATED
-    assert len(layer) == 0 and layer.tombstones == 0
+    assert len(layer) == 0
 
-    layer.receive_request(request, UAC, 0.5)  # the retransmission is a new request
+    # Within 8*T1 a retransmission gets the very same bytes, and no new request.
+    for at in (0.5, 1.5, 3.5):
+        layer.receive_request(request, UAC, at)
+        assert drain(layer) == []
+        assert [o.data for o in layer.take_outgoing()] == [out.data]
+    deadline = layer.next_deadline()
+    assert deadline == pytest.approx(4.0)
+    layer.handle_timer(4.0)
+    assert layer.tombstones == 0
+
+    layer.receive_request(request, UAC, 7.5)  # after the window: a new request
     assert [type(e) for e in drain(layer)] == [RequestReceived]
     assert stateless_tag(request) == stateless_tag(make_request("REGISTER"))
+
+
+def test_a_stateless_answer_over_a_stream_is_not_kept() -> None:
+    layer: TransactionLayer[str] = TransactionLayer()
+    request = make_request("REGISTER")
+    layer.receive_request(request, UAC, 0.0, reliable=True)
+    [event] = drain(layer)
+    assert isinstance(event, RequestReceived)
+    layer.respond_statelessly(event.transaction,
+                              respond_to(request, 401, stateless_tag(request)), 0.0)
+    assert layer.tombstones == 0
 
 
 def test_respond_statelessly_is_only_a_first_and_final_answer() -> None:
