@@ -24,13 +24,14 @@ bounds those: past it, a new INVITE gets 503.
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import random
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from pbx.core.auth import PROXY_AUTH, Denied, RequestAuthenticator, SecurityEvent
@@ -72,6 +73,117 @@ class LocalAddress(Protocol):
     def __call__(self, peer: Peer) -> tuple[str, int]: ...
 
 
+class CallTimer:
+    """One timer of a call (a `Cancellable`): an entry in `CallTimers`' heap."""
+
+    __slots__ = ("at", "timers", "work")
+
+    def __init__(self, at: float, work: Callable[[], None], timers: CallTimers) -> None:
+        self.at = at
+        self.work: Callable[[], None] | None = work
+        self.timers = timers
+
+    def __lt__(self, other: CallTimer) -> bool:
+        return self.at < other.at
+
+    def active(self) -> bool:
+        return self.work is not None
+
+    def cancel(self) -> None:
+        if self.work is not None:
+            self.work = None
+            self.timers.cancelled()
+
+
+class CallTimers:
+    """The timers of every call, on one reactor timer.
+
+    Every answered call keeps a session timer (RFC 4028) for each leg for
+    as long as it lasts. A Twisted `DelayedCall` costs some 600 bytes (an
+    instance dict, three bound methods, an argument tuple and a keyword
+    dict); an entry here costs a fifth of that, and the reactor holds a
+    single `DelayedCall` for the earliest deadline. Times are exact, as the
+    reactor's; cancelled entries wait in the heap like the reactor's do,
+    and the heap is rebuilt without them once they are more than half of it.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, after: Callable[[], None]) -> None:
+        self.clock = clock
+        self.after = after
+        """Run once after the timers due at a moment have run (the endpoint's pump)."""
+        self._heap: list[CallTimer] = []
+        self._cancelled = 0
+        self._wakeup: IDelayedCall | None = None
+
+    def __len__(self) -> int:
+        return len(self._heap) - self._cancelled
+
+    def call_later(self, delay_s: float, work: Callable[[], None]) -> CallTimer:
+        timer = CallTimer(self.clock.seconds() + max(0.0, delay_s), work, self)
+        heap = self._heap
+        heapq.heappush(heap, timer)
+        if heap[0] is timer:
+            self._arm()
+        return timer
+
+    def cancelled(self) -> None:
+        self._cancelled += 1
+        heap = self._heap
+        if self._cancelled == len(heap):
+            # None left: nothing of ours stays pending in the reactor.
+            heap.clear()
+            self._cancelled = 0
+            if self._wakeup is not None and self._wakeup.active():
+                self._wakeup.cancel()
+            self._wakeup = None
+        elif self._cancelled > 64 and self._cancelled * 2 > len(heap):
+            heap[:] = [timer for timer in heap if timer.work is not None]  # in place: see _run
+            heapq.heapify(heap)
+            self._cancelled = 0
+
+    def _arm(self) -> None:
+        heap = self._heap
+        while heap and heap[0].work is None:
+            heapq.heappop(heap)
+            self._cancelled -= 1
+        wakeup = self._wakeup
+        if not heap:
+            if wakeup is not None and wakeup.active():
+                wakeup.cancel()
+            self._wakeup = None
+            return
+        at = heap[0].at
+        if wakeup is not None and wakeup.active():
+            if wakeup.getTime() == at:
+                return
+            wakeup.cancel()
+        self._wakeup = self.clock.callLater(max(0.0, at - self.clock.seconds()), self._run)
+
+    def _run(self) -> None:
+        self._wakeup = None
+        heap = self._heap
+        now = self.clock.seconds()
+        ran = False
+        try:
+            while heap and heap[0].at <= now:
+                timer = heapq.heappop(heap)
+                work, timer.work = timer.work, None
+                if work is None:
+                    self._cancelled -= 1
+                    continue
+                ran = True
+                try:
+                    work()
+                except Exception:
+                    self.log.failure("A call's timer failed")
+            if ran:
+                self.after()
+        finally:
+            self._arm()
+
+
 class CallManager:
     log = Logger()
 
@@ -110,6 +222,7 @@ class CallManager:
         self._invites: dict[ServerTransaction[Peer], Call] = {}
         self.pump: Callable[[], None] = lambda: None
         """Set by the endpoint: drain the layer after work done outside an event."""
+        self.timers = CallTimers(clock, after=lambda: self.pump())
 
     def __len__(self) -> int:
         return len(self.calls)
@@ -264,12 +377,7 @@ class CallManager:
         self.pump()
 
     def call_later(self, delay_s: float, work: Callable[[], None]) -> Cancellable:
-        # The work goes in the DelayedCall's arguments: no closure per timer.
-        return self.clock.callLater(delay_s, self._run_later, work)
-
-    def _run_later(self, work: Callable[[], None]) -> None:
-        work()
-        self.pump()
+        return self.timers.call_later(delay_s, work)
 
     def via_for(self, peer: Peer) -> str:
         host, port = self.local_address(peer)
