@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -38,6 +39,19 @@ def make_binding(**overrides: Any) -> Binding:
 def ok(result: UpdateResult) -> UpdateResult:
     assert result.status is UpdateStatus.OK, result
     return result
+
+
+def traced_growth(work: Callable[[], object]) -> int:
+    """Bytes Python holds after `work` beyond what it held before (tracemalloc)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        work()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
 
 
 # -- §10.3 step 7: add, refresh, remove -----------------------------------------------
@@ -291,16 +305,12 @@ def test_frequent_refreshes_do_not_grow_memory() -> None:
     """Each refresh leaves a stale expiry entry; they must be compacted, not hoarded."""
     location = LocationService()
     ok(location.update(make_binding(cseq=0), NOW))
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
+
+    def refresh() -> None:
         for cseq in range(1, 20_001):
             location.update(make_binding(cseq=cseq, expires_at=NOW + 3600 + cseq), NOW)
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+
+    grown = traced_growth(refresh)
     # 20,000 uncollected entries would be well over 1 MB.
     assert grown < 200_000
     assert len(location) == 1
@@ -474,17 +484,13 @@ def test_unregistering_and_registering_again_does_not_grow_memory() -> None:
     """Contact: * then a fresh REGISTER, in a loop: each cycle strands an expiry entry."""
     location = LocationService()
     ok(location.update(make_binding(cseq=0), NOW))
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
+
+    def cycle() -> None:
         for cseq in range(1, 20_001, 2):
             ok(location.remove_all("1001", "a84b4c76e66710@pc33.example.org", cseq, NOW))
             ok(location.update(make_binding(cseq=cseq + 1), NOW))
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+
+    grown = traced_growth(cycle)
     assert grown < 200_000
     assert len(location) == 1
 
@@ -501,20 +507,16 @@ def test_a_phone_of_the_office_costs_the_location_service_under_440_bytes() -> N
     count = 20_000
     aors = [f"{100000 + i}" for i in range(count)]
     location = LocationService()
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
+
+    def register_all() -> None:
         for i, aor in enumerate(aors):
             location.update(Binding(
                 aor=aor, contact=f"sip:{aor}@192.168.1.20:5060", expires_at=NOW + 3600 + i / 7,
                 call_id=f"{i:032x}@192.168.1.20", cseq=1, transport="udp",
                 source_host="198.51.100.4", source_port=5060, updated_at=NOW + i / 1000,
             ), NOW)
-        gc.collect()
-        per_binding = (tracemalloc.get_traced_memory()[0] - before) / count
-    finally:
-        tracemalloc.stop()
+
+    per_binding = traced_growth(register_all) / count
     print(f"location service: {per_binding:.0f} bytes per office phone")
     assert len(location) == count
     assert per_binding < 440
