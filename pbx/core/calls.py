@@ -60,6 +60,7 @@ SESSION_INTERVAL_S = 1800
 """RFC 4028's recommended session interval: a silently vanished phone's call
 ends within about 20 minutes (the refresher's half interval plus margin)."""
 MIN_SE_S = 90
+_SHARED_CONTACTS = 4096
 
 
 class Sender(Protocol):
@@ -223,6 +224,8 @@ class CallManager:
         self.pump: Callable[[], None] = lambda: None
         """Set by the endpoint: drain the layer after work done outside an event."""
         self.timers = CallTimers(clock, after=lambda: self.pump())
+        self._contacts: dict[tuple[str, str, int, str | None], str] = {}
+        """Our Contact by transport, address and user: every dialog keeps one, the same text."""
 
     def __len__(self) -> int:
         return len(self.calls)
@@ -386,10 +389,17 @@ class CallManager:
 
     def contact_for(self, peer: Peer, user: str | None) -> str:
         host, port = self.local_address(peer)
-        host = f"[{host}]" if ":" in host else host
-        userinfo = f"{user}@" if user else ""
-        scheme = "sips" if peer.transport in ("tls", "wss") else "sip"
-        return f"<{scheme}:{userinfo}{host}:{port};transport={peer.transport}>"
+        key = (peer.transport, host, port, user)
+        contact = self._contacts.get(key)
+        if contact is None:
+            bracketed = f"[{host}]" if ":" in host else host
+            userinfo = f"{user}@" if user else ""
+            scheme = "sips" if peer.transport in ("tls", "wss") else "sip"
+            contact = f"<{scheme}:{userinfo}{bracketed}:{port};transport={peer.transport}>"
+            if len(self._contacts) >= _SHARED_CONTACTS:
+                self._contacts.clear()
+            self._contacts[key] = contact
+        return contact
 
     def new_tag(self) -> str:
         return f"{_random.getrandbits(48):012x}"

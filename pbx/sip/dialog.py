@@ -466,11 +466,33 @@ class Dialog:
 # ---------------------------------------------------------------- helpers
 
 
+_SHARED_TEXT_SIZE = 4096
+_shared_text: dict[str, str] = {}
+
+
+def _shared(text: str) -> str:
+    """One str object for equal texts a dialog keeps, so that dialogs share them.
+
+    The From and To URIs (without tags) and the remote targets of an
+    office's calls are a few texts per phone, repeated in every call it
+    makes or takes; a dialog lasts as long as its call, and every phone
+    may be in one at once. Bounded: cleared when full (texts already kept
+    stay with their dialogs), so a flood of distinct values costs what it
+    would have without this.
+    """
+    found = _shared_text.get(text)
+    if found is None:
+        if len(_shared_text) >= _SHARED_TEXT_SIZE:
+            _shared_text.clear()
+        _shared_text[text] = found = text
+    return found
+
+
 def _without_tag(addr: NameAddr) -> str:
     """A From/To name-addr as the dialog keeps it: everything but the tag."""
     params = tuple(p for p in addr.params if p[0].lower() != "tag")
-    return str(NameAddr(uri_text=addr.uri_text, display_name=addr.display_name,
-                        params=params))
+    return _shared(str(NameAddr(uri_text=addr.uri_text, display_name=addr.display_name,
+                                params=params)))
 
 
 def _tagged(uri: str, tag: str) -> str:
@@ -490,7 +512,7 @@ def _contact_target(message: Message) -> str | None:
     uri = contacts[0].uri
     if not isinstance(uri, SipUri):
         raise SipParseError(f"Contact {contacts[0].uri_text[:60]!r} is not a SIP URI")
-    return contacts[0].uri_text
+    return _shared(contacts[0].uri_text)
 
 
 def _route_values(message: Message) -> tuple[str, ...]:
