@@ -176,7 +176,13 @@ class Leg:
         self.timer: LegTimer | None = None
         """RFC 4028 on this leg, once answered (`pbx.core.session`)."""
         self.last_sdp = b""
-        """The session description the PBX last sent on this leg (a refresh repeats it)."""
+        """The session description the PBX last sent on this leg, when a session
+        refresh of ours may have to repeat it (`sent_sdp`)."""
+
+    def sent_sdp(self, body: bytes) -> None:
+        """The PBX sent `body` on this leg: kept if this leg is refreshed by the PBX."""
+        timer = self.timer
+        self.last_sdp = body if timer is not None and timer.we_refresh else b""
 
 
 class ALeg(Leg):
@@ -237,14 +243,15 @@ class ALeg(Leg):
 class BLeg(Leg):
     """One branch: we are the UAC of its INVITE (and the owner of its responses).
 
-    The INVITE, its client transaction and our ACK are needed while the
-    transaction lasts: to CANCEL it, to build the dialog of a 2xx, to ACK
-    a retransmitted 2xx again. When it is over (`on_ended`) they are let
-    go; the dialog is all an answered leg needs.
+    The INVITE and its client transaction are needed while the transaction
+    lasts: to CANCEL it, to build the dialog of a 2xx, to ACK a
+    retransmitted 2xx again (from the dialog, with the Via and body of the
+    first ACK: the same message, not kept as one). When it is over
+    (`on_ended`) they are let go; the dialog is all an answered leg needs.
     """
 
-    __slots__ = ("_invite", "ack", "cancelled", "early_dialogs", "final_reason",
-                 "final_status", "invite_cseq", "target", "transaction")
+    __slots__ = ("_invite", "ack_sent", "cancelled", "early_dialogs", "final_reason",
+                 "final_status", "invite_cseq", "resend_ack", "target", "transaction")
 
     side = "callee"
 
@@ -257,7 +264,10 @@ class BLeg(Leg):
         self.final_status: int | None = None
         self.final_reason = ""
         self.cancelled = False
-        self.ack: Request | None = None
+        self.ack_sent = False
+        """Our ACK for its 2xx went out (with a late offer, only once the caller's came)."""
+        self.resend_ack: tuple[str, bytes, str | None] | None = None
+        """Via, body and Content-Type of that ACK, while a retransmitted 2xx may come."""
         self.early_dialogs: dict[str, Dialog] | None = None
         """The callee's early dialogs by To tag, while it rings."""
 
@@ -287,7 +297,7 @@ class BLeg(Leg):
         """The INVITE transaction is over: no response can come any more."""
         self._invite = None
         self.transaction = None
-        self.ack = None
+        self.resend_ack = None
         self.early_dialogs = None
         if self.dialog is None:
             self.call = None  # a branch that never answered: nothing more to do
@@ -532,11 +542,14 @@ class Call:
         if leg.dialog is not None:
             # The phone retransmits its 2xx: our ACK was lost (§13.2.2.4), or
             # not sent yet (a late offer: it waits for the caller's answer).
-            if leg.ack is not None:
-                self.services.send_ack(leg.ack, leg.peer)
+            if leg.resend_ack is not None:
+                via, body, content_type = leg.resend_ack
+                self.services.send_ack(leg.dialog.ack(
+                    leg.invite_cseq, via=via, body=body, content_type=content_type), leg.peer)
             return
         dialog = Dialog.as_uac(leg.invite, response)
-        ack = dialog.ack(leg.invite_cseq, via=self.services.via_for(leg.peer))
+        via = self.services.via_for(leg.peer)
+        ack = dialog.ack(leg.invite_cseq, via=via)
         # A cancelled branch is one the dial gave up on (it may be an earlier
         # dial's, its 2xx arriving while the dialplan rings someone else).
         if self.state is not CallState.DIALING or leg.cancelled or (
@@ -553,12 +566,13 @@ class Call:
         self.connected = leg
         self.services.register_dialog(dialog, leg)
         if self.a.invite.body:
-            leg.ack = ack
+            leg.ack_sent = True
+            leg.resend_ack = (via, b"", None)
             self.services.send_ack(ack, leg.peer)
         # else: a late offer in the 2xx; the caller's ACK carries the answer,
         # and the callee's ACK waits for it (see `_a_ack`).
-        leg.last_sdp = leg.invite.body
         self._start_timer(leg, negotiate_uac_response(response), response)
+        leg.sent_sdp(leg.invite.body)
         self._answer_caller(response)
         self.state = CallState.ANSWERED
         self.record.answered_at = self.services.now()
@@ -642,7 +656,6 @@ class Call:
             *(decision.headers() if decision is not None else ()),
             *_body_headers(response),
         ], body=response.body)
-        a.last_sdp = response.body
         a.final_sent = True
         a.answer = reply
         self._caller_timer = None
@@ -658,6 +671,7 @@ class Call:
         a._answered_at = self.services.now()
         if decision is not None:
             self._start_timer(a, decision.timer, a.invite)
+        a.sent_sdp(response.body)
         if not a.peer.is_reliable:
             a._retransmit_interval = self.services.t1_s
             a._retransmit = self.services.call_later(a._retransmit_interval,
@@ -710,12 +724,15 @@ class Call:
             return  # the ACK for a re-INVITE's 2xx: its transaction took it
         a.set_up()
         leg = self.connected
-        if leg is not None and leg.ack is None and leg.dialog is not None:
+        if leg is not None and not leg.ack_sent and leg.dialog is not None:
             # Late offer: the callee's ACK carries the caller's answer.
-            leg.ack = leg.dialog.ack(leg.invite_cseq,
-                                     via=self.services.via_for(leg.peer), body=ack.body,
-                                     content_type=ack.headers.get("content-type"))
-            self.services.send_ack(leg.ack, leg.peer)
+            via = self.services.via_for(leg.peer)
+            content_type = ack.headers.get("content-type")
+            leg.ack_sent = True
+            if leg.transaction is not None:  # its 2xx may yet be retransmitted
+                leg.resend_ack = (via, ack.body, content_type)
+            self.services.send_ack(leg.dialog.ack(leg.invite_cseq, via=via, body=ack.body,
+                                                  content_type=content_type), leg.peer)
 
     def caller_cancelled(self) -> None:
         """CANCEL from the caller (its 200 is the endpoint's): 487, branches cancelled."""
@@ -800,7 +817,7 @@ class Call:
             method, via=self.services.via_for(other.peer),
             headers=[*timer_headers, *_body_headers(request)], body=request.body)
         if method == "INVITE" and request.body:
-            other.last_sdp = request.body
+            other.sent_sdp(request.body)
         relay.sent = sent
         pending[id(relay)] = relay
         if self.services.send_request(sent, other.peer, relay) is None:
@@ -834,7 +851,7 @@ class Call:
             if relay.source.timer is not None:
                 headers[1:1] = relay.source.timer.response_headers()
             if relay.request.method == "INVITE" and response.body:
-                relay.source.last_sdp = response.body
+                relay.source.sent_sdp(response.body)
         self.services.respond(relay.transaction, make_response(
             relay.request, status, response.reason, headers=headers, body=response.body))
 

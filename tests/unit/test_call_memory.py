@@ -55,6 +55,7 @@ class Office:
         self.service.connections.udp_send = lambda data, host, port: self.sent.append(
             (data, port))
         self.invite_to_callee: Request | None = None
+        self.first_ack: Request | None = None
         self.callee_tag = "callee-tag"
 
     @property
@@ -148,7 +149,9 @@ class Office:
     def answer(self) -> str:
         """The callee answers, the caller ACKs its 200; the PBX's To tag for the caller."""
         self.callee_answers(200, "OK", SDP)
-        assert [m.method for m in self.take(CALLEE) if isinstance(m, Request)] == ["ACK"]
+        (ack,) = [m for m in self.take(CALLEE) if isinstance(m, Request)]
+        assert ack.method == "ACK"
+        self.first_ack = ack
         (ok,) = self.responses(CALLER, 200)
         to_tag = ok.to_addr.tag or ""
         self.deliver(self.caller_request("ACK", 2, "ack2", to_tag=to_tag), CALLER)
@@ -279,3 +282,31 @@ def test_an_ended_call_is_freed_without_the_cyclic_collector(
 def _the_call(office: Office) -> weakref.ref[Call]:
     (call,) = office.calls.calls
     return weakref.ref(call)
+
+
+def test_a_retransmitted_2xx_gets_the_same_ack_again(office: Office) -> None:
+    office.dial()
+    office.answer()
+    office.wait(2)  # the INVITE's transaction lasts 64*T1 after its 2xx
+    office.callee_answers(200, "OK", SDP)  # our ACK was lost: the phone resends its 200
+    (again,) = [m for m in office.take(CALLEE) if isinstance(m, Request)]
+    first = office.first_ack
+    assert again.method == "ACK" and first is not None
+    assert again.to_bytes() == first.to_bytes()
+
+
+def test_a_reinvite_after_set_up_is_relayed_and_acked_once(office: Office) -> None:
+    office.dial()
+    to_tag = office.answer()
+    office.wait(LINGER_S)  # set-up let go of
+    office.deliver(office.caller_request("INVITE", 3, "reinv3", to_tag=to_tag, body=SDP),
+                   CALLER)
+    (reinvite,) = [m for m in office.take(CALLEE) if isinstance(m, Request)]
+    assert reinvite.method == "INVITE" and reinvite.body == SDP
+    office.callee_answers(200, "OK", SDP, request=reinvite)
+    assert [m.method for m in office.take(CALLEE) if isinstance(m, Request)] == ["ACK"]
+    (ok,) = office.responses(CALLER, 200)
+    assert ok.cseq.number == 3
+    office.deliver(office.caller_request("ACK", 3, "ack3", to_tag=to_tag), CALLER)
+    assert office.take(CALLEE) == []  # the caller's ACK is not the callee's business
+    assert len(office.calls) == 1
