@@ -15,11 +15,18 @@ minus idle, divided by N), the top allocation sites by size, and, with
 nothing). ``--traceback`` groups by the calling frames too.
 
     .venv/bin/python bench/call_memory.py [--calls 2000] [--top 30] [--end]
+    .venv/bin/python bench/call_memory.py --rss 100 --calls 5000
 
 No sockets and no threads: figures are reproducible to the byte. They
 leave out what only a running process has (the allocator's slack, the
 kernel's socket buffers), so they are below the RSS figure of
 `bench/calls.py --hold`, which is the one the budget is about.
+
+``--rss RATE`` (no tracemalloc) sets the calls up at RATE a second of the
+test clock, as the SIPp bench does, and prints the resident size per call
+35 s after the last (idle after the warm-up subtracted), beside the live
+blocks: the difference is the set-up's high-water mark, which the
+allocator keeps resident once the transactions that filled it are gone.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import gc
 import itertools
+import os
 import sys
 import tempfile
 import tracemalloc
@@ -219,6 +227,38 @@ def _report(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, calls: in
         print(f"  {stat.size_diff / calls:8,.0f} B {stat.count_diff / calls:6.2f} blk  {where}")
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def _resident(calls: int, rate: float) -> None:
+    """Resident size per call with the set-up paced as in `bench/calls.py --hold`."""
+    with tempfile.TemporaryDirectory(prefix="call-memory-") as workdir:
+        harness = Harness(Path(workdir))
+        harness.register_callee()
+        for _ in range(100):
+            harness.call()
+        harness.bye_all()
+        harness.advance(SETTLE_S)
+        gc.collect()
+        gc.freeze()  # as the service does once started (`pbx.service`)
+        idle_mb, idle_blocks = _rss_mb(), sys.getallocatedblocks()
+        for _ in range(calls):
+            harness.call()
+            harness.clock.advance(1 / rate)
+            harness.sent.clear()
+        peak_mb = _rss_mb()
+        harness.advance(SETTLE_S)
+        gc.collect()
+        held_mb, held_blocks = _rss_mb(), sys.getallocatedblocks()
+        assert len(harness.service.calls) == calls
+        print(f"{calls} calls set up at {rate:g}/s: idle {idle_mb:.1f} MB, at the last answer "
+              f"{peak_mb:.1f} MB, {SETTLE_S:.0f} s later {held_mb:.1f} MB resident: "
+              f"{(held_mb - idle_mb) * 1e3 / calls:.1f} KB a call, of which "
+              f"{(held_blocks - idle_blocks) / calls:.1f} live blocks a call")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
@@ -228,12 +268,17 @@ def main() -> None:
     parser.add_argument("--end", action="store_true", help="then end the calls and report")
     parser.add_argument("--keep-caches", action="store_true",
                         help="leave the parser's bounded caches of typed values in the figure")
+    parser.add_argument("--rss", type=float, metavar="RATE",
+                        help="resident size per call, calls set up at RATE per second")
     args = parser.parse_args()
 
     # Log events go nowhere, as twistd's go to a file: left alone, Twisted
     # would buffer them (up to 65,536) until logging begins.
     globalLogBeginner.beginLoggingTo([lambda event: None], discardBuffer=True,
                                      redirectStandardIO=False)
+    if args.rss:
+        _resident(args.calls, args.rss)
+        return
     with tempfile.TemporaryDirectory(prefix="call-memory-") as workdir:
         tracemalloc.start(args.frames)
         harness = Harness(Path(workdir))
