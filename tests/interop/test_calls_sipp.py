@@ -16,10 +16,13 @@ The PBX's debug log shows it resending (`pbx_resends`).
 SIPp 3.6.1 itself stumbles over some of those resends, so the scenarios
 help it (see their comments): uas_answer.xml expects a resent INVITE, and
 uac_call_auth.xml ties the BYE's 200 to the BYE by transaction, so that a
-resent 200 for the INVITE is not taken for it. About one run in fifty
-still loses a call inside SIPp (it stops answering a call whose 180 and
-ACK were both dropped); the PBX side of those calls was correct each time
-it was checked (its 2xx resent at 0.5, 1, 2, 4, 4 ... s).
+resent 200 for the INVITE is not taken for it. Some runs (one in fifty
+once, about one in ten on the slower machine of 2026-12-04) still lose a
+call inside SIPp (it stops answering a call whose 180 and ACK were both
+dropped); the PBX side of those calls was correct each time it was checked
+(its 2xx resent at 0.5, 1, 2, 4, 4 ... s). So the lossy run gets a second
+attempt on a fresh PBX (`ATTEMPTS_WITH_LOSS`); a PBX that loses calls
+fails both.
 """
 
 from __future__ import annotations
@@ -50,8 +53,34 @@ RATE = 5  # calls per second
 HOLD_MS = 1000  # how long each call stays up (SIPp -d)
 
 
+ATTEMPTS_WITH_LOSS = 2
+"""Runs of the lossy scenario before it counts as failed.
+
+SIPp 3.6.1 sometimes stops answering a call of its own under loss (see
+above; seen in about one run in ten on 2026-12-04): a second run, with a
+fresh PBX, tells that apart from a PBX that loses calls, which fails both.
+"""
+
+
 @pytest.mark.parametrize("lost_percent", [0, 10])
 def test_calls_complete_and_are_recorded(
+    make_pbx: Callable[..., Pbx], start_sipp: Callable[..., BackgroundSipp], tmp_path: Path,
+    lost_percent: int,
+) -> None:
+    attempts = ATTEMPTS_WITH_LOSS if lost_percent else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            work = tmp_path / f"run{attempt}"
+            work.mkdir()
+            run_calls(make_pbx, start_sipp, work, lost_percent)
+            return
+        except AssertionError:
+            if attempt == attempts:
+                raise
+            print(f"attempt {attempt} failed (SIPp under loss?); trying once more")
+
+
+def run_calls(
     make_pbx: Callable[..., Pbx], start_sipp: Callable[..., BackgroundSipp], tmp_path: Path,
     lost_percent: int,
 ) -> None:
