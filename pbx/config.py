@@ -158,10 +158,14 @@ class RegistrarSection:
     default_expires_s: int = 3600  # when the REGISTER asks for none
     max_contacts_per_user: int = 10
     nonce_lifetime_s: int = 300
-    # Challenges offered, most preferred first (RFC 8760 §2.4). Some clients
-    # (SIPp) answer only the first challenge and only MD5: put "MD5" first
-    # for them.
-    digest_algorithms: tuple[DigestAlgorithm, ...] = ("SHA-256", "MD5")
+    # Challenges offered, in this order (RFC 8760 §2.4: a phone takes the
+    # first it supports). MD5 first by default: deployed phones take the
+    # first challenge whatever it is and give up on SHA-256 instead of
+    # falling back (baresip 1.0: "Register: Function not implemented";
+    # SIPp 3.6: MD5 only), so a SHA-256-first PBX out of the box is one the
+    # office's phones cannot register with. Put "SHA-256" first when every
+    # phone does it.
+    digest_algorithms: tuple[DigestAlgorithm, ...] = ("MD5", "SHA-256")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

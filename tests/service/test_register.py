@@ -17,8 +17,8 @@ def challenge_shape(reply: Any) -> list[tuple[str, tuple[str, ...], str, bool, b
             for c in reply.challenges]
 
 
-OFFER = [("pbx.test", ("auth",), "SHA-256", False, True),
-         ("pbx.test", ("auth",), "MD5", False, True)]
+OFFER = [("pbx.test", ("auth",), "MD5", False, True),  # the default order: MD5 first
+         ("pbx.test", ("auth",), "SHA-256", False, True)]
 
 
 def contact_expires(reply: Any) -> dict[str, int]:
