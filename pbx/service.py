@@ -59,9 +59,7 @@ from pbx.sip.transaction import TransactionLayer
 from pbx.store import BindingWriter, Store, StoreError
 from pbx.transport.connections import Connections
 from pbx.transport.stream import SipStreamClientFactory, SipStreamFactory
-from pbx.transport.tls import client_context, ensure_self_signed, server_context
 from pbx.transport.udp import SipDatagramProtocol, listen_udp
-from pbx.transport.ws import SipWebSocketFactory
 
 FLUSH_INTERVAL_S = 0.2
 YOUNG_GENERATION_THRESHOLD = 20_000
@@ -72,6 +70,13 @@ hundreds of thousands of long-lived ones (bindings, users, transactions);
 with the default, collections ran every couple of messages and cost a
 quarter of a REGISTER's time (measured: 360 → 280 µs per registration)."""
 HOUSEKEEPING_INTERVAL_S = 1.0
+TRIM_AFTER_PEAK = 5_000
+"""Transactions held (live and tombstones) that count as a burst worth trimming after.
+
+A burst of registrations (an office's phones all coming back after an
+outage, 500/s) leaves tens of megabytes of answered transactions freed 32 s
+later; the allocator keeps that memory unless asked (`pbx.memory`). When the
+table has fallen to a quarter of such a peak, housekeeping hands it back."""
 
 
 class PbxService(MultiService):
@@ -100,6 +105,7 @@ class PbxService(MultiService):
         self._json_log: IO[str] | None = None
         self._json_observer: Any = None
         self._users: Mapping[str, UserConfig] = config.users
+        self._held_peak = 0  # transactions held at the top of the last burst
         self.connections = Connections()
         self.location = LocationService(
             max_contacts_per_aor=config.registrar.max_contacts_per_user)
@@ -232,6 +238,8 @@ class PbxService(MultiService):
             if sip.tls_cert is not None and sip.tls_key is not None:
                 cert_key = (sip.tls_cert, sip.tls_key)
             else:
+                from pbx.transport.tls import ensure_self_signed
+
                 cert, key, created = ensure_self_signed(self.config.pbx.data_dir, sip.domain)
                 cert_key = (cert, key)
                 self.log.warn(
@@ -261,8 +269,14 @@ class PbxService(MultiService):
         if name in ("tcp", "tls"):
             factory: Any = SipStreamFactory(name, self.endpoint, self.connections, reactor)
         else:
+            # autobahn (and, for TLS, cryptography) cost memory every process
+            # pays once imported: a PBX without these listeners never loads them.
+            from pbx.transport.ws import SipWebSocketFactory
+
             factory = SipWebSocketFactory(name, self.endpoint, self.connections)
         if name in ("tls", "wss"):
+            from pbx.transport.tls import server_context
+
             assert cert_key is not None
             context = server_context(*cert_key)
             port = reactor.listenSSL(listen.port, factory, context, interface=host)
@@ -284,6 +298,8 @@ class PbxService(MultiService):
                      on_failure: Callable[[], None] | None) -> None:
         factory = SipStreamClientFactory(peer, data, self.endpoint, self.connections,
                                          self.reactor, on_failure=on_failure)
+        from pbx.transport.tls import client_context
+
         self.reactor.connectSSL(peer.host, peer.port, factory, client_context(peer.host),
                                 timeout=10)
 
@@ -404,6 +420,18 @@ class PbxService(MultiService):
                               user=binding.aor, contact=binding.contact)
         self.guard.sweep(now)
         self.endpoint.sweep(now)
+        self._trim_after_burst()
+
+    def _trim_after_burst(self) -> None:
+        """Give memory back once a burst's transactions are gone (`TRIM_AFTER_PEAK`)."""
+        held = len(self.layer) + self.layer.tombstones
+        if held > self._held_peak:
+            self._held_peak = held
+        elif self._held_peak >= TRIM_AFTER_PEAK and held <= self._held_peak // 4:
+            give_back_free_memory()
+            self.log.debug("Burst over ({peak} transactions, now {held}): memory trimmed",
+                           peak=self._held_peak, held=held)
+            self._held_peak = held
 
     def _write_security_event(self, event: SecurityEvent) -> None:
         path = self.config.security.log_file

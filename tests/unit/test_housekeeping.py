@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from twisted.internet.task import Clock
 
+import pbx.service
 from pbx.config import parse_config
-from pbx.service import PbxService
+from pbx.service import TRIM_AFTER_PEAK, PbxService
 from pbx.sip.peer import Peer
 
 PHONE = Peer("udp", "127.0.0.1", 5062)
@@ -54,3 +56,36 @@ def test_merged_request_entries_go_once_their_transactions_are_over(tmp_path: Pa
     # ... and a retransmission of an old request is a new request again, not a loop.
     service.endpoint.receive_data(options(3), PHONE, datagram=True)
     assert sent[-1].startswith(b"SIP/2.0 200")
+
+
+def test_memory_is_handed_back_once_a_burst_of_requests_is_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = parse_config({
+        "pbx": {"data_dir": str(tmp_path)},
+        "sip": {"domain": "pbx.test", "udp": "127.0.0.1:5060"},
+    }, str(tmp_path / "pbx.toml"))
+    clock = Clock()
+    service = PbxService(config, reactor=clock)
+    service.connections.udp_send = lambda data, host, port: None
+    trims: list[float] = []
+    # Whether glibc gives pages back is test_memory's business; here: when it is asked.
+    monkeypatch.setattr(pbx.service, "give_back_free_memory", lambda: trims.append(clock.seconds()))
+
+    for n in range(TRIM_AFTER_PEAK + 100):
+        service.endpoint.receive_data(options(n), PHONE, datagram=True)
+    service._housekeeping()  # the peak: every answered request is a tombstone
+    for _ in range(10):
+        clock.advance(1.0)
+        service._housekeeping()
+    assert trims == []  # still absorbing retransmissions: nothing to give back
+
+    for _ in range(30):  # Timer J is over
+        clock.advance(1.0)
+        service._housekeeping()
+    assert len(trims) == 1
+    assert service.layer.tombstones == 0
+
+    for _ in range(60):  # quiet afterwards: no trimming every second
+        clock.advance(1.0)
+        service._housekeeping()
+    assert len(trims) == 1

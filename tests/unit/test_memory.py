@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import platform
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -29,3 +31,19 @@ def test_freed_blocks_in_the_middle_of_the_heap_are_returned() -> None:
     after = resident_kb()
     assert before - after > 30_000, (before, after)  # of ~80 MB freed
     assert len(kept) == 625
+
+
+def test_the_service_loads_neither_numpy_nor_autobahn_until_needed() -> None:
+    # numpy (through sqlite-utils) and autobahn cost ~17 MB resident in every
+    # process; a registrar on UDP uses neither. numpy must stay importable.
+    check = (
+        "import sys, pbx.service, pbx.store\n"
+        "assert 'numpy' not in sys.modules, 'numpy'\n"
+        "assert 'autobahn' not in sys.modules, 'autobahn'\n"
+        "import numpy\n"
+        "assert numpy.zeros(2).sum() == 0\n"
+        "import sqlite_utils.db\n"
+        "assert sqlite_utils.db.np is None\n"
+    )
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
