@@ -42,6 +42,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
 
+from pbx import compiled
 from pbx.config import Config, ConfigError, Listen, UserConfig, diff_users, load_config
 from pbx.core.auth import RequestAuthenticator, SecurityEvent
 from pbx.core.calls import CallManager
@@ -339,6 +340,7 @@ class PbxService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        self.log.info("SIP core and registrar: {mode}", mode=compiled.MODE)
         if self.config.pbx.log_format == "json":
             self._start_json_log()
         self.plugins.start_all()

@@ -111,8 +111,6 @@ class _Merged:
 
 
 class SipEndpoint:
-    log = Logger()
-    wire = Logger(namespace="pbx.sip.wire")
 
     def __init__(
         self,
@@ -139,6 +137,12 @@ class SipEndpoint:
         self._pumping = False
         self.server_header = server_header
         self.debug = debug
+        # Loggers are the instance's, with their namespaces spelt out: a Logger
+        # as a class attribute is a descriptor that renames itself after the
+        # class, which ran for Python classes (so whole messages were logged
+        # under the class's name, not pbx.sip.wire) but not compiled ones.
+        self.log = Logger(namespace="pbx.core.endpoint.SipEndpoint")
+        self.wire = Logger(namespace="pbx.sip.wire")
         self.log_requests = log_requests
         self.on_security_event = on_security_event
         self.request_handlers: dict[str, RequestHandler] = {}

@@ -108,9 +108,8 @@ class Headers:
     def _from_parsed(
         cls, entries: list[_Line], first: dict[str, _Line] | None = None
     ) -> Headers:
-        headers = cls.__new__(cls)
+        headers = cls()
         headers._entries = entries
-        headers._typed = {}
         headers._first = first
         return headers
 
@@ -469,25 +468,20 @@ class Request(Message):
     def __init__(
         self,
         method: str,
-        uri: SipUri | TelUri,
+        uri: SipUri | TelUri | str,
         headers: Headers | None = None,
         body: bytes = b"",
     ) -> None:
         super().__init__(headers, body)
         self.method = method
-        self._uri: SipUri | TelUri | None = uri
-        self._uri_text = uri.text
+        # A Request-URI given as text is kept as text and parsed on first use.
+        self._uri: SipUri | TelUri | None = None if isinstance(uri, str) else uri
+        self._uri_text = uri if isinstance(uri, str) else uri.text
 
     @classmethod
     def _received(cls, method: str, uri_text: str) -> Request:
         """A request whose Request-URI text is already known to be valid."""
-        request = cls.__new__(cls)
-        request.headers = _NO_HEADERS_YET
-        request.body = b""
-        request.method = method
-        request._uri = None
-        request._uri_text = uri_text
-        return request
+        return cls(method, uri_text, _NO_HEADERS_YET)
 
     @property
     def uri(self) -> SipUri | TelUri:
@@ -573,8 +567,11 @@ def _parse(
     lines = head.split(separator)
     # The screen: a line with nothing unprintable (no control character, no
     # CR left after the split, no tab) needs no closer look; the rare one
-    # that has any gets the exact rule above. One C call a line.
-    if not all(map(str.isprintable, lines)) and _CONTROL.search(head) is not None:
+    # that has any gets the exact rule above, line by line: a CR still in a
+    # line after the split is a stray one, even where it stands before an LF
+    # ("\r\r\n" in a header section with mixed line ends). One C call a line.
+    if not all(map(str.isprintable, lines)) and any(
+            "\r" in line or _CONTROL.search(line) is not None for line in lines):
         raise SipParseError("control character in header section")
     start_line = lines[0]
     message = _parse_start_line(start_line.strip(" \t") if start_line[:1] != " " else start_line)
@@ -599,12 +596,7 @@ def _parse_start_line(line: str) -> Request | Response:
             raise SipParseError(f"unsupported version {version[:20]!r}", 505, answerable=False)
         if len(code) != 3 or not (code.isascii() and code.isdigit()) or code[0] == "0":
             raise SipParseError(f"bad status code {code[:10]!r}", answerable=False)
-        response = Response.__new__(Response)
-        response.headers = _NO_HEADERS_YET
-        response.body = b""
-        response.status = int(code)
-        response.reason = parts[2] if len(parts) == 3 else ""
-        return response
+        return Response(int(code), parts[2] if len(parts) == 3 else "", _NO_HEADERS_YET)
     parts = line.split(" ")
     if len(parts) != 3 or not parts[0] or not parts[1]:
         raise SipParseError(f"bad request line {line[:80]!r}", answerable=False)
@@ -659,6 +651,7 @@ def _parse_header_lines(
 ) -> tuple[list[_Line], dict[str, _Line]]:
     entries: list[_Line] = []
     first: dict[str, _Line] = {}
+    folded = False
     if len(lines) > limits.max_headers + 1 and sum(
         1 for line in lines if line[:1] not in (" ", "\t")
     ) > limits.max_headers + 1:
@@ -673,8 +666,7 @@ def _parse_header_lines(
             # The raw line is written back with CRLF (`Message.to_bytes`), so a
             # fold received with a bare LF is kept with CRLF too.
             entries[-1] = (key, name, f"{value} {line.strip()}".strip(), f"{raw}\r\n{line}")
-            if first.get(key) is old:
-                first[key] = entries[-1]
+            folded = True
             continue
         name, colon, value = line.partition(":")
         if not colon:
@@ -683,6 +675,12 @@ def _parse_header_lines(
         entry = (key, name, value.strip(" \t"), line)
         entries.append(entry)
         first.setdefault(key, entry)
+    if folded:
+        # Rare: a fold replaced a line that `first` may point to. Built again
+        # rather than patched (compiled, a tuple has no identity to compare).
+        first = {}
+        for kept in entries:
+            first.setdefault(kept[0], kept)
     return entries, first
 
 

@@ -306,7 +306,10 @@ class TransactionLayer(Generic[A]):
         tombstones = self._tombstones
         while echoes and echoes[0][0] <= now:
             _, key, entry = echoes.popleft()
-            if tombstones.get(key) is entry:
+            # The same answer, not an equal one: its bytes object (compiled, a
+            # tuple has no identity of its own to compare).
+            held = tombstones.get(key)
+            if held is not None and held[0] is entry[0]:
                 del tombstones[key]
         queue = self._timer_queue
         while (due := queue.pop_due(now)) is not None:

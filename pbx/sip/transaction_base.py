@@ -147,7 +147,7 @@ class Transaction(Generic[A]):
     RETRANSMIT_TIMER: ClassVar[Timer | None] = None
     INITIAL_STATE: ClassVar[TransactionState]
 
-    __slots__ = ("__weakref__", "_interval_s", "_key", "_layer", "_state", "_timers", "peer",
+    __slots__ = ("_interval_s", "_key", "_layer", "_state", "_timers", "peer",
                  "reliable", "request")
 
     def __init__(

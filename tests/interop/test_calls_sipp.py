@@ -46,7 +46,7 @@ from tests.interop.conftest import (
 
 pytestmark = [pytest.mark.interop, requires_sipp]
 
-_SENT = re.compile(r"\[pbx\.core\.endpoint\.SipEndpoint#debug\] Sent to (\S+):\n((?:\t.*\n)+)")
+_SENT = re.compile(r"\[pbx\.sip\.wire#debug\] Sent to (\S+):\n((?:\t.*\n)+)")
 
 CALLS = 20
 RATE = 5  # calls per second

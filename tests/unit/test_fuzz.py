@@ -387,3 +387,20 @@ def test_framer_failure_data_does_not_depend_on_chunking() -> None:
     assert [_comparable(e) for e in whole] == [_comparable(e) for e in bytewise]
     failed = [e for e in (whole[-1], bytewise[-1]) if isinstance(e, FramingFailed)]
     assert [e.data for e in failed] == [b"GARBAGE / LINE\r\nX: y\r\n\r\n"] * 2
+
+
+def test_a_stray_cr_before_a_line_end_is_refused_with_mixed_line_ends() -> None:
+    # Found by test_mutated_valid_messages: with bare-LF lines elsewhere, "\r\r\n"
+    # once became a line ending in CR that was accepted, written back, and then
+    # refused when parsed again.
+    data = (b"OPTIONS sip:bob@example.com SIP/2.0\r\n"
+            b"Via: SIP/2.0/UDP a.example.com;branch=z9hG4bK-cr\r\n"
+            b"From: <sip:a@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\n"
+            b"Call-ID: cr@a\r\nCSeq: 1 OPTIONS\r\n"
+            b"Subject: hello\r\r\n \nContent-Length: 0\r\n\r\n")
+    try:
+        message = parse_message(data)
+    except SipParseError as error:
+        assert error.status == 400 and error.answerable
+    else:
+        raise AssertionError(f"accepted a CR inside a header: {message.headers.get('subject')!r}")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import gc
+from collections.abc import Iterable, Sequence
 
 from pbx.sip.events import TransactionEvent
 from pbx.sip.message import Request, Response, build_request, make_response, parse_message
@@ -15,6 +16,19 @@ I = Input  # noqa: E741
 UAC = "uac-address"  # the layer treats addresses as opaque values
 UAS = "uas-address"
 BRANCH = "z9hG4bK-test-1"
+
+
+def still_alive(ids: Iterable[int], kind: type) -> int:
+    """How many of the objects with these ids are still alive after a full collection.
+
+    What `weakref` would tell, for classes that take no weak references (the
+    compiled transaction classes, see `pbx.compiled`). An id could be reused
+    by a new object of the same kind only if one were made meanwhile; the
+    callers make none.
+    """
+    wanted = set(ids)
+    gc.collect()
+    return sum(1 for obj in gc.get_objects() if type(obj) is kind and id(obj) in wanted)
 
 
 def wire(message: Request | Response) -> Request | Response:
