@@ -33,7 +33,6 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from OpenSSL import SSL
 from twisted.application.service import MultiService
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import gatherResults
@@ -248,13 +247,14 @@ class PbxService(MultiService):
                     "{domain}; phones must be told to trust it",
                     made="made a" if created else "using the", cert=str(cert), domain=sip.domain)
         for name, listen in sip.listeners.items():
+            refused: tuple[type[Exception], ...] = (OSError, ValueError, *_tls_errors(name))
             try:
                 self.ports[name] = self._listen(name, listen, cert_key)
             except CannotListenError as error:
                 raise SystemExit(
                     f"{path}: sip.{name}: cannot listen on {listen}: "
                     f"{error.socketError}") from None
-            except (OSError, ValueError, SSL.Error) as error:
+            except refused as error:
                 raise SystemExit(f"{path}: sip.{name}: {error}") from None
             self.log.info("Listening for SIP over {transport} on {address}",
                           transport=name.upper(), address=str(self.bound(name)))
@@ -490,6 +490,15 @@ class PbxService(MultiService):
         gc.collect()  # the old config's users, and what parsing the new one left
         give_back_free_memory()
         return True
+
+
+def _tls_errors(listener: str) -> tuple[type[Exception], ...]:
+    """pyOpenSSL's error, for listeners that use it (others may run without it loaded)."""
+    if listener not in ("tls", "wss"):
+        return ()
+    from OpenSSL import SSL
+
+    return (SSL.Error,)
 
 
 def _tune_garbage_collector() -> None:

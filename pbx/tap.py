@@ -11,6 +11,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from pbx.config import ConfigError, load_config
+from pbx.memory import leave_tls_unloaded
 
 
 class Options(usage.Options):
@@ -30,9 +31,11 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            self["loaded_config"] = load_config(self["config"])
+            self["loaded_config"] = config = load_config(self["config"])
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
+        if not config.sip.needs_tls:
+            leave_tls_unloaded()  # the reactor is imported after this
         if self["check"]:
             print(f"{self['config']}: OK")  # answering a command-line question
             raise SystemExit(0)

@@ -1,0 +1,72 @@
+"""`twistd pbx` as an operator starts it: a real process, its log, its memory maps."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TWISTD = Path(sys.executable).parent / "twistd"
+
+
+def free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def options(port: int) -> bytes:
+    return (
+        f"OPTIONS sip:pbx.test SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-twistd-1;rport\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:probe@pbx.test>;tag=1\r\nTo: <sip:pbx.test>\r\n"
+        "Call-ID: twistd-probe@127.0.0.1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize("with_tls", [False, True])
+def test_tls_support_is_loaded_only_with_a_tls_listener(tmp_path: Path, with_tls: bool) -> None:
+    # pyOpenSSL and cryptography cost 12 MB resident: a PBX on UDP alone
+    # leaves them out (pbx.memory.leave_tls_unloaded), one with TLS has them.
+    udp = free_port(socket.SOCK_DGRAM)
+    lines = ["[pbx]", f'data_dir = "{tmp_path / "data"}"',
+             "[sip]", 'domain = "pbx.test"', f'udp = "127.0.0.1:{udp}"']
+    if with_tls:
+        lines.append(f'tls = "127.0.0.1:{free_port(socket.SOCK_STREAM)}"')
+    lines += ["[users.1001]", 'password = "secret"']
+    config = tmp_path / "pbx.toml"
+    config.write_text("\n".join(lines) + "\n")
+    log = tmp_path / "pbx.log"
+    process = subprocess.Popen(
+        [str(TWISTD), "-n", "--pidfile", str(tmp_path / "pbx.pid"), "--logfile", str(log),
+         "pbx", "--config", str(config)],
+        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as phone:
+            phone.bind(("127.0.0.1", 0))
+            phone.settimeout(0.25)
+            answer = b""
+            deadline = time.monotonic() + 30
+            while not answer and time.monotonic() < deadline:
+                assert process.poll() is None, log.read_text() if log.exists() else "no log"
+                phone.sendto(options(phone.getsockname()[1]), ("127.0.0.1", udp))
+                try:
+                    answer = phone.recv(4096)
+                except TimeoutError:
+                    continue
+        assert answer.startswith(b"SIP/2.0 200"), answer
+        maps = Path(f"/proc/{process.pid}/maps").read_text()
+        assert ("cryptography" in maps) == with_tls, "cryptography's library mapped"
+        assert ("Listening for SIP over TLS" in log.read_text()) == with_tls
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    # A clean stop re-raises SIGTERM (twisted.application.app._exitWithSignal).
+    assert process.returncode in (0, -signal.SIGTERM)
+    assert log.read_text().rstrip().endswith("Server Shut Down.")
