@@ -241,6 +241,16 @@ class UserConfig:
             return hasher(text.encode("utf-8")).hexdigest()
         return stored
 
+    def has_ha1(self, algorithm: DigestAlgorithm) -> bool:
+        """Whether `ha1_for` gives an HA1 for `algorithm` (not None), without hashing."""
+        if algorithm == "MD5":
+            stored = self.ha1
+        elif algorithm == "SHA-256":
+            stored = self.ha1_sha256
+        else:
+            raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+        return self.password is not None or stored is not None
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:

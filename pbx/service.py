@@ -131,6 +131,7 @@ class PbxService(MultiService):
             guard=self.guard,
             make_tag=new_tag,
             user_name=self._user_name,
+            has_ha1=self._has_ha1,
         )
         self.registrar = Registrar(
             auth=self.auth,
@@ -186,6 +187,11 @@ class PbxService(MultiService):
             return None
         # The realm in force is the one the service started with (see reload).
         return user.ha1_for(self.registrar.domain, algorithm)  # type: ignore[arg-type]
+
+    def _has_ha1(self, extension: str, algorithm: str) -> bool:
+        """Whether `_ha1` would give an HA1 (not None), without hashing."""
+        user = self._users.get(extension)
+        return user is not None and user.enabled and user.has_ha1(algorithm)  # type: ignore[arg-type]
 
     def _user_name(self, extension: str) -> str:
         """The config's own str for `extension` (equal text, shared object)."""

@@ -80,6 +80,7 @@ class RequestAuthenticator:
         guard: AuthGuard,
         make_tag: Callable[[], str],
         user_name: Callable[[str], str] | None = None,
+        has_ha1: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.domain = domain
         self.ha1_lookup = ha1_lookup
@@ -87,6 +88,11 @@ class RequestAuthenticator:
         # the config holds, so that the bindings (and calls) of 100,000 users
         # share the config's strings rather than each keeping a copy (~55 bytes).
         self.user_name = user_name if user_name is not None else str
+        # Whether `ha1_lookup` would find an HA1, without working it out: a
+        # challenge offers only the algorithms the user can be checked with,
+        # and hashing two HA1s to learn that cost every challenge two hashes.
+        self.has_ha1 = has_ha1 if has_ha1 is not None else (
+            lambda user, algorithm: ha1_lookup(user, algorithm) is not None)
         self.authenticator = authenticator
         self.guard = guard
         self.make_tag = make_tag
@@ -147,7 +153,7 @@ class RequestAuthenticator:
         algorithms: list[str] | None = None
         if user is not None:
             algorithms = [name for name in self.authenticator.offered_algorithms
-                          if self.ha1_lookup(user, name) is not None] or None
+                          if self.has_ha1(user, name)] or None
         values = self.authenticator.challenge_values(now, stale=stale, algorithms=algorithms)
         headers = [(scheme.challenge_header, value) for value in values]
         # The same To tag for every retransmission, should one be answered again (§8.2.7).

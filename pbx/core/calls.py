@@ -235,7 +235,7 @@ class CallManager:
     def new_invite(self, transaction: ServerTransaction[Peer], request: Request,
                    peer: Peer, now: float) -> Response | None:
         """An INVITE outside any dialog; the response now, or None (the call answers)."""
-        claimed = user_of(request.from_addr.uri_text)
+        claimed = request.from_addr.sip_user
         user = self.auth.authenticate(request, peer, now, scheme=PROXY_AUTH,
                                       claimed_user=claimed)
         if isinstance(user, Denied):

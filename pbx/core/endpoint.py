@@ -357,7 +357,7 @@ class SipEndpoint:
                    ) -> Response | None:
         """Authenticate like a call (407), then let the plugin decide the status."""
         sender = calls.auth.authenticate(request, peer, now, scheme=PROXY_AUTH,
-                                         claimed_user=user_of(request.from_addr.uri_text))
+                                         claimed_user=request.from_addr.sip_user)
         if isinstance(sender, Denied):
             if sender.security_event is not None:
                 self._security(sender.security_event)

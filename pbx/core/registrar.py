@@ -29,7 +29,6 @@ from pbx.core.location import Binding, LocationService, UpdateResult, UpdateStat
 from pbx.sip.errors import SipParseError
 from pbx.sip.message import Request, Response
 from pbx.sip.peer import Peer
-from pbx.sip.uri import user_of
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,7 +67,7 @@ class Registrar:
     # ------------------------------------------------------------ entry point
 
     def handle_register(self, request: Request, peer: Peer, now: float) -> RegisterOutcome:
-        to_user = user_of(request.to_addr.uri_text)
+        to_user = request.to_addr.sip_user
         try:
             user = self.auth.authenticate(request, peer, now, scheme=WWW_AUTH,
                                           claimed_user=to_user)

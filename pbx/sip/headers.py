@@ -449,6 +449,20 @@ class NameAddr:
         return uri if isinstance(uri, SipUri) else None
 
     @property
+    def sip_user(self) -> str | None:
+        """The user part of a sip:/sips: URI ("1002"), else None; never raises.
+
+        What `pbx.sip.uri.user_of` gives for ``uri_text``, from the URI this
+        object parsed once: a phone's To and From repeat in every request,
+        and these objects are shared between the requests that repeat them.
+        """
+        try:
+            uri = self.uri
+        except SipParseError:
+            return None
+        return uri.user if isinstance(uri, SipUri) else None
+
+    @property
     def tel_uri(self) -> TelUri | None:
         uri = self.uri
         return uri if isinstance(uri, TelUri) else None

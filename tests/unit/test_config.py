@@ -594,6 +594,19 @@ def test_ha1_for_returns_the_stored_hash_or_none() -> None:
         user.ha1_for("pbx.test", "SHA-512")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("user", [
+    UserConfig(extension="1001", password="s3cret"),
+    UserConfig(extension="1002", ha1="a" * 32),
+    UserConfig(extension="1003", ha1_sha256="b" * 64),
+    UserConfig(extension="1004", ha1="a" * 32, ha1_sha256="b" * 64),
+], ids=["password", "md5", "sha256", "both"])
+def test_has_ha1_says_whether_ha1_for_has_one(user: UserConfig) -> None:
+    for algorithm in ("MD5", "SHA-256"):
+        assert user.has_ha1(algorithm) == (user.ha1_for("pbx.test", algorithm) is not None)
+    with pytest.raises(ValueError):
+        user.has_ha1("SHA-512")  # type: ignore[arg-type]
+
+
 def test_ha1_for_known_answer_and_agreement_with_the_digest_module() -> None:
     # RFC 2617 §3.5: Mufasa / testrealm@host.com / "Circle Of Life".
     user = UserConfig(extension="Mufasa", password="Circle Of Life")

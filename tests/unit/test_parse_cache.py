@@ -44,3 +44,16 @@ def test_a_bad_value_is_not_remembered_and_the_cache_is_bounded(
     for n in range(10):
         register(f"<sip:1001@pbx.test>;tag={n}")
         assert len(message_module._NAME_ADDRS) <= 3
+
+
+@pytest.mark.parametrize("text", [
+    "sip:1001@pbx.test", "sips:alice%40home@pbx.test;transport=tls", "sip:pbx.test",
+    "tel:+15551234", "http://example.com/", "sip:", "sip:bob@", "<weird>",
+])
+def test_sip_user_of_an_address_is_user_of_its_uri_text(text: str) -> None:
+    from pbx.sip.headers import NameAddr
+    from pbx.sip.uri import user_of
+
+    address = NameAddr(uri_text=text)
+    assert address.sip_user == user_of(text)
+    assert address.sip_user == user_of(text)  # the second time from the parsed URI
