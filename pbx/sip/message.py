@@ -273,15 +273,27 @@ parse. Shared objects are never changed in place (a NameAddr parses its URI
 lazily, which gives the same result for the same text; everything else
 builds new objects: `NameAddr.with_param`). Bounded: cleared when full, so
 a flood of distinct values costs what it would have without the cache.
+
+Addresses are kept in two generations: when the table is full it becomes
+the old one and a new one starts; a value found in the old one moves to the
+new. Every From of a REGISTER is new (its tag changes with each Call-ID),
+and clearing the table every 4,096 of those also threw away the To and
+Contact that each phone repeats; now what is used again within a
+generation stays.
 """
+_OLD_NAME_ADDRS: dict[str, NameAddr] = {}
 
 
 def _name_addr(value: str, what: str) -> NameAddr:
+    global _NAME_ADDRS, _OLD_NAME_ADDRS
     found = _NAME_ADDRS.get(value)
     if found is None:
-        found = NameAddr.parse(value, what)
+        found = _OLD_NAME_ADDRS.get(value)
+        if found is None:
+            found = NameAddr.parse(value, what)
         if len(_NAME_ADDRS) >= _PARSED_CACHE_SIZE:
-            _NAME_ADDRS.clear()
+            _OLD_NAME_ADDRS = _NAME_ADDRS
+            _NAME_ADDRS = {}
         _NAME_ADDRS[value] = found
     return found
 

@@ -44,6 +44,17 @@ def test_a_bad_value_is_not_remembered_and_the_cache_is_bounded(
     for n in range(10):
         register(f"<sip:1001@pbx.test>;tag={n}")
         assert len(message_module._NAME_ADDRS) <= 3
+    assert len(message_module._OLD_NAME_ADDRS) <= 3  # a generation ago: the small size too
+
+
+def test_a_value_in_use_outlives_a_stream_of_new_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each REGISTER brings a new From (new tag) but the same To and Contact.
+    monkeypatch.setattr(message_module, "_PARSED_CACHE_SIZE", 4)
+    first = register("<sip:1001@pbx.test>;tag=first")
+    for n in range(50):
+        again = register(f"<sip:1001@pbx.test>;tag={n}")
+        assert again.to_addr is first.to_addr
+        assert again.contacts[0] is first.contacts[0]
 
 
 @pytest.mark.parametrize("text", [
