@@ -58,7 +58,7 @@ class SecurityEvent:
     detail: str
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, init=False)
 class Denied:
     """The answer to a request that is not (yet) authenticated."""
 
@@ -68,6 +68,15 @@ class Denied:
     stateless: bool = False
     """A plain challenge (no credentials, or a stale nonce): as good when sent again,
     so the endpoint answers it without keeping a transaction (RFC 3261 §8.2.7)."""
+
+    def __init__(  # written out, not generated: see pbx.compiled
+        self, *, response: Response, delay_s: float = 0.0,
+        security_event: SecurityEvent | None = None, stateless: bool = False,
+    ) -> None:
+        self.response = response
+        self.delay_s = delay_s
+        self.security_event = security_event
+        self.stateless = stateless
 
 
 class RequestAuthenticator:

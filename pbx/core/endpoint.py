@@ -96,7 +96,7 @@ def new_tag() -> str:
     return f"{_tag_random.getrandbits(48):012x}"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Merged:
     """What §8.2.2.2 merged-request detection compares: the branch of the ongoing one.
 
@@ -108,6 +108,12 @@ class _Merged:
     branch: str | None
     transaction: ServerTransaction[Peer] | None
     until: float = 0.0
+
+    def __init__(self, branch: str | None, transaction: ServerTransaction[Peer] | None,
+                 until: float = 0.0) -> None:  # written out, not generated: see pbx.compiled
+        self.branch = branch
+        self.transaction = transaction
+        self.until = until
 
 
 class SipEndpoint:

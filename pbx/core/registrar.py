@@ -39,7 +39,7 @@ class RegistrarSettings:
     max_contacts_per_user: int = 10
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, init=False)
 class RegisterOutcome:
     response: Response
     delay_s: float = 0.0
@@ -49,6 +49,18 @@ class RegisterOutcome:
     authenticated_user: str | None = None
     stateless: bool = False
     """Answer without a transaction: a plain challenge (`Denied.stateless`)."""
+
+    def __init__(  # written out, not generated: see pbx.compiled
+        self, *, response: Response, delay_s: float = 0.0, changes: UpdateResult | None = None,
+        security_event: SecurityEvent | None = None, authenticated_user: str | None = None,
+        stateless: bool = False,
+    ) -> None:
+        self.response = response
+        self.delay_s = delay_s
+        self.changes = changes
+        self.security_event = security_event
+        self.authenticated_user = authenticated_user
+        self.stateless = stateless
 
 
 class Registrar:

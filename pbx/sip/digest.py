@@ -375,7 +375,7 @@ class Challenge:
         return ", ".join(parts)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class Credentials:
     """Digest credentials of an Authorization / Proxy-Authorization header.
 
@@ -397,11 +397,26 @@ class Credentials:
     qop: str | None = None
     opaque: str | None = None
 
-    def __post_init__(self) -> None:
-        if self.nc is not None and (len(self.nc) != 8 or not _HEX.issuperset(self.nc)):
-            raise SipParseError(f"Digest nc {self.nc!r} is not 8 hex digits")
-        if self.qop is not None and (self.cnonce is None or self.nc is None):
-            raise SipParseError(f"Digest qop={self.qop} without cnonce and nc")
+    def __init__(  # written out, not generated: see pbx.compiled
+        self, *, username: str, realm: str, nonce: str, uri: str, response: str,
+        algorithm: str = "MD5", cnonce: str | None = None, nc: str | None = None,
+        qop: str | None = None, opaque: str | None = None,
+    ) -> None:
+        if nc is not None and (len(nc) != 8 or not _HEX.issuperset(nc)):
+            raise SipParseError(f"Digest nc {nc!r} is not 8 hex digits")
+        if qop is not None and (cnonce is None or nc is None):
+            raise SipParseError(f"Digest qop={qop} without cnonce and nc")
+        set_field = object.__setattr__  # frozen
+        set_field(self, "username", username)
+        set_field(self, "realm", realm)
+        set_field(self, "nonce", nonce)
+        set_field(self, "uri", uri)
+        set_field(self, "response", response)
+        set_field(self, "algorithm", algorithm)
+        set_field(self, "cnonce", cnonce)
+        set_field(self, "nc", nc)
+        set_field(self, "qop", qop)
+        set_field(self, "opaque", opaque)
 
     @classmethod
     def parse(cls, value: str) -> Credentials:

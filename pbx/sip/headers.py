@@ -251,7 +251,7 @@ def _split_host_port(text: str, what: str) -> tuple[str, int | None]:
     return host, (_parse_port(port_text.strip(), what) if has_port else None)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Via:
     """One Via value (RFC 3261 §20.42; ``received``/``rport`` of RFC 3581)."""
 
@@ -260,6 +260,16 @@ class Via:
     port: int | None = None
     params: Params = ()
     protocol: str = "SIP/2.0"
+
+    def __init__(self, transport: str, host: str, port: int | None = None,
+                 params: Params = (), protocol: str = "SIP/2.0") -> None:
+        # Written out, not generated: compiled (pbx.compiled), a dataclass's
+        # generated __init__ stays interpreted, 20 times the cost of this.
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.params = params
+        self.protocol = protocol
 
     @classmethod
     def parse(cls, value: str) -> Via:
@@ -365,7 +375,7 @@ def _escaped(text: str, index: int) -> bool:
     return run % 2 == 1
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class NameAddr:
     """From, To, Contact, Route, Record-Route, Reply-To, Refer-To (RFC 3261 §20.10).
 
@@ -379,6 +389,14 @@ class NameAddr:
     params: Params = ()
     is_star: bool = False
     _uri: Uri | None = field(default=None, compare=False, repr=False)
+
+    def __init__(self, uri_text: str, display_name: str | None = None, params: Params = (),
+                 is_star: bool = False, _uri: Uri | None = None) -> None:  # see Via.__init__
+        self.uri_text = uri_text
+        self.display_name = display_name
+        self.params = params
+        self.is_star = is_star
+        self._uri = _uri
 
     @classmethod
     def parse(cls, value: str, what: str = "address") -> NameAddr:
