@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import sys
+import time
 from collections.abc import Callable
 
 _malloc_trim: Callable[[int], int] | None = None
@@ -56,3 +58,37 @@ def leave_tls_unloaded() -> bool:
         return False
     sys.modules["OpenSSL"] = None  # type: ignore[assignment]
     return True
+
+
+class CollectionPauses:
+    """Times the cyclic garbage collector's passes and reports the long ones.
+
+    A full collection walks every tracked object: with hundreds of thousands
+    of transactions waiting out Timer J it can hold the reactor for long
+    enough that phones retransmit. Each pass of at least ``threshold_s`` is
+    handed to ``report(generation, seconds, collected)``; `install` hooks it
+    into `gc.callbacks`, `uninstall` takes it out.
+    """
+
+    def __init__(self, report: Callable[[int, float, int], None], *,
+                 threshold_s: float = 0.1, clock: Callable[[], float] | None = None) -> None:
+        self.report = report
+        self.threshold_s = threshold_s
+        self.clock = clock if clock is not None else time.perf_counter
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = self.clock()
+            return
+        elapsed = self.clock() - self._started
+        if elapsed >= self.threshold_s:
+            self.report(info.get("generation", -1), elapsed, info.get("collected", 0))
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def uninstall(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)

@@ -51,7 +51,7 @@ from pbx.core.location import LocationService
 from pbx.core.plugins import PluginError, PluginHost
 from pbx.core.registrar import Registrar, RegistrarSettings
 from pbx.core.router import DialplanError, DialplanLoader
-from pbx.memory import give_back_free_memory
+from pbx.memory import CollectionPauses, give_back_free_memory
 from pbx.sip.digest import DigestAuthenticator
 from pbx.sip.peer import Peer
 from pbx.sip.timers import TimerSettings
@@ -106,6 +106,7 @@ class PbxService(MultiService):
         self._json_observer: Any = None
         self._users: Mapping[str, UserConfig] = config.users
         self._held_peak = 0  # transactions held at the top of the last burst
+        self._gc_pauses = CollectionPauses(self._report_gc_pause)
         self.connections = Connections()
         self.location = LocationService(
             max_contacts_per_aor=config.registrar.max_contacts_per_user)
@@ -351,6 +352,7 @@ class PbxService(MultiService):
             self._start_json_log()
         self.plugins.start_all()
         _tune_garbage_collector()
+        self._gc_pauses.install()
         self._every(FLUSH_INTERVAL_S, self._flush)
         self._every(HOUSEKEEPING_INTERVAL_S, self._housekeeping)
         if hasattr(signal, "SIGHUP") and self.reactor is global_reactor:
@@ -379,6 +381,7 @@ class PbxService(MultiService):
         self._loops.append(loop)
 
     def stopService(self) -> Any:
+        self._gc_pauses.uninstall()
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
@@ -429,6 +432,11 @@ class PbxService(MultiService):
         self.guard.sweep(now)
         self.endpoint.sweep(now)
         self._trim_after_burst()
+
+    def _report_gc_pause(self, generation: int, seconds: float, collected: int) -> None:
+        self.log.warn("Garbage collection (generation {generation}) held every request for "
+                      "{ms:.0f} ms ({collected} objects freed)", generation=generation,
+                      ms=seconds * 1000, collected=collected)
 
     def _trim_after_burst(self) -> None:
         """Give memory back once a burst's transactions are gone (`TRIM_AFTER_PEAK`)."""

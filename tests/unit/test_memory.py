@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from pbx.memory import give_back_free_memory
+from pbx.memory import CollectionPauses, give_back_free_memory
 
 
 def resident_kb() -> int:
@@ -47,3 +47,32 @@ def test_the_service_loads_neither_numpy_nor_autobahn_until_needed() -> None:
     )
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_long_collections_are_reported_and_short_ones_are_not() -> None:
+    now = [0.0]
+    reported: list[tuple[int, float, int]] = []
+    pauses = CollectionPauses(lambda *args: reported.append(args), threshold_s=0.1,
+                              clock=lambda: now[0])
+    pauses("start", {"generation": 0})
+    now[0] += 0.002
+    pauses("stop", {"generation": 0, "collected": 3})
+    pauses("start", {"generation": 2})
+    now[0] += 0.25
+    pauses("stop", {"generation": 2, "collected": 1000})
+    assert reported == [(2, pytest.approx(0.25), 1000)]
+
+
+def test_the_collector_calls_it_while_installed() -> None:
+    import gc
+
+    reported: list[tuple[int, float, int]] = []
+    pauses = CollectionPauses(lambda *args: reported.append(args), threshold_s=0.0)
+    pauses.install()
+    try:
+        gc.collect()
+    finally:
+        pauses.uninstall()
+    assert reported and reported[-1][0] == 2
+    gc.collect()
+    assert len(reported) == 1 and pauses not in gc.callbacks
