@@ -35,7 +35,7 @@ import ipaddress
 import pickle
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -230,12 +230,7 @@ class UserConfig:
         so the registrar offers only what it can verify. The ``-sess``
         variants use the same HA1. ``enabled`` is the caller's to check.
         """
-        if algorithm == "MD5":
-            stored, hasher = self.ha1, hashlib.md5
-        elif algorithm == "SHA-256":
-            stored, hasher = self.ha1_sha256, hashlib.sha256
-        else:
-            raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+        stored, hasher = self._stored_ha1(algorithm)
         if self.password is not None:
             text = f"{self.extension}:{realm}:{self.password}"
             return hasher(text.encode("utf-8")).hexdigest()
@@ -243,13 +238,18 @@ class UserConfig:
 
     def has_ha1(self, algorithm: DigestAlgorithm) -> bool:
         """Whether `ha1_for` gives an HA1 for `algorithm` (not None), without hashing."""
-        if algorithm == "MD5":
-            stored = self.ha1
-        elif algorithm == "SHA-256":
-            stored = self.ha1_sha256
-        else:
-            raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+        stored, _ = self._stored_ha1(algorithm)  # refuses an unknown algorithm first
         return self.password is not None or stored is not None
+
+    def _stored_ha1(
+        self, algorithm: DigestAlgorithm
+    ) -> tuple[str | None, Callable[[bytes], hashlib._Hash]]:
+        """The stored HA1 for `algorithm` (or None) and the hash that makes one."""
+        if algorithm == "MD5":
+            return self.ha1, hashlib.md5
+        if algorithm == "SHA-256":
+            return self.ha1_sha256, hashlib.sha256
+        raise ValueError(f"unsupported digest algorithm {algorithm!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -70,13 +70,14 @@ class ParseLimits:
 
 DEFAULT_LIMITS = ParseLimits()
 
-# A control character other than HTAB, or a CR that does not end a line: no
+# A control character other than HTAB, or a CR left inside a line once the
+# section is split into lines (a CR always ends one, or is stray): no
 # SIP header may hold one (TEXT-UTF8char = %x21-7E / UTF8-NONASCII, plus LWS),
 # except escaped in a quoted-pair ("\\" %x00-09 / %x0B-0C / %x0E-7F, RFC 3261
 # §25.1), which the look-behind lets through (a backslash outside quotes
 # slips by too: this is a cheap screen, not the grammar). A NUL let through
 # would truncate the value in any C library down the line.
-_CONTROL = re.compile(r"(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
+_CONTROL = re.compile(r"(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r")
 
 
 _Line = tuple[str, str, str, str | None]
@@ -583,7 +584,7 @@ def _parse(
     # line after the split is a stray one, even where it stands before an LF
     # ("\r\r\n" in a header section with mixed line ends). One C call a line.
     if not all(map(str.isprintable, lines)) and any(
-            "\r" in line or _CONTROL.search(line) is not None for line in lines):
+            _CONTROL.search(line) is not None for line in lines):
         raise SipParseError("control character in header section")
     start_line = lines[0]
     message = _parse_start_line(start_line.strip(" \t") if start_line[:1] != " " else start_line)
