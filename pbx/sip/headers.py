@@ -278,7 +278,7 @@ class Via:
             port = match[3]
             if port is not None and int(port) > 65535:
                 raise SipParseError(f"bad port {port!r} in Via")
-            return cls(transport=match[1].upper(), host=match[2],
+            return Via(transport=match[1].upper(), host=match[2],
                        port=None if port is None else int(port),
                        params=_simple_params(match[4]) if match[4] else ())
         return cls._parse_general(value)
@@ -307,7 +307,7 @@ class Via:
         sent_by, semi, param_text = rest.partition(";")
         host, port = _split_host_port(sent_by.strip(), what)
         params = parse_params(param_text, what) if semi else ()
-        return cls(transport=transport.upper(), host=host, port=port, params=params,
+        return Via(transport=transport.upper(), host=host, port=port, params=params,
                    protocol=protocol)
 
     @property
@@ -407,7 +407,7 @@ class NameAddr:
                 display: str | None = unquote_string(f'"{quoted}"') if "\\" in quoted else quoted
             else:
                 display = token_name or None
-            return cls(uri_text=uri_text, display_name=display,
+            return NameAddr(uri_text=uri_text, display_name=display,
                        params=_simple_params(param_text) if param_text else ())
         return cls._parse_general(value, what)
 
@@ -415,7 +415,7 @@ class NameAddr:
     def _parse_general(cls, value: str, what: str) -> NameAddr:
         text = value.strip()
         if text == "*":
-            return cls(uri_text="*", is_star=True)
+            return NameAddr(uri_text="*", is_star=True)
         display: str | None = None
         if text.startswith('"'):
             index = text.find('"', 1)
@@ -452,7 +452,7 @@ class NameAddr:
         if not uri_text or ":" not in uri_text or " " in uri_text:
             raise SipParseError(f"bad URI in {what}")
         params = parse_params(param_text, what) if has_params else ()
-        return cls(uri_text=uri_text, display_name=display, params=params)
+        return NameAddr(uri_text=uri_text, display_name=display, params=params)
 
     @property
     def uri(self) -> Uri:
@@ -539,7 +539,7 @@ class CSeq:
     def parse(cls, value: str) -> CSeq:
         match = _SIMPLE_CSEQ.fullmatch(value)
         if match is not None and len(match[1]) < 10:  # below 10**9: under 2**31 for sure
-            return cls(number=int(match[1]), method=match[2])
+            return CSeq(number=int(match[1]), method=match[2])
         parts = value.split()
         if len(parts) != 2:
             raise SipParseError(f"bad CSeq {value[:40]!r}")
@@ -551,7 +551,7 @@ class CSeq:
             raise SipParseError(f"CSeq number {number} is not below 2**31")
         if not TOKEN.fullmatch(method):
             raise SipParseError(f"bad CSeq method {method[:20]!r}")
-        return cls(number=number, method=method)
+        return CSeq(number=number, method=method)
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
@@ -570,7 +570,7 @@ class ValueWithParams:
         value = value.strip()
         if not value:
             raise SipParseError(f"empty {what}")
-        return cls(value=value, params=parse_params(param_text, what) if semi else ())
+        return ValueWithParams(value=value, params=parse_params(param_text, what) if semi else ())
 
     def param(self, name: str) -> str | None:
         return get_param(self.params, name)

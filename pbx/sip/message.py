@@ -494,7 +494,7 @@ class Request(Message):
     @classmethod
     def _received(cls, method: str, uri_text: str) -> Request:
         """A request whose Request-URI text is already known to be valid."""
-        return cls(method, uri_text, _NO_HEADERS_YET)
+        return Request(method, uri_text, _NO_HEADERS_YET)
 
     @property
     def uri(self) -> SipUri | TelUri:

@@ -58,6 +58,33 @@ def test_merged_request_entries_go_once_their_transactions_are_over(tmp_path: Pa
     assert sent[-1].startswith(b"SIP/2.0 200")
 
 
+
+def test_an_entry_taken_again_by_a_later_request_outlives_the_first_ones_time(
+        tmp_path: Path) -> None:
+    """The sweep visits entries in the order they were answered; a key answered
+    again since must stay for its own Timer J, not go at the first one's."""
+    config = parse_config({
+        "pbx": {"data_dir": str(tmp_path)},
+        "sip": {"domain": "pbx.test", "udp": "127.0.0.1:5060"},
+    }, str(tmp_path / "pbx.toml"))
+    clock = Clock()
+    service = PbxService(config, reactor=clock)
+    sent: list[bytes] = []
+    service.connections.udp_send = lambda data, host, port: sent.append(data)
+    endpoint = service.endpoint
+
+    endpoint.receive_data(options(1), PHONE, datagram=True)
+    clock.advance(33.0)  # past Timer J, with no housekeeping in between
+    endpoint.receive_data(options(1), PHONE, datagram=True)  # the same request, new again
+    assert [s[:11] for s in sent] == [b"SIP/2.0 200", b"SIP/2.0 200"]
+    service._housekeeping()
+    assert len(endpoint._merged) == 1  # the second answer's Timer J runs until 65 s
+
+    clock.advance(33.0)
+    service._housekeeping()
+    assert endpoint._merged == {}
+
+
 def test_memory_is_handed_back_once_a_burst_of_requests_is_over(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = parse_config({
