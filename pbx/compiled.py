@@ -49,6 +49,7 @@ MODULES: tuple[str, ...] = (
     "pbx.sip.message",
     "pbx.sip.digest",
     "pbx.sip.timers",
+    "pbx.sip.events",
     "pbx.sip.transaction_base",
     "pbx.sip.transaction_server",
     "pbx.sip.transaction_client",
