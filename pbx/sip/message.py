@@ -78,6 +78,7 @@ DEFAULT_LIMITS = ParseLimits()
 # slips by too: this is a cheap screen, not the grammar). A NUL let through
 # would truncate the value in any C library down the line.
 _CONTROL = re.compile(r"(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r")
+_PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
 
 
 _Line = tuple[str, str, str, str | None]
@@ -105,21 +106,26 @@ class Headers:
         # key -> first line with that key; rebuilt lazily after any change.
         self._first: dict[str, _Line] | None = None
 
-    @classmethod
-    def _from_parsed(
-        cls, entries: list[_Line], first: dict[str, _Line] | None = None
-    ) -> Headers:
-        headers = cls()
+    @staticmethod
+    def _from_parsed(entries: list[_Line], first: dict[str, _Line] | None = None) -> Headers:
+        headers = Headers()
         headers._entries = entries
         headers._first = first
         return headers
 
-    def _changed(self, key: str) -> None:
-        """Forget what was derived from header `key`; other typed views stay valid."""
+    def _changed(self, key: str, *, first_kept: bool = False) -> None:
+        """Forget what was derived from header `key`; other typed views stay valid.
+
+        ``first_kept``: the caller has brought the first-line index up to date
+        itself (appending a line, replacing a first one), so it need not be
+        rebuilt on the next lookup.
+        """
         typed = self._typed
-        typed.pop(key, None)
-        typed.pop(key + "*", None)
-        self._first = None
+        if typed:
+            typed.pop(key, None)
+            typed.pop(key + "*", None)
+        if not first_kept:
+            self._first = None
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         """(name as written, value) pairs in order."""
@@ -165,8 +171,12 @@ class Headers:
     def add(self, name: str, value: str) -> None:
         """Append a header line at the end."""
         key = header_key(name)
-        self._entries.append((key, canonical_name(name), value, None))
-        self._changed(key)
+        entry = (key, canonical_name(name), value, None)
+        self._entries.append(entry)
+        first = self._first
+        if first is not None and key not in first:
+            first[key] = entry
+        self._changed(key, first_kept=True)
 
     def add_first(self, name: str, value: str) -> None:
         """Insert a header line before every other line (a new top Via or Record-Route)."""
@@ -198,8 +208,12 @@ class Headers:
         entries = self._entries
         for index, entry in enumerate(entries):
             if entry[0] == key:
-                entries[index] = (key, entry[1], value, None)
-                self._changed(key)
+                replaced = (key, entry[1], value, None)
+                entries[index] = replaced
+                first = self._first
+                if first is not None:
+                    first[key] = replaced
+                self._changed(key, first_kept=True)
                 return
         raise KeyError(name)
 
@@ -556,6 +570,40 @@ def _parse(
     if len(data) > limits.max_message_bytes:
         raise SipParseError("Message Too Large", 513, answerable=False)
     end = data.find(b"\r\n\r\n")
+    lines: list[str] | None = None
+    if end >= 0:
+        # The common case, checked in two C calls: a header section of
+        # printable ASCII and CRLF line ends. What is left of it once the
+        # printable characters are taken out must be just the line ends the
+        # split found: a control character, a tab, a stray CR or LF, or any
+        # UTF-8 would be more, and takes the long way below.
+        head_bytes, rest = data[:end], data[end + 4 :]
+        unusual = head_bytes.translate(None, _PRINTABLE_ASCII)
+        if unusual.isascii():
+            lines = head_bytes.decode("ascii").split("\r\n")
+            if len(unusual) != 2 * (len(lines) - 1):
+                lines = None
+    if lines is None:
+        lines, rest = _screened_lines(data, end)
+    start_line = lines[0]
+    message = _parse_start_line(start_line.strip(" \t") if start_line[:1] != " " else start_line)
+    entries, first = _parse_header_lines(lines, limits)
+    message.headers = Headers._from_parsed(entries, first)
+    try:
+        _check_and_frame(message, rest, datagram)
+    except SipParseError as error:
+        if isinstance(message, Response):
+            error.answerable = False
+        raise
+    return message
+
+
+def _screened_lines(data: bytes, end: int) -> tuple[list[str], bytes]:
+    """Header lines and what follows them, by the exact rules: any line ends, UTF-8, tabs.
+
+    ``end`` is where ``data.find(b"\\r\\n\\r\\n")`` found the blank line (-1: none).
+    Raises `SipParseError` for text that is not UTF-8 or holds a control character.
+    """
     if end >= 0:
         head_bytes, rest = data[:end], data[end + 4 :]
         separator = "\r\n"
@@ -586,17 +634,16 @@ def _parse(
     if not all(map(str.isprintable, lines)) and any(
             _CONTROL.search(line) is not None for line in lines):
         raise SipParseError("control character in header section")
-    start_line = lines[0]
-    message = _parse_start_line(start_line.strip(" \t") if start_line[:1] != " " else start_line)
-    entries, first = _parse_header_lines(lines, separator, limits)
-    message.headers = Headers._from_parsed(entries, first)
-    try:
-        _check_and_frame(message, rest, datagram)
-    except SipParseError as error:
-        if isinstance(message, Response):
-            error.answerable = False
-        raise
-    return message
+    return lines, rest
+
+
+_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "PRACK",
+                      "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"})
+"""Methods of the RFCs the PBX knows: tokens without a regex to say so."""
+
+_SIMPLE_REQUEST_URIS: set[str] = set()
+"""Request-URIs already found valid (`is_simple_sip_uri`): every REGISTER of an
+office names the same one, and a call the same few. Bounded like the caches above."""
 
 
 def _parse_start_line(line: str) -> Request | Response:
@@ -605,7 +652,7 @@ def _parse_start_line(line: str) -> Request | Response:
         if len(parts) < 2:
             raise SipParseError(f"bad status line {line[:60]!r}", answerable=False)
         version, code = parts[0], parts[1]
-        if version.upper() != SIP_VERSION:
+        if version != SIP_VERSION and version.upper() != SIP_VERSION:
             raise SipParseError(f"unsupported version {version[:20]!r}", 505, answerable=False)
         if len(code) != 3 or not (code.isascii() and code.isdigit()) or code[0] == "0":
             raise SipParseError(f"bad status code {code[:10]!r}", answerable=False)
@@ -614,15 +661,20 @@ def _parse_start_line(line: str) -> Request | Response:
     if len(parts) != 3 or not parts[0] or not parts[1]:
         raise SipParseError(f"bad request line {line[:80]!r}", answerable=False)
     method, uri_text, version = parts
-    if not TOKEN.fullmatch(method):
+    if method not in _METHODS and not TOKEN.fullmatch(method):
         raise SipParseError(f"bad method {method[:20]!r}", answerable=False)
     uri_error: SipParseError | None = None
-    if not is_simple_sip_uri(uri_text):
-        try:
-            parse_request_uri(uri_text)
-        except SipParseError as error:
-            uri_error = error
-    if version.upper() != SIP_VERSION:
+    if uri_text not in _SIMPLE_REQUEST_URIS:
+        if is_simple_sip_uri(uri_text):
+            if len(_SIMPLE_REQUEST_URIS) >= _PARSED_CACHE_SIZE:
+                _SIMPLE_REQUEST_URIS.clear()
+            _SIMPLE_REQUEST_URIS.add(uri_text)
+        else:
+            try:
+                parse_request_uri(uri_text)
+            except SipParseError as error:
+                uri_error = error
+    if version != SIP_VERSION and version.upper() != SIP_VERSION:
         if not version.upper().startswith("SIP/"):
             raise SipParseError(f"bad request line {line[:80]!r}", answerable=False)
         raise _WithLine(SipParseError(f"unsupported version {version[:20]!r}", 505), method)
@@ -660,7 +712,7 @@ def _key_of(name: str) -> tuple[str, str]:
 
 
 def _parse_header_lines(
-    lines: list[str], separator: str, limits: ParseLimits
+    lines: list[str], limits: ParseLimits
 ) -> tuple[list[_Line], dict[str, _Line]]:
     entries: list[_Line] = []
     first: dict[str, _Line] = {}
