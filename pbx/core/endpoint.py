@@ -579,12 +579,18 @@ def _stamp_received(request: Request, peer: Peer) -> None:
                   params=tuple(new_params), protocol=via.protocol)
     headers = request.headers
     line = headers.get("via") or ""
-    text = None
-    if "," not in line and not add_received:
-        text = _BARE_RPORT.sub(f";rport={peer.port}", line, count=1)
-        if text == line:
-            text = None
-    _replace_top_via(request, text if text is not None else str(stamped))
+    if "," not in line:
+        text = None
+        if not add_received:
+            if line.endswith(";rport"):  # where phones put it: no regex needed
+                text = f"{line}={peer.port}"
+            else:
+                text = _BARE_RPORT.sub(f";rport={peer.port}", line, count=1)
+                if text == line:
+                    text = None
+        headers.set_first_value("via", text if text is not None else str(stamped))
+    else:
+        _replace_top_via(request, str(stamped))
     headers._typed["via"] = stamped
 
 

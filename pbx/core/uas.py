@@ -70,7 +70,7 @@ def check_request(
                                  headers=[("Allow", policy.allow_header)])
         return make_response(request, 405, to_tag=make_tag(),
                              headers=[("Allow", policy.allow_header)])
-    if method not in ("ACK", "CANCEL"):
+    if method not in ("ACK", "CANCEL") and request.headers.get("require") is not None:
         unsupported = _unsupported(request.require, policy.supported_extensions)
         if unsupported:
             return make_response(request, 420, to_tag=make_tag(),

@@ -164,6 +164,22 @@ def ha1_for(username: str, realm: str, password: str, algorithm: str = "MD5") ->
     return compute_ha1(username, realm, password, algorithm)
 
 
+_HA2S: dict[tuple[str, str, str], str] = {}
+"""H(method ":" uri) by (algorithm, method, uri): every REGISTER of an office
+hashes the same "REGISTER:sip:domain". Bounded: cleared when full."""
+
+
+def _ha2(alg: _Algorithm, method: str, uri: str) -> str:
+    key = (alg.name, method, uri)
+    ha2 = _HA2S.get(key)
+    if ha2 is None:
+        ha2 = _h(alg, f"{method}:{uri}")
+        if len(_HA2S) >= 1024:
+            _HA2S.clear()
+        _HA2S[key] = ha2
+    return ha2
+
+
 def compute_response(
     *,
     ha1: str,
@@ -187,7 +203,7 @@ def compute_response(
         if cnonce is None:
             raise UnsupportedDigestError(f"{alg.name} needs a cnonce, hence qop")
         ha1 = _h(alg, f"{ha1}:{nonce}:{cnonce}")
-    ha2 = _h(alg, f"{method}:{uri}")
+    ha2 = _ha2(alg, method, uri)
     if qop is None:
         return _h(alg, f"{ha1}:{nonce}:{ha2}")
     if qop.lower() != "auth":
@@ -699,13 +715,17 @@ class DigestAuthenticator:
         """The authenticated body of a nonce we issued, else None."""
         if len(nonce) != _NONCE_CHARS or not nonce.isascii():
             return None
+        encoded = nonce.encode("ascii")
+        if b"+" in encoded or b"/" in encoded:
+            return None  # another spelling of the same bytes ("+" for "-")
         try:
-            # A nonce is a whole number of base64 quanta (36 bytes): no padding.
-            raw = binascii.a2b_base64(nonce.encode("ascii").translate(_FROM_URLSAFE))
+            # A nonce is a whole number of base64 quanta (36 bytes): no padding,
+            # no unused bits, so with only alphabet characters (strict mode)
+            # every nonce has exactly one spelling.
+            raw = binascii.a2b_base64(encoded.translate(_FROM_URLSAFE), strict_mode=True)
         except (binascii.Error, ValueError):
             return None
-        # Re-encoding refuses other spellings of the same bytes ("+" for "-").
-        if len(raw) != _NONCE_BYTES or _b64(raw) != nonce:
+        if len(raw) != _NONCE_BYTES:
             return None
         body = raw[: _NONCE_BODY.size]
         if not hmac.compare_digest(self._mac(body), raw[_NONCE_BODY.size :]):

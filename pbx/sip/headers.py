@@ -67,6 +67,7 @@ _CANONICAL = [
     "Service-Route", "P-Asserted-Identity", "Privacy", "Reason", "SIP-ETag", "SIP-If-Match",
 ]
 _CANONICAL_NAMES: dict[str, str] = {name.lower(): name for name in _CANONICAL}
+_CANONICAL_SPELLINGS = frozenset(_CANONICAL)
 
 # Headers whose grammar is a comma-separated list (RFC 3261 §7.3.1): several
 # values may share one line. Authorization-type headers are not in this set:
@@ -104,14 +105,33 @@ _SIMPLE_CSEQ = re.compile(r"([0-9]{1,10}) (" + _TOKEN_CHARS + r")")
 _MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5: "MUST be less than 2**31"
 
 
+_KEY_OF_KNOWN: dict[str, str] = {
+    **{name: name.lower() for name in _CANONICAL},
+    **{name.lower(): name.lower() for name in _CANONICAL},
+    **COMPACT_FORMS,
+    **{compact.upper(): key for compact, key in COMPACT_FORMS.items()},
+}
+"""Lookup keys of the names the PBX writes and phones send, spelt as they usually are.
+
+Every header added to a message built here goes through `header_key` and
+`canonical_name`; found in this table, a name costs one lookup instead of a
+lowered copy and two lookups.
+"""
+
+
 def header_key(name: str) -> str:
     """The lookup key of a header name: lowercase, compact forms expanded."""
+    known = _KEY_OF_KNOWN.get(name)
+    if known is not None:
+        return known
     lowered = name.lower()
     return COMPACT_FORMS.get(lowered, lowered)
 
 
 def canonical_name(name: str) -> str:
     """How we spell a header we write: ``call-id`` → ``Call-ID``, unknown ones title-cased."""
+    if name in _CANONICAL_SPELLINGS:
+        return name
     key = header_key(name)
     known = _CANONICAL_NAMES.get(key)
     if known is not None:

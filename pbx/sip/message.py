@@ -393,7 +393,12 @@ class Message:
 
     @property
     def contacts(self) -> list[NameAddr]:
-        return self._address_list("contact", "Contact")
+        typed = self.headers._typed
+        contacts: list[NameAddr] | None = typed.get("contact")
+        if contacts is None:  # every REGISTER reads them: no closure, as for the five above
+            contacts = typed["contact"] = [
+                _name_addr(value, "Contact") for value in self.headers.values("contact")]
+        return contacts
 
     @property
     def routes(self) -> list[NameAddr]:

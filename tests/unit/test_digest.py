@@ -581,6 +581,22 @@ def test_tampered_or_garbage_nonce_is_bad_nonce(mangle: Callable[[str], str]) ->
     assert verify(auth, forged, T0 + 1) is AuthResult.BAD_NONCE
 
 
+
+def test_the_same_nonce_spelt_in_the_standard_alphabet_is_refused() -> None:
+    """base64url's "-" and "_" read as "+" and "/" would give the same bytes: one spelling only."""
+    auth = make_auth()
+    creds = next(c for c in (answer(auth, T0) for _ in range(200))
+                 if "-" in c.nonce or "_" in c.nonce)
+    respelt = creds.nonce.replace("-", "+").replace("_", "/")
+    challenge = Challenge(
+        realm=REALM, nonce=respelt, algorithm="SHA-256", qop=("auth",), opaque=creds.opaque
+    )
+    forged = authorization_for(
+        challenge, username="1001", password="secret", method="REGISTER", uri=URI, cnonce="c"
+    )
+    assert verify(auth, forged, T0 + 1) is AuthResult.BAD_NONCE
+    assert verify(auth, creds, T0 + 1) is AuthResult.OK
+
 def test_opaque_mismatch_is_bad_nonce_and_absent_opaque_is_tolerated() -> None:
     auth = make_auth()
     creds = answer(auth, T0)
