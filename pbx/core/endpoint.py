@@ -53,6 +53,7 @@ from pbx.sip.message import Request, Response, make_error_response, make_respons
 from pbx.sip.peer import Peer
 from pbx.sip.transaction import (
     ClientTransaction,
+    ServerNonInviteTransaction,
     ServerTransaction,
     Transaction,
     TransactionLayer,
@@ -177,6 +178,7 @@ class SipEndpoint:
         self._policy = ENDPOINT_POLICY
         """Plugins' handlers for requests outside calls, by method (`PluginHost`)."""
         self._timer: IDelayedCall | None = None
+        self._timer_at = 0.0  # when `_timer` is due
         self._later: set[IDelayedCall] = set()  # slowed-down answers, cancelled by stop()
         self._merged: dict[tuple[str, str, int, str], _Merged] = {}
         # When entries of answered requests stop counting, oldest first: every
@@ -277,7 +279,10 @@ class SipEndpoint:
                 case TransactionTerminated(transaction=transaction):
                     if isinstance(transaction, ServerTransaction):
                         self._forget_merged(transaction, now)
-                    if calls is not None:
+                    # A call owns client transactions and INVITE server ones; the
+                    # other server transactions (every REGISTER's) are never its.
+                    if calls is not None and not isinstance(
+                            transaction, ServerNonInviteTransaction):
                         calls.transaction_ended(transaction)
                 case RequestRejected(request=request, source=source, status=status):
                     self.log.warn("Rejected {method} from {peer}: {status} (table full)",
@@ -290,9 +295,11 @@ class SipEndpoint:
                 self.wire.debug("Sent to {peer}:\n{message}", peer=str(outgoing.destination),
                                 message=_redacted(outgoing.data))
             transaction = outgoing.transaction
-            on_failure = None if transaction is None else (
+            destination = outgoing.destination
+            # Only a connection being opened reports failure later: no closure for UDP.
+            on_failure = None if transaction is None or destination.transport == "udp" else (
                 lambda transaction=transaction: self._transport_failed(transaction))
-            if not self.connections.send(outgoing.data, outgoing.destination, on_failure) and (
+            if not self.connections.send(outgoing.data, destination, on_failure) and (
                     transaction is not None):
                 layer.receive_transport_error(transaction, now)
 
@@ -522,17 +529,23 @@ class SipEndpoint:
         """
         deadline = self.layer.next_deadline()
         timer = self._timer
+        # `_timer` is None exactly when no call is pending: `_on_timer` and
+        # `stop` clear it, nothing else ends it. Its time is kept here too, so
+        # that this check, made after every message, asks the reactor nothing.
         if deadline is None:
-            if timer is not None and timer.active():
+            if timer is not None:
                 timer.cancel()
             self._timer = None
             return
-        if timer is not None and timer.active():
-            if timer.getTime() > deadline + 0.001:
-                timer.reset(max(0.0, deadline - self.clock.seconds()))
+        if timer is not None:
+            if self._timer_at > deadline + 0.001:
+                delay = max(0.0, deadline - self.clock.seconds())
+                timer.reset(delay)
+                self._timer_at = timer.getTime()
             return
-        self._timer = self.clock.callLater(max(0.0, deadline - self.clock.seconds()),
-                                           self._on_timer)
+        self._timer = timer = self.clock.callLater(
+            max(0.0, deadline - self.clock.seconds()), self._on_timer)
+        self._timer_at = timer.getTime()
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -738,9 +738,13 @@ def _parse_header_lines(
             entries[-1] = (key, name, f"{value} {line.strip()}".strip(), f"{raw}\r\n{line}")
             folded = True
             continue
-        name, colon, value = line.partition(":")
-        if not colon:
-            raise SipParseError(f"header line without colon {line[:40]!r}")
+        # "Name: value" is how nearly every line is written: split there, the
+        # value needs no copy to strip it. Any other spelling splits at the colon.
+        name, colon, value = line.partition(": ")
+        if not colon or ":" in name:
+            name, colon, value = line.partition(":")
+            if not colon:
+                raise SipParseError(f"header line without colon {line[:40]!r}")
         key, name = _key_of(name)
         entry = (key, name, value.strip(" \t"), line)
         entries.append(entry)
@@ -925,8 +929,10 @@ def make_response(
             entries.append(entry)
         elif key == "to":
             if to_tag is not None and status != 100 and request.to_addr.tag is None:
-                tagged = str(request.to_addr.with_tag(to_tag))
-                entries.append((key, entry[1], tagged, None))
+                # Whatever follows a To's address is its header parameters
+                # (RFC 3261 §20: a URI with parameters must be in angle
+                # brackets), so the tag goes at the end of the text as sent.
+                entries.append((key, entry[1], f"{entry[2]};tag={to_tag}", None))
             else:
                 entries.append(entry)
     response = Response(status, reason, Headers._from_parsed(entries), body)

@@ -63,17 +63,23 @@ class _Unset(enum.Enum):
 
 
 def get_param(params: Params, name: str) -> str | None:
-    """The value of parameter `name` (case-insensitive), "" for a flag, None if absent."""
-    name = name.lower()
+    """The value of parameter `name` (case-insensitive), "" for a flag, None if absent.
+
+    Names are nearly always written as asked for; a name of another length
+    cannot match in any case (parameter names are ASCII tokens), so only one
+    of the same length is lowered to compare.
+    """
+    size = len(name)
     for key, value in params:
-        if key == name or key.lower() == name:  # names are nearly always written lowercase
+        if key == name or (len(key) == size and key.lower() == name.lower()):
             return "" if value is None else value
     return None
 
 
 def has_param(params: Params, name: str) -> bool:
-    name = name.lower()
-    return any(key.lower() == name for key, _ in params)
+    size = len(name)
+    return any(key == name or (len(key) == size and key.lower() == name.lower())
+               for key, _ in params)
 
 
 def format_params(params: Params) -> str:
