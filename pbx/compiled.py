@@ -56,6 +56,7 @@ MODULES: tuple[str, ...] = (
     "pbx.sip.transaction",
     "pbx.core.guard",
     "pbx.core.uas",
+    "pbx.core.user_secrets",
     "pbx.core.auth",
     "pbx.core.location",
     "pbx.core.registrar",

@@ -30,12 +30,11 @@ add, update and remove.
 from __future__ import annotations
 
 import gc
-import hashlib
 import ipaddress
 import pickle
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -53,6 +52,7 @@ from pbx.configtable import (
     _quote,
     _Table,
 )
+from pbx.core.user_secrets import ha1_of, has_ha1
 
 __all__ = [
     "MAX_EXTENSION_CHARS",
@@ -229,27 +229,13 @@ class UserConfig:
         sip.domain), or None when only the other algorithm's hash is stored,
         so the registrar offers only what it can verify. The ``-sess``
         variants use the same HA1. ``enabled`` is the caller's to check.
+        The registrar asks `pbx.core.user_secrets` directly (compiled).
         """
-        stored, hasher = self._stored_ha1(algorithm)
-        if self.password is not None:
-            text = f"{self.extension}:{realm}:{self.password}"
-            return hasher(text.encode("utf-8")).hexdigest()
-        return stored
+        return ha1_of(self, realm, algorithm)
 
     def has_ha1(self, algorithm: DigestAlgorithm) -> bool:
         """Whether `ha1_for` gives an HA1 for `algorithm` (not None), without hashing."""
-        stored, _ = self._stored_ha1(algorithm)  # refuses an unknown algorithm first
-        return self.password is not None or stored is not None
-
-    def _stored_ha1(
-        self, algorithm: DigestAlgorithm
-    ) -> tuple[str | None, Callable[[bytes], hashlib._Hash]]:
-        """The stored HA1 for `algorithm` (or None) and the hash that makes one."""
-        if algorithm == "MD5":
-            return self.ha1, hashlib.md5
-        if algorithm == "SHA-256":
-            return self.ha1_sha256, hashlib.sha256
-        raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+        return has_ha1(self, algorithm)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -51,6 +51,7 @@ from pbx.core.location import LocationService
 from pbx.core.plugins import PluginError, PluginHost
 from pbx.core.registrar import Registrar, RegistrarSettings
 from pbx.core.router import DialplanError, DialplanLoader
+from pbx.core.user_secrets import UserSecrets
 from pbx.memory import CollectionPauses, give_back_free_memory
 from pbx.sip.digest import DigestAuthenticator
 from pbx.sip.peer import Peer
@@ -105,6 +106,9 @@ class PbxService(MultiService):
         self._json_log: IO[str] | None = None
         self._json_observer: Any = None
         self._users: Mapping[str, UserConfig] = config.users
+        # What the registrar asks of the users on every request, answered in
+        # compiled code; the realm in force is the one the service started with.
+        self.secrets = UserSecrets(config.users, config.sip.domain)
         self._held_peak = 0  # transactions held at the top of the last burst
         self._gc_pauses = CollectionPauses(self._report_gc_pause)
         self.connections = Connections()
@@ -127,12 +131,12 @@ class PbxService(MultiService):
             max_transactions=sip.max_transactions)
         self.auth = RequestAuthenticator(
             domain=sip.domain,
-            ha1_lookup=self._ha1,
+            ha1_lookup=self.secrets.ha1,
             authenticator=self.authenticator,
             guard=self.guard,
             make_tag=new_tag,
-            user_name=self._user_name,
-            has_ha1=self._has_ha1,
+            user_name=self.secrets.user_name,
+            has_ha1=self.secrets.has_ha1,
         )
         self.registrar = Registrar(
             auth=self.auth,
@@ -174,31 +178,6 @@ class PbxService(MultiService):
             on_security_event=self._write_security_event,
         )
 
-    # ------------------------------------------------------------ users
-
-    def _ha1(self, extension: str, algorithm: str) -> str | None:
-        """The user's HA1 for `algorithm`, or None for an unknown or disabled user.
-
-        Worked out on every lookup, not cached: an MD5 or SHA-256 of a few
-        dozen bytes costs about a microsecond, while a cache of both HA1s
-        for 100,000 users held some 40 MB.
-        """
-        user = self._users.get(extension)
-        if user is None or not user.enabled:
-            return None
-        # The realm in force is the one the service started with (see reload).
-        return user.ha1_for(self.registrar.domain, algorithm)  # type: ignore[arg-type]
-
-    def _has_ha1(self, extension: str, algorithm: str) -> bool:
-        """Whether `_ha1` would give an HA1 (not None), without hashing."""
-        user = self._users.get(extension)
-        return user is not None and user.enabled and user.has_ha1(algorithm)  # type: ignore[arg-type]
-
-    def _user_name(self, extension: str) -> str:
-        """The config's own str for `extension` (equal text, shared object)."""
-        user = self._users.get(extension)
-        return extension if user is None else user.extension
-
     # -------------------------------------------------------- lifecycle
 
     def privilegedStartService(self) -> None:
@@ -222,7 +201,7 @@ class PbxService(MultiService):
         self.endpoint.request_handlers = self.plugins.request_handlers
         self.writer = BindingWriter(self.store)
         self.endpoint.writer = self.writer
-        dropped = self.location.load(self.store.load_bindings(self._user_name),
+        dropped = self.location.load(self.store.load_bindings(self.secrets.user_name),
                                      self.reactor.seconds())
         self.writer.record_removals(dropped)
         self.log.info("Loaded {count} binding(s) from {path}", count=len(self.location),
@@ -486,6 +465,7 @@ class PbxService(MultiService):
                                error=str(error))
         diff = diff_users(self.config, new)
         self._users = new.users
+        self.secrets.users = new.users
         for extension in diff.removed:
             gone = self.location.remove_aor(extension)
             if self.writer is not None:

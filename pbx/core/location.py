@@ -80,7 +80,7 @@ _COMPACT_SLACK: Final = 1024
 """Stale heap entries tolerated before a rebuild, beyond one per live binding."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True, init=False)
+@dataclass(slots=True, kw_only=True, init=False, unsafe_hash=True)
 class Binding:
     """One contact bound to an AOR, and how to reach it (RFC 3261 §10.3).
 
@@ -99,24 +99,27 @@ class Binding:
     as the string it would save (measured).
     """
 
-    aor: str
-    contact: str
-    expires_at: float
-    q: float | None = None
-    call_id: str
-    cseq: int
-    transport: str
-    source_host: str
-    source_port: int
-    connection_id: int | None = None
-    instance_id: str | None = None
-    reg_id: int | None = None
-    user_agent: str | None = None
-    updated_at: float
+    aor: Final[str]
+    contact: Final[str]
+    expires_at: Final[float]
+    q: Final[float | None]
+    call_id: Final[str]
+    cseq: Final[int]
+    transport: Final[str]
+    source_host: Final[str]
+    source_port: Final[int]
+    connection_id: Final[int | None]
+    instance_id: Final[str | None]
+    reg_id: Final[int | None]
+    user_agent: Final[str | None]
+    updated_at: Final[float]
 
     # Written out rather than generated (init=False): compiled (pbx.compiled),
     # a dataclass's generated __init__ stays interpreted Python, 20 times
-    # the cost of this one; one is made for every REGISTER.
+    # the cost of this one; one is made for every REGISTER. Immutable by
+    # type (Final fields, held by mypy) rather than frozen: a frozen class
+    # is written field by field through object.__setattr__, a generic call
+    # each; hashed and compared by value all the same (unsafe_hash).
     def __init__(
         self, *, aor: str, contact: str, expires_at: float, q: float | None = None,
         call_id: str, cseq: int, transport: str, source_host: str, source_port: int,
@@ -131,22 +134,20 @@ class Binding:
         if q is not None and not 0.0 <= q <= 1.0:
             # RFC 3261 §25.1: qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
             raise ValueError(f"q-value {q!r} outside 0..1")
-        # A frozen dataclass is written through object.
-        set_field = object.__setattr__
-        set_field(self, "aor", aor)
-        set_field(self, "contact", contact)
-        set_field(self, "expires_at", expires_at)
-        set_field(self, "q", q)
-        set_field(self, "call_id", call_id)
-        set_field(self, "cseq", cseq)
-        set_field(self, "transport", canonical)
-        set_field(self, "source_host", source_host)
-        set_field(self, "source_port", source_port)
-        set_field(self, "connection_id", connection_id)
-        set_field(self, "instance_id", instance_id)
-        set_field(self, "reg_id", reg_id)
-        set_field(self, "user_agent", None if user_agent is None else sys.intern(user_agent))
-        set_field(self, "updated_at", updated_at)
+        self.aor = aor
+        self.contact = contact
+        self.expires_at = expires_at
+        self.q = q
+        self.call_id = call_id
+        self.cseq = cseq
+        self.transport = canonical
+        self.source_host = source_host
+        self.source_port = source_port
+        self.connection_id = connection_id
+        self.instance_id = instance_id
+        self.reg_id = reg_id
+        self.user_agent = None if user_agent is None else sys.intern(user_agent)
+        self.updated_at = updated_at
 
 
 class UpdateStatus(enum.Enum):

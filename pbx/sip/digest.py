@@ -442,7 +442,7 @@ class Challenge:
         return ", ".join(parts)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True, init=False)
+@dataclass(slots=True, kw_only=True, init=False, unsafe_hash=True)
 class Credentials:
     """Digest credentials of an Authorization / Proxy-Authorization header.
 
@@ -453,18 +453,22 @@ class Credentials:
     sent.
     """
 
-    username: str
-    realm: str
-    nonce: str
-    uri: str
-    response: str
-    algorithm: str = "MD5"
-    cnonce: str | None = None
-    nc: str | None = None
-    qop: str | None = None
-    opaque: str | None = None
+    username: Final[str]
+    realm: Final[str]
+    nonce: Final[str]
+    uri: Final[str]
+    response: Final[str]
+    algorithm: Final[str]
+    cnonce: Final[str | None]
+    nc: Final[str | None]
+    qop: Final[str | None]
+    opaque: Final[str | None]
 
-    def __init__(  # written out, not generated: see pbx.compiled
+    # Written out, not generated (see pbx.compiled), and immutable by type
+    # (Final, held by mypy) rather than frozen, which would write each field
+    # through object.__setattr__: one of these is parsed for every request
+    # that carries credentials.
+    def __init__(
         self, *, username: str, realm: str, nonce: str, uri: str, response: str,
         algorithm: str = "MD5", cnonce: str | None = None, nc: str | None = None,
         qop: str | None = None, opaque: str | None = None,
@@ -473,17 +477,16 @@ class Credentials:
             raise SipParseError(f"Digest nc {nc!r} is not 8 hex digits")
         if qop is not None and (cnonce is None or nc is None):
             raise SipParseError(f"Digest qop={qop} without cnonce and nc")
-        set_field = object.__setattr__  # frozen
-        set_field(self, "username", username)
-        set_field(self, "realm", realm)
-        set_field(self, "nonce", nonce)
-        set_field(self, "uri", uri)
-        set_field(self, "response", response)
-        set_field(self, "algorithm", algorithm)
-        set_field(self, "cnonce", cnonce)
-        set_field(self, "nc", nc)
-        set_field(self, "qop", qop)
-        set_field(self, "opaque", opaque)
+        self.username = username
+        self.realm = realm
+        self.nonce = nonce
+        self.uri = uri
+        self.response = response
+        self.algorithm = algorithm
+        self.cnonce = cnonce
+        self.nc = nc
+        self.qop = qop
+        self.opaque = opaque
 
     @classmethod
     def parse(cls, value: str) -> Credentials:
@@ -652,7 +655,10 @@ class DigestAuthenticator:
                               else _RandomBytes(random.Random(os.urandom(32))))
         # The nonce MAC: keyed BLAKE2b is one call into C and a few times
         # cheaper than HMAC-SHA-256, and every REGISTER makes or checks a nonce.
-        self._mac_key = hashlib.blake2b(b"pbx nonce key\x00" + secret).digest()
+        mac_key = hashlib.blake2b(b"pbx nonce key\x00" + secret).digest()
+        # Keyed once: a keyed BLAKE2b hashes its key as a first block, and a
+        # copy of this state skips that block and the keyword parsing.
+        self._mac_state = hashlib.blake2b(key=mac_key, digest_size=_NONCE_MAC_BYTES)
         self._counter = 0
         mac = hmac.digest(secret, b"opaque\x00" + self._realm_bytes, "sha256")
         self._opaque = _b64(mac[:12])
@@ -725,8 +731,9 @@ class DigestAuthenticator:
         return _b64(body + self._mac(body))
 
     def _mac(self, body: bytes) -> bytes:
-        return hashlib.blake2b(body + self._realm_bytes, key=self._mac_key,
-                               digest_size=_NONCE_MAC_BYTES).digest()
+        state = self._mac_state.copy()
+        state.update(body + self._realm_bytes)
+        return state.digest()
 
     def _nonce_body(self, nonce: str) -> bytes | None:
         """The authenticated body of a nonce we issued, else None."""
