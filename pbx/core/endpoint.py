@@ -604,7 +604,7 @@ def _stamp_received(request: Request, peer: Peer) -> None:
         headers.set_first_value("via", text if text is not None else str(stamped))
     else:
         _replace_top_via(request, str(stamped))
-    headers._typed["via"] = stamped
+    headers._via = stamped
 
 
 _BARE_RPORT = re.compile(r";[ \t]*rport(?=[ \t]*(?:;|$))", re.IGNORECASE)
