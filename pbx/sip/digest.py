@@ -61,7 +61,7 @@ from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Final
+from typing import Any, Final
 
 from pbx.sip.errors import LocalProtocolError, SipError, SipParseError
 
@@ -98,12 +98,32 @@ class UnsupportedDigestError(SipError):
 # --------------------------------------------------------------------------
 
 
+def _hashers() -> tuple[Callable[[bytes], Any], Callable[[bytes], Any]]:
+    """MD5 and SHA-256 constructors, CPython's own where it has them.
+
+    A digest hashes a few dozen bytes at a time, and for so little the cost
+    is in setting up the hash: OpenSSL's (through `hashlib`) takes about
+    1 µs, CPython's built-in `_md5` 0.4 µs and `_sha256` 0.7 µs (measured).
+    The results are the same; `hashlib`'s are the fallback on a Python
+    built without them.
+    """
+    try:
+        from _md5 import md5  # type: ignore[import-not-found]
+        from _sha256 import sha256  # type: ignore[import-not-found]
+    except ImportError:
+        return hashlib.md5, hashlib.sha256
+    return md5, sha256
+
+
+_MD5, _SHA256 = _hashers()
+
+
 def _md5_hex(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
+    return str(_MD5(data).hexdigest())
 
 
 def _sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return str(_SHA256(data).hexdigest())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -260,11 +280,14 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
         raise SipParseError(f"authentication header longer than {MAX_AUTH_VALUE_CHARS} chars")
     if "\n" in value:
         value = _FOLD_RE.sub(" ", value)
-    m = _SCHEME_RE.match(value)
-    if m is None:
-        raise SipParseError("authentication header does not start with 'scheme '")
-    scheme = m.group(1)
-    pos = m.end()
+    if value.startswith("Digest ") and value[7:8] != " " and value[7:8] != "\t":
+        scheme, pos = "Digest", 7  # as every phone writes it: no regex needed
+    else:
+        m = _SCHEME_RE.match(value)
+        if m is None:
+            raise SipParseError("authentication header does not start with 'scheme '")
+        scheme = m.group(1)
+        pos = m.end()
     rest = value[pos:]
     if rest.isascii() and rest.isprintable() and "\\" not in rest:
         # The common case, plain printable ASCII without escapes (no tab, no
