@@ -257,36 +257,40 @@ class SipEndpoint:
                 self._send_outgoing(now)
                 if (event := layer.next_event()) is None:
                     return
-            match event:
-                case RequestReceived(transaction=transaction, request=request, source=source):
-                    self._handle_request(transaction, request, source, now)
-                case AckReceived(request=request, source=source):
-                    # An ACK for a 2xx goes to its call; any other needs no answer (§17.2.3).
-                    if calls is not None:
-                        calls.ack(request)
-                case ResponseReceived(transaction=transaction, response=response):
-                    if calls is not None:
-                        calls.response(transaction, response)
-                case TransactionTimedOut(transaction=transaction):
-                    if calls is not None and isinstance(transaction, ClientTransaction):
-                        calls.failure(transaction, 408)
-                case TransportErrorReported(transaction=transaction):
-                    if calls is not None and isinstance(transaction, ClientTransaction):
-                        calls.failure(transaction, 503)
-                case StrayResponseReceived(response=response, source=source):
-                    self.log.debug("Unsolicited {status} from {peer} dropped",
-                                   status=response.status, peer=str(source))
-                case TransactionTerminated(transaction=transaction):
-                    if isinstance(transaction, ServerTransaction):
-                        self._forget_merged(transaction, now)
-                    # A call owns client transactions and INVITE server ones; the
-                    # other server transactions (every REGISTER's) are never its.
-                    if calls is not None and not isinstance(
-                            transaction, ServerNonInviteTransaction):
-                        calls.transaction_ended(transaction)
-                case RequestRejected(request=request, source=source, status=status):
-                    self.log.warn("Rejected {method} from {peer}: {status} (table full)",
-                                  method=request.method, peer=str(source), status=status)
+            # An isinstance chain, not `match`: compiled, a class pattern is a
+            # generic isinstance and a getattr by name per keyword, where these
+            # are native type checks and field loads (every message passes here).
+            if isinstance(event, RequestReceived):
+                self._handle_request(event.transaction, event.request, event.source, now)
+            elif isinstance(event, TransactionTerminated):
+                transaction = event.transaction
+                if isinstance(transaction, ServerTransaction):
+                    self._forget_merged(transaction, now)
+                # A call owns client transactions and INVITE server ones; the
+                # other server transactions (every REGISTER's) are never its.
+                if calls is not None and not isinstance(
+                        transaction, ServerNonInviteTransaction):
+                    calls.transaction_ended(transaction)
+            elif isinstance(event, AckReceived):
+                # An ACK for a 2xx goes to its call; any other needs no answer (§17.2.3).
+                if calls is not None:
+                    calls.ack(event.request)
+            elif isinstance(event, ResponseReceived):
+                if calls is not None:
+                    calls.response(event.transaction, event.response)
+            elif isinstance(event, TransactionTimedOut):
+                if calls is not None and isinstance(event.transaction, ClientTransaction):
+                    calls.failure(event.transaction, 408)
+            elif isinstance(event, TransportErrorReported):
+                if calls is not None and isinstance(event.transaction, ClientTransaction):
+                    calls.failure(event.transaction, 503)
+            elif isinstance(event, StrayResponseReceived):
+                self.log.debug("Unsolicited {status} from {peer} dropped",
+                               status=event.response.status, peer=str(event.source))
+            elif isinstance(event, RequestRejected):
+                self.log.warn("Rejected {method} from {peer}: {status} (table full)",
+                              method=event.request.method, peer=str(event.source),
+                              status=event.status)
 
     def _send_outgoing(self, now: float) -> None:
         layer = self.layer

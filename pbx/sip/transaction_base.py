@@ -147,8 +147,8 @@ class Transaction(Generic[A]):
     RETRANSMIT_TIMER: ClassVar[Timer | None] = None
     INITIAL_STATE: ClassVar[TransactionState]
 
-    __slots__ = ("_interval_s", "_key", "_layer", "_state", "_timers", "peer",
-                 "reliable", "request")
+    __slots__ = ("_interval_s", "_key", "_layer", "_retransmit_timer", "_state", "_table",
+                 "_timer_plan", "_timers", "peer", "reliable", "request")
 
     def __init__(
         self,
@@ -167,6 +167,12 @@ class Transaction(Generic[A]):
         self.reliable = reliable
         """Over TCP/TLS/WS: no retransmissions, zero wait timers (§17 Table 4)."""
         self._state = self.INITIAL_STATE
+        # The class's machine, in fields of this object: compiled, a ClassVar
+        # read through an instance is a generic attribute lookup (~1,000
+        # instructions), and every input and state change reads these.
+        self._table = self.TABLE
+        self._timer_plan = self.TIMERS
+        self._retransmit_timer = self.RETRANSMIT_TIMER
         self._timers: dict[Timer, tuple[float, int]] = {}
         self._interval_s = 0.0
 
@@ -204,7 +210,7 @@ class Transaction(Generic[A]):
         source: A | None = None,
     ) -> bool:
         """Run one input through the table; False if the table has no row for it."""
-        row = self.TABLE.get((self._state, event))
+        row = self._table.get((self._state, event))
         if row is None:
             return False
         next_state, actions = row
@@ -216,7 +222,7 @@ class Transaction(Generic[A]):
 
     def _enter(self, state: TransactionState, now: float) -> None:
         queue = self._layer._timer_queue
-        running = self.TIMERS.get(state, ())
+        running = self._timer_plan.get(state, ())
         if self._timers:
             for timer in [t for t in self._timers if t not in running]:
                 queue.cancel(self, timer)
@@ -232,7 +238,7 @@ class Transaction(Generic[A]):
             duration = settings.duration_s(timer, reliable=self.reliable)
             if duration is None:
                 continue
-            if timer is self.RETRANSMIT_TIMER:
+            if timer is self._retransmit_timer:
                 self._interval_s = duration
             if duration == 0:
                 due_now.append(timer)

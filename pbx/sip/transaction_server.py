@@ -180,7 +180,7 @@ class ServerNonInviteTransaction(ServerTransaction[A]):
 
     def _enter(self, state: TransactionState, now: float) -> None:
         data = self._response_data
-        if (state is S.COMPLETED and not self.reliable and data is not None
+        if (state is TransactionState.COMPLETED and not self.reliable and data is not None
                 and self._layer.max_tombstones):
             for timer in list(self._timers):
                 self._layer._timer_queue.cancel(self, timer)
