@@ -59,6 +59,7 @@ MODULES: tuple[str, ...] = (
     "pbx.core.user_secrets",
     "pbx.core.auth",
     "pbx.core.location",
+    "pbx.core.pending_bindings",
     "pbx.core.registrar",
     "pbx.core.endpoint",
 )

@@ -200,7 +200,7 @@ class PbxService(MultiService):
             raise SystemExit(f"{config.path}: plugins: {error}") from None
         self.endpoint.request_handlers = self.plugins.request_handlers
         self.writer = BindingWriter(self.store)
-        self.endpoint.writer = self.writer
+        self.endpoint.writer = self.writer.changes  # recorded into in compiled code
         dropped = self.location.load(self.store.load_bindings(self.secrets.user_name),
                                      self.reactor.seconds())
         self.writer.record_removals(dropped)

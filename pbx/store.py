@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from pbx.core.location import Binding, UpdateResult
+from pbx.core.pending_bindings import PendingBindings
 
 
 def _import_sqlite_utils_without_numpy() -> type[Database]:
@@ -310,45 +311,37 @@ def _migrate(db: Database, path: Path) -> None:
 # -- batched writes -----------------------------------------------------------------
 
 class BindingWriter:
-    """Binding changes waiting to be written, coalesced per (aor, contact).
+    """Writes the binding changes of `changes` to the store, a batch at a time.
 
-    ``record_*`` costs a dict store on the REGISTER path; `flush` writes the
-    net effect in one transaction. The pending map holds at most one entry
-    per distinct key touched since the last flush, so its size is bounded by
-    the location service's own bounds, whatever the REGISTER rate.
+    The REGISTER path records into ``changes`` directly (`PendingBindings`,
+    compiled); the ``record_*`` methods here are the same for the service's
+    occasional callers. `flush` writes the net effect in one transaction.
 
     Implements `pbx.core.location.BindingRecorder`.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, changes: PendingBindings | None = None) -> None:
         self._store = store
-        # (aor, contact) -> the binding to upsert, or None to delete the row.
-        self._pending: dict[tuple[str, str], Binding | None] = {}
+        self.changes = changes if changes is not None else PendingBindings()
 
     @property
     def pending(self) -> int:
         """Rows the next flush will write."""
-        return len(self._pending)
+        return len(self.changes)
 
     def record_update(self, binding: Binding) -> None:
-        self._pending[(binding.aor, binding.contact)] = binding
+        self.changes.record_update(binding)
 
     def record_removal(self, aor: str, contact: str) -> None:
-        self._pending[(aor, contact)] = None
+        self.changes.record_removal(aor, contact)
 
     def record_result(self, result: UpdateResult) -> None:
         """Record everything an accepted `LocationService.update` changed."""
-        for binding in result.removed:
-            self._pending[(binding.aor, binding.contact)] = None
-        for binding in result.added:
-            self._pending[(binding.aor, binding.contact)] = binding
-        for binding in result.refreshed:
-            self._pending[(binding.aor, binding.contact)] = binding
+        self.changes.record_result(result)
 
     def record_removals(self, bindings: Iterable[Binding]) -> None:
         """Record bindings that are gone: from `LocationService.expire` or `load`."""
-        for binding in bindings:
-            self._pending[(binding.aor, binding.contact)] = None
+        self.changes.record_removals(bindings)
 
     def flush(self) -> int:
         """Write everything pending in one transaction; returns the rows written.
@@ -357,19 +350,12 @@ class BindingWriter:
         memory: the changes stay pending for the next flush, and the error
         goes to the caller to log.
         """
-        if not self._pending:
+        if not len(self.changes):
             return 0
-        upserts: list[Binding] = []
-        removals: list[tuple[str, str]] = []
-        for key, binding in self._pending.items():
-            if binding is None:
-                removals.append(key)
-            else:
-                upserts.append(binding)
+        upserts, removals = self.changes.peek()
         self._store.write_bindings(upserts, removals)
-        written = len(self._pending)
-        self._pending = {}
-        return written
+        self.changes.clear()
+        return len(upserts) + len(removals)
 
 
 __all__ = [

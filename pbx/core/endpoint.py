@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 
 from pbx.core.auth import PROXY_AUTH, Denied, SecurityEvent
 from pbx.core.calls import CallManager
+from pbx.core.pending_bindings import PendingBindings
 from pbx.core.registrar import RegisterOutcome, Registrar
 from pbx.core.uas import UasPolicy, check_request
 from pbx.dialplan import IncomingRequest, Reject, RequestHandler
@@ -60,7 +61,6 @@ from pbx.sip.transaction import (
     TransactionState,
 )
 from pbx.sip.uri import user_of
-from pbx.store import BindingWriter
 
 ENDPOINT_POLICY = UasPolicy(
     allowed_methods=("REGISTER", "OPTIONS", "INVITE", "ACK", "BYE", "CANCEL", "UPDATE",
@@ -148,7 +148,7 @@ class SipEndpoint:
         layer: TransactionLayer[Peer],
         registrar: Registrar,
         calls: CallManager | None = None,
-        writer: BindingWriter | None,
+        writer: PendingBindings | None,
         server_header: str,
         debug: bool = False,
         log_requests: bool = True,

@@ -377,7 +377,8 @@ class LocationService:
             self._detach(binding)
         added: list[Binding] = []
         refreshed: list[Binding] = []
-        for binding, before in zip(working, original, strict=True):
+        for index, binding in enumerate(working):  # zip() is a generic call, compiled
+            before = original[index]
             if binding is not before:
                 self._attach(binding)
                 (added if before is None else refreshed).append(binding)
