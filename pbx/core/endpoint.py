@@ -24,7 +24,7 @@ import random
 import re
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Protocol
 
 from twisted.internet.defer import Deferred
@@ -118,24 +118,16 @@ def new_tag() -> str:
     return pool.text[at : at + _TAG_CHARS]
 
 
-@dataclass(slots=True, init=False)
-class _Merged:
-    """What §8.2.2.2 merged-request detection compares: the branch of the ongoing one.
+_Merged = tuple[str | None, ServerTransaction[Peer] | None, float]
+"""What §8.2.2.2 merged-request detection compares: (branch, transaction, until).
 
-    ``transaction`` is the live transaction; once it is a tombstone in the
-    layer (answered, absorbing retransmissions until Timer J) it is None and
-    ``until`` says when the request stops being ongoing.
-    """
-
-    branch: str | None
-    transaction: ServerTransaction[Peer] | None
-    until: float = 0.0
-
-    def __init__(self, branch: str | None, transaction: ServerTransaction[Peer] | None,
-                 until: float = 0.0) -> None:  # written out, not generated: see pbx.compiled
-        self.branch = branch
-        self.transaction = transaction
-        self.until = until
+The branch is the ongoing request's; the transaction is the live one, or
+None once it is a tombstone in the layer (answered, absorbing
+retransmissions until Timer J), and ``until`` then says when the request
+stops being ongoing. A plain tuple, not an object: once the transaction is
+gone it holds only plain values, which the garbage collector stops visiting,
+and a registrar keeps one for every REGISTER of the last 32 seconds.
+"""
 
 
 class SipEndpoint:
@@ -474,10 +466,12 @@ class SipEndpoint:
         merged = self._merged
         seen = merged.get(key)
         branch = request.top_via.branch
-        if (seen is not None and seen.transaction is not transaction and seen.branch != branch
-                and (seen.transaction is not None or seen.until > self.clock.seconds())):
-            return True
-        merged[key] = _Merged(branch, transaction)
+        if seen is not None:
+            seen_branch, seen_transaction, until = seen
+            if (seen_transaction is not transaction and seen_branch != branch
+                    and (seen_transaction is not None or until > self.clock.seconds())):
+                return True
+        merged[key] = (branch, transaction, 0.0)
         if len(merged) > self._merged_sweep_at:
             self._sweep_merged()
         return False
@@ -489,11 +483,11 @@ class SipEndpoint:
             return
         key = (request.from_addr.tag, request.call_id, request.cseq.number, request.method)
         seen = self._merged.get(key)
-        if seen is None or seen.transaction is not transaction:
+        if seen is None or seen[1] is not transaction:
             return
         if transaction.state is TransactionState.COMPLETED:  # a tombstone now
-            seen.transaction = None
-            seen.until = until = now + self.layer.settings.timeout_s
+            until = now + self.layer.settings.timeout_s
+            self._merged[key] = (seen[0], None, until)
             self._merged_expiry.append((until, key))
         else:
             del self._merged[key]
@@ -513,7 +507,7 @@ class SipEndpoint:
             key = expiry.popleft()[1]
             seen = merged.get(key)
             # The key may have been taken since by a newer request: that one stays.
-            if seen is not None and seen.transaction is None and seen.until <= now:
+            if seen is not None and seen[1] is None and seen[2] <= now:
                 del merged[key]
 
     def _sweep_merged(self) -> None:

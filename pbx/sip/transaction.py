@@ -57,8 +57,8 @@ Answered non-INVITE server transactions over UDP become *tombstones*. In
 Completed such a transaction does one thing for 64*T1: re-send its final
 response's bytes to each retransmission of its request (§17.2.2). A
 registrar answering thousands of REGISTERs a second holds tens of thousands
-of them, so the layer keeps just that: the match key, the bytes and the
-address, in a dict, with a FIFO of expiry times (every tombstone lives the
+of them, so the layer keeps just that: the bytes and the address by match
+key (in two dicts, see `__init__`), with a FIFO of expiry times (every tombstone lives the
 same Timer J, so the oldest expires first: no heap). The transaction object
 leaves the table at once and `TransactionTerminated` is reported then,
 since nothing it could still do concerns the TU. Tombstones are bounded by
@@ -208,11 +208,17 @@ class TransactionLayer(Generic[A]):
         self.settings = settings if settings is not None else TimerSettings()
         self.max_transactions = max_transactions
         self.max_tombstones = max_tombstones
-        self._tombstones: dict[tuple[object, ...], tuple[bytes, A]] = {}
+        # A tombstone is its response's bytes, and the address to send them to
+        # in a dict of its own: a (bytes, address) tuple per tombstone held an
+        # address object, which the garbage collector must then visit in every
+        # pass over the tens of thousands of tombstones a registrar holds (an
+        # entry of bytes or a tuple of plain values it leaves alone).
+        self._tombstones: dict[tuple[object, ...], bytes] = {}
+        self._tombstone_peers: dict[tuple[object, ...], A] = {}
         self._tombstone_expiry: deque[tuple[float, tuple[object, ...]]] = deque()
         # Stateless answers kept for `stateless_echo_s`, in the same dict: the
         # entry itself is in the FIFO, so an expiry never takes a newer one.
-        self._echo_expiry: deque[tuple[float, tuple[object, ...], tuple[bytes, A]]] = deque()
+        self._echo_expiry: deque[tuple[float, tuple[object, ...], bytes]] = deque()
         self.stateless_echo_s = 8 * self.settings.t1_s
         self._clients: dict[tuple[object, ...], ClientTransaction[A]] = {}
         self._servers: dict[tuple[object, ...], ServerTransaction[A]] = {}
@@ -266,8 +272,8 @@ class TransactionLayer(Generic[A]):
             return
         tombstone = self._tombstones.get(key)
         if tombstone is not None:
-            data, destination = tombstone
-            self._outgoing.append(Outgoing(data=data, destination=destination))
+            self._outgoing.append(Outgoing(data=tombstone,
+                                           destination=self._tombstone_peers[key]))
             return
         if len(self._clients) + len(self._servers) >= self.max_transactions:
             self._reject(request, source, 503)
@@ -301,16 +307,14 @@ class TransactionLayer(Generic[A]):
         """Fire every timer whose deadline is at or before `now`, earliest first."""
         expiry = self._tombstone_expiry
         while expiry and expiry[0][0] <= now:
-            self._tombstones.pop(expiry.popleft()[1], None)
+            self._unbury(expiry.popleft()[1])
         echoes = self._echo_expiry
         tombstones = self._tombstones
         while echoes and echoes[0][0] <= now:
-            _, key, entry = echoes.popleft()
-            # The same answer, not an equal one: its bytes object (compiled, a
-            # tuple has no identity of its own to compare).
-            held = tombstones.get(key)
-            if held is not None and held[0] is entry[0]:
-                del tombstones[key]
+            _, key, data = echoes.popleft()
+            # The same answer, not an equal one: its bytes object.
+            if tombstones.get(key) is data:
+                self._unbury(key)
         queue = self._timer_queue
         while (due := queue.pop_due(now)) is not None:
             transaction, timer = due
@@ -374,9 +378,8 @@ class TransactionLayer(Generic[A]):
         if not transaction.reliable and self.stateless_echo_s > 0 and (
                 len(self._tombstones) < self.max_tombstones):
             key = transaction._key
-            entry = (data, transaction.peer)
-            self._tombstones[key] = entry
-            self._echo_expiry.append((now + self.stateless_echo_s, key, entry))
+            self._bury(key, data, transaction.peer)
+            self._echo_expiry.append((now + self.stateless_echo_s, key, data))
         transaction.last_response = response
         transaction._enter(TransactionState.TERMINATED, now)
 
@@ -454,13 +457,20 @@ class TransactionLayer(Generic[A]):
         key = transaction._key
         if self._servers.get(key) is transaction:
             del self._servers[key]
-        tombstones = self._tombstones
         expiry = self._tombstone_expiry
-        if len(tombstones) >= self.max_tombstones:
-            tombstones.pop(expiry.popleft()[1], None)
-        tombstones[key] = (data, transaction.peer)
+        if len(self._tombstones) >= self.max_tombstones:
+            self._unbury(expiry.popleft()[1])
+        self._bury(key, data, transaction.peer)
         expiry.append((now + self.settings.timeout_s, key))
         self._emit(TransactionTerminated(transaction=transaction))
+
+    def _bury(self, key: tuple[object, ...], data: bytes, peer: A) -> None:
+        self._tombstones[key] = data
+        self._tombstone_peers[key] = peer
+
+    def _unbury(self, key: tuple[object, ...]) -> None:
+        if self._tombstones.pop(key, None) is not None:
+            del self._tombstone_peers[key]
 
     def _retire(self, transaction: Transaction[A]) -> None:
         """Terminated: out of the table at once (§17.1.1.2 "destroyed the instant")."""
