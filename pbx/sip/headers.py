@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Final
 
 from pbx.sip.errors import SipParseError
 from pbx.sip.uri import (
@@ -103,6 +104,9 @@ _SIMPLE_NAME_ADDR = re.compile(
 # CSeq = 1*DIGIT LWS Method (RFC 3261 §20.16), in its usual one-space form.
 _SIMPLE_CSEQ = re.compile(r"([0-9]{1,10}) (" + _TOKEN_CHARS + r")")
 _MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5: "MUST be less than 2**31"
+
+_HEAD_CACHE_SIZE = 4096
+"""Bound of `_VIA_HEADS` and `_NAME_ADDR_HEADS` (cleared when full): a few per phone."""
 
 
 _KEY_OF_KNOWN: dict[str, str] = {
@@ -211,6 +215,69 @@ def _simple_params(text: str) -> Params:
     return tuple(params)
 
 
+_TOKEN_TABLE: Final = "".join(
+    "t" if chr(code) in "-.!%*_+`'~" or chr(code).isalnum() else " " for code in range(128))
+"""``_TOKEN_TABLE[ord(c)] == "t"``: is the ASCII character `c` a token character (see TOKEN)."""
+_HEX_TABLE: Final = "".join(
+    "t" if chr(code) in "0123456789ABCDEFabcdef:." else " " for code in range(128))
+"""The same for the inside of an IPv6 reference: ``[0-9A-Fa-f:.]``."""
+
+
+def _token_params(text: str, start: int, brackets: bool) -> Params | None:
+    """``text[start:]`` as ``*(";" token ["=" token])``, split; None if it is anything else.
+
+    ``brackets``: a value may also be an IPv6 reference (``received=[::1]``).
+    Exactly the parameters `_SIMPLE_VIA` (with brackets) and `_SIMPLE_NAME_ADDR`
+    accept, and split as `_simple_params` splits them, in one pass over the
+    characters: compiled, that is ~1,000 instructions for a Via's
+    ``;branch=...;rport`` where the regular expression and the split after it
+    took ~5,000.
+    """
+    params: list[tuple[str, str | None]] = []
+    end = len(text)
+    pos = start
+    while pos < end:
+        if text[pos] != ";":
+            return None
+        pos += 1
+        name_start = pos
+        while pos < end:
+            code = ord(text[pos])
+            if code >= 128 or _TOKEN_TABLE[code] != "t":
+                break
+            pos += 1
+        if pos == name_start:
+            return None
+        name = text[name_start:pos]
+        if pos == end or text[pos] == ";":
+            params.append((name, None))
+            continue
+        if text[pos] != "=":
+            return None
+        pos += 1
+        value_start = pos
+        if brackets and pos < end and text[pos] == "[":
+            pos += 1
+            while pos < end:
+                code = ord(text[pos])
+                if code >= 128 or _HEX_TABLE[code] != "t":
+                    break
+                pos += 1
+            if pos == value_start + 1 or pos == end or text[pos] != "]":
+                return None
+            pos += 1
+        else:
+            while pos < end:
+                code = ord(text[pos])
+                if code >= 128 or _TOKEN_TABLE[code] != "t":
+                    break
+                pos += 1
+            if pos == value_start:
+                return None
+        params.append((name, text[value_start:pos]))
+    return tuple(params)
+
+
 def parse_params(text: str, what: str) -> Params:
     """Header parameters after the first ';': ``;name[=token|quoted-string]`` with LWS."""
     params: list[tuple[str, str | None]] = []
@@ -293,14 +360,32 @@ class Via:
 
     @classmethod
     def parse(cls, value: str) -> Via:
+        # A phone writes the same sent-protocol and sent-by in every Via it
+        # sends, and only the branch changes: what stands before the first ";"
+        # is looked up among those already read (`_VIA_HEADS`), and only the
+        # parameters are read anew. ~3,500 instructions a Via instead of ~14,000.
+        semi = value.find(";")
+        head = value if semi < 0 else value[:semi]
+        known = _VIA_HEADS.get(head)
+        if known is not None:
+            params = _token_params(value, semi, True) if semi >= 0 else ()
+            if params is not None:
+                return Via(known.transport, known.host, known.port, params)
         match = _SIMPLE_VIA.fullmatch(value)
         if match is not None:
             port = match[3]
             if port is not None and int(port) > 65535:
                 raise SipParseError(f"bad port {port!r} in Via")
-            return Via(transport=match[1].upper(), host=match[2],
-                       port=None if port is None else int(port),
-                       params=_simple_params(match[4]) if match[4] else ())
+            via = Via(transport=match[1].upper(), host=match[2],
+                      port=None if port is None else int(port),
+                      params=_simple_params(match[4]) if match[4] else ())
+            # Its head matched the head of `_SIMPLE_VIA`, which ends at the
+            # first ";" (no host or port has one): a value with this head and
+            # parameters `_token_params` accepts matches `_SIMPLE_VIA` as a whole.
+            if len(_VIA_HEADS) >= _HEAD_CACHE_SIZE:
+                _VIA_HEADS.clear()
+            _VIA_HEADS[head] = Via(via.transport, via.host, via.port)
+            return via
         return cls._parse_general(value)
 
     @classmethod
@@ -420,6 +505,17 @@ class NameAddr:
 
     @classmethod
     def parse(cls, value: str, what: str = "address") -> NameAddr:
+        # A From changes with its tag alone (a new one for each call or
+        # registration): the display name and URI, up to the last ">", are
+        # looked up among those already read (`_NAME_ADDR_HEADS`), and only the
+        # parameters are read anew. ~2,000 instructions instead of ~6,500.
+        close = value.rfind(">")
+        head = value[: close + 1] if close >= 0 else value
+        known = _NAME_ADDR_HEADS.get(head)
+        if known is not None:
+            params = _token_params(value, close + 1, False)
+            if params is not None:
+                return NameAddr(known.uri_text, known.display_name, params)
         match = _SIMPLE_NAME_ADDR.fullmatch(value)
         if match is not None and ":" in match[3]:
             quoted, token_name, uri_text, param_text = match.groups()
@@ -427,6 +523,13 @@ class NameAddr:
                 display: str | None = unquote_string(f'"{quoted}"') if "\\" in quoted else quoted
             else:
                 display = token_name or None
+            # The parameters are all that follow the ">" closing the URI, the
+            # last one (a token has none): this head matched the head of
+            # `_SIMPLE_NAME_ADDR`, and with parameters `_token_params` accepts
+            # the whole value does, the same way.
+            if len(_NAME_ADDR_HEADS) >= _HEAD_CACHE_SIZE:
+                _NAME_ADDR_HEADS.clear()
+            _NAME_ADDR_HEADS[head] = NameAddr(uri_text, display)
             return NameAddr(uri_text=uri_text, display_name=display,
                        params=_simple_params(param_text) if param_text else ())
         return cls._parse_general(value, what)
@@ -546,6 +649,14 @@ class NameAddr:
             return "*"
         name = "" if self.display_name is None else quote_string(self.display_name) + " "
         return f"{name}<{self.uri_text}>{format_params(self.params)}"
+
+
+_VIA_HEADS: Final[dict[str, Via]] = {}
+"""What a simple Via says before its first ";" (``SIP/2.0/UDP 10.0.0.7:5060``), read
+once: a Via without parameters, never handed out (so never changed)."""
+_NAME_ADDR_HEADS: Final[dict[str, NameAddr]] = {}
+"""What a simple name-addr says up to the ">" after its URI, read once: a
+NameAddr without parameters and URI not parsed, never handed out."""
 
 
 @dataclass(slots=True)

@@ -593,18 +593,42 @@ def _parse(
     if len(data) > limits.max_message_bytes:
         raise SipParseError("Message Too Large", 513, answerable=False)
     end = data.find(b"\r\n\r\n")
-    fast = _parse_printable(data, end, limits) if end >= 0 else None
-    message: Request | Response
-    if fast is None:
+    lines: list[str] | None = None
+    if end >= 0:
+        # The common case, checked in two C calls: a header section of
+        # printable ASCII and CRLF line ends. What is left of it once the
+        # printable characters are taken out must be just the line ends the
+        # split found: a control character, a tab, a stray CR or LF, or any
+        # UTF-8 would be more, and takes the long way below. (Screening only
+        # the lines not in `_LINES`, by str.isprintable, cost as much: ~27
+        # instructions a character against ~12 a byte here, and a REGISTER's
+        # Via and Authorization are half its header section.)
+        head_bytes, rest = data[:end], data[end + 4 :]
+        unusual = head_bytes.translate(None, _PRINTABLE_ASCII)
+        if unusual.isascii():
+            lines = head_bytes.decode("ascii").split("\r\n")
+            if len(unusual) != 2 * (len(lines) - 1):
+                lines = None
+    # Lines of printable ASCII, split at CRLFs: these may be remembered.
+    printable = lines is not None
+    if lines is None:
         lines, rest = _screened_lines(data, end)
-        start_line = lines[0]
+    start_line = lines[0]
+    known = _REQUEST_LINES.get(start_line) if printable else None
+    message: Request | Response
+    if known is not None:
+        message = Request._received(known[0], known[1])
+    else:
         message = _parse_start_line(
             start_line.strip(" \t") if start_line[:1] != " " else start_line)
-        parsed = _parse_header_lines(lines, limits, False)
-        assert parsed is not None  # only the fast screen gives up
-        entries, first = parsed
-    else:
-        message, entries, first, rest = fast
+        if (printable and isinstance(message, Request)
+                and len(start_line) <= _LONGEST_REMEMBERED_LINE):
+            # Only a request line that parsed without a word of complaint gets
+            # here: the same text needs no second parse (~3,600 instructions).
+            if len(_REQUEST_LINES) >= _PARSED_CACHE_SIZE:
+                _REQUEST_LINES.clear()
+            _REQUEST_LINES[start_line] = (message.method, message._uri_text)
+    entries, first = _parse_header_lines(lines, limits, printable)
     message.headers = Headers._from_parsed(entries, first)
     try:
         _check_and_frame(message, rest, datagram)
@@ -613,61 +637,6 @@ def _parse(
             error.answerable = False
         raise
     return message
-
-
-def _parse_printable(
-    data: bytes, end: int, limits: ParseLimits
-) -> tuple[Request | Response, list[_Line], dict[str, _Line], bytes] | None:
-    """`_parse` of a header section of printable ASCII with CRLF line ends, or
-    None to parse it by the exact rules (`_screened_lines`).
-
-    ``end`` is where the blank line starts. Every line is screened: one with
-    a character outside 0x20-0x7E (a control character, a tab, a stray CR
-    or LF left after the split) gives up; so does any UTF-8. A line seen
-    before (`_LINES`, `_REQUEST_LINES`: they only ever hold lines that passed
-    this screen) needs no second look, and the screen is done line by line
-    as the lines are parsed: only the few lines a message brings anew (Via,
-    Authorization...) are looked at. Was one bytes.translate over the whole
-    section and a dictionary lookup per line, ~7,500 instructions a REGISTER.
-
-    Errors come as the exact path would raise them: when parsing fails, the
-    lines not screened yet are, and a control character anywhere hands the
-    message to the exact path, which names that first.
-    """
-    head_bytes = data[:end]
-    if not head_bytes.isascii():
-        return None
-    lines = head_bytes.decode("ascii").split("\r\n")
-    start_line = lines[0]
-    known = _REQUEST_LINES.get(start_line)
-    message: Request | Response
-    if known is not None:
-        message = Request._received(known[0], known[1])
-    else:
-        if not start_line.isprintable():
-            return None
-        try:
-            message = _parse_start_line(
-                start_line.strip(" \t") if start_line[:1] != " " else start_line)
-        except (SipParseError, _WithLine):
-            if all(map(str.isprintable, lines)):
-                raise
-            return None
-        if isinstance(message, Request) and len(start_line) <= _LONGEST_REMEMBERED_LINE:
-            # Only a request line that parsed without a word of complaint gets
-            # here: the same text needs no second parse.
-            if len(_REQUEST_LINES) >= _PARSED_CACHE_SIZE:
-                _REQUEST_LINES.clear()
-            _REQUEST_LINES[start_line] = (message.method, message._uri_text)
-    try:
-        parsed = _parse_header_lines(lines, limits, True)
-    except SipParseError:
-        if all(map(str.isprintable, lines)):
-            raise
-        return None
-    if parsed is None:
-        return None
-    return message, parsed[0], parsed[1], data[end + 4 :]
 
 
 def _screened_lines(data: bytes, end: int) -> tuple[list[str], bytes]:
@@ -789,9 +758,9 @@ _OLD_LINES: Final[dict[str, _Line]] = {}
 
 A phone sends the same Max-Forwards, To, Contact, Expires, User-Agent,
 Content-Length... in every REGISTER, and a call's requests repeat theirs:
-one dictionary lookup stands for splitting the line, finding its key and
-stripping its value (and, in `_parse`, for screening it for control
-characters), ~1,300 instructions a line, 9 lines of the 11 of a REGISTER.
+one dictionary lookup stands for splitting the line, finding its key,
+stripping its value and building its entry, ~1,300 instructions a line, for
+9 lines of the 11 of a REGISTER.
 Only lines of the exact fast path go in (printable ASCII, no fold), and
 never the headers that differ in every request (`_UNSHARED_KEYS`). The
 entries are tuples: immutable, as a shared value must be. Two generations
@@ -816,12 +785,12 @@ def _remember_line(line: str, entry: Any) -> None:
 
 def _parse_header_lines(
     lines: list[str], limits: ParseLimits, printable: bool
-) -> tuple[list[_Line], dict[str, _Line]] | None:
+) -> tuple[list[_Line], dict[str, _Line]]:
     """The header lines after the start line: (entries in order, first entry by key).
 
-    ``printable``: the lines are those of `_parse_printable`; each one must pass
-    its screen (else None), and those that parse may be kept in `_LINES` for
-    the next message.
+    ``printable``: the lines passed the fast screen of `_parse` (printable
+    ASCII, split at CRLFs); those seen before are taken from `_LINES`, and
+    those that parse may be kept there for the next message.
     """
     # Entries are handled as Any here: compiled, a `_Line` in a variable of
     # its own type is unpacked into a C struct, and a tuple found in `_LINES`
@@ -836,19 +805,18 @@ def _parse_header_lines(
     known: dict[str, Any] = _LINES
     for index in range(1, len(lines)):
         line = lines[index]
-        entry: Any = known.get(line) if printable else None
-        if entry is None:
-            if printable:
+        entry: Any = None
+        if printable:
+            entry = known.get(line)
+            if entry is None:
                 entry = _OLD_LINES.get(line)
                 if entry is not None:
                     _remember_line(line, entry)
-                elif not line.isprintable():
-                    return None
-            if entry is None:
-                entry = _parse_header_line(line, entries, printable)
-                if entry is None:  # a fold, joined to the line above
-                    folded = True
-                    continue
+        if entry is None:
+            entry = _parse_header_line(line, entries, printable)
+            if entry is None:  # a fold, joined to the line above
+                folded = True
+                continue
         entries.append(entry)
         first.setdefault(entry[0], entry)
     if folded:

@@ -1,8 +1,9 @@
 """The parser's shortcuts against the exact rules they stand in for.
 
 `parse_message` remembers header lines and request lines it has read
-(`message._LINES`, `message._REQUEST_LINES`) and screens a header section
-line by line instead of as a whole. Each test here reads the same input both ways,
+(`message._LINES`, `message._REQUEST_LINES`), and `Via.parse` / `NameAddr.parse` remember
+the part of a value before its parameters (`headers._VIA_HEADS`,
+`headers._NAME_ADDR_HEADS`). Each test here reads the same input both ways,
 the second time with the caches warm, and requires the same outcome: the
 same header entries and typed values, or the same error (reason, status,
 answerable). A wrong shortcut fails them.
@@ -10,14 +11,17 @@ answerable). A wrong shortcut fails them.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pbx.sip import headers as headers_module
 from pbx.sip import message as message_module
 from pbx.sip.errors import SipParseError
+from pbx.sip.headers import NameAddr, Via
 from pbx.sip.message import DEFAULT_LIMITS, Headers, Response, parse_message
 from tests.unit.test_fuzz import mutated, views
 
@@ -47,7 +51,8 @@ def exact(data: bytes) -> Any:
     """What `parse_message` gives by the exact rules: `_screened_lines` for every
     message, nothing remembered from earlier messages (the caches emptied)."""
     for cache in (message_module._LINES, message_module._OLD_LINES,
-                  message_module._REQUEST_LINES, message_module._NAME_ADDRS,
+                  message_module._REQUEST_LINES, headers_module._VIA_HEADS,
+                  headers_module._NAME_ADDR_HEADS, message_module._NAME_ADDRS,
                   message_module._OLD_NAME_ADDRS, message_module._CSEQS):
         cache.clear()
     try:
@@ -56,9 +61,8 @@ def exact(data: bytes) -> Any:
             start = lines[0]
             message = message_module._parse_start_line(
                 start.strip(" \t") if start[:1] != " " else start)
-            parsed = message_module._parse_header_lines(lines, DEFAULT_LIMITS, False)
-            assert parsed is not None
-            message.headers = Headers._from_parsed(*parsed)
+            entries, first = message_module._parse_header_lines(lines, DEFAULT_LIMITS, False)
+            message.headers = Headers._from_parsed(entries, first)
             try:
                 message_module._check_and_frame(message, rest, True)
             except SipParseError as error:
@@ -174,3 +178,101 @@ def test_a_register_with_one_mutated_line_reads_alike(data: st.DataObject) -> No
          b"[", b"]", b"\xc3\xa9", b";x", b";x=", b"=y", b"\x7f"]))
     lines[index] = bytes(line)
     warm_then_compare(b"\r\n".join(lines), base)
+
+
+# ------------------------------------------------------- Via and name-addr
+
+
+def via_by_regex(value: str) -> Via:
+    """`Via.parse` as it was before `_VIA_HEADS`: the whole value by `_SIMPLE_VIA`."""
+    match = headers_module._SIMPLE_VIA.fullmatch(value)
+    if match is not None:
+        port = match[3]
+        if port is not None and int(port) > 65535:
+            raise SipParseError(f"bad port {port!r} in Via")
+        return Via(transport=match[1].upper(), host=match[2],
+                   port=None if port is None else int(port),
+                   params=headers_module._simple_params(match[4]) if match[4] else ())
+    return Via._parse_general(value)
+
+
+def name_addr_by_regex(value: str) -> NameAddr:
+    """`NameAddr.parse` as it was before `_NAME_ADDR_HEADS`."""
+    match = headers_module._SIMPLE_NAME_ADDR.fullmatch(value)
+    if match is not None and ":" in match[3]:
+        quoted, token_name, uri_text, param_text = match.groups()
+        if quoted is not None:
+            display = (headers_module.unquote_string(f'"{quoted}"') if "\\" in quoted
+                       else quoted)
+        else:
+            display = token_name or None
+        return NameAddr(uri_text=uri_text, display_name=display,
+                        params=headers_module._simple_params(param_text) if param_text else ())
+    return NameAddr._parse_general(value, "From")
+
+
+def outcome(parse: Any, value: str) -> Any:
+    try:
+        parsed = parse(value)
+    except SipParseError as error:
+        return ("error", error.reason, error.status)
+    fields = ("transport", "host", "port", "params", "protocol") if isinstance(parsed, Via) \
+        else ("uri_text", "display_name", "params", "is_star")
+    return (type(parsed).__name__, *(getattr(parsed, name) for name in fields))
+
+
+_PARAM_PIECES = st.lists(st.sampled_from(
+    [";", "=", "branch", "z9hG4bK-1-2", "rport", "received", "[::1]", "[2001:db8::7]", "[zz]",
+     "[", "]", "tag", "a.b", "x y", " ", "\t", '"q"', "%41", ",", "<", ">", "é", ":", "~'`!*+_"]),
+    max_size=8).map("".join)
+_VIA_HEADS = ["SIP/2.0/UDP 127.0.0.1:5061", "SIP/2.0/tcp [2001:db8::1]:5060",
+              "SIP/2.0/UDP pbx.test", "SIP/2.0/UDP h:99999", "SIP/2.0/UDP h :5060",
+              "SIP / 2.0 / UDP h", "SIP/2.0/UDP h;", "SIP/2.0/UDP"]
+_NAME_ADDR_HEADS = ["<sip:1001@pbx.test>", '"Bob" <sip:b@c>', "Bob Smith <sip:b@c>",
+                    '"a>b" <sip:a@b>', '"q\\"x" <sips:c@d;transport=tls>', "<tel:+1>",
+                    "<nocolon>", "sip:a@b", "<sip:a@b>>", '"unterminated <sip:a@b>']
+
+
+@SETTINGS
+@given(st.sampled_from(_VIA_HEADS), _PARAM_PIECES)
+def test_a_via_read_from_its_known_head_is_the_via_read_whole(head: str, params: str) -> None:
+    value = head + params
+    expected = outcome(via_by_regex, value)
+    assert outcome(Via.parse, value) == expected
+    outcome(Via.parse, head + ";branch=z9hG4bK-warm")  # the head is known now, if simple
+    outcome(Via.parse, head)
+    assert outcome(Via.parse, value) == expected
+
+
+@SETTINGS
+@given(st.sampled_from(_NAME_ADDR_HEADS), _PARAM_PIECES)
+def test_a_name_addr_read_from_its_known_head_is_the_one_read_whole(
+        head: str, params: str) -> None:
+    value = head + params
+    expected = outcome(name_addr_by_regex, value)
+    assert outcome(lambda v: NameAddr.parse(v, "From"), value) == expected
+    outcome(NameAddr.parse, head + ";tag=warm")
+    outcome(NameAddr.parse, head)
+    assert outcome(lambda v: NameAddr.parse(v, "From"), value) == expected
+
+
+def test_known_heads_are_remembered_and_shared_values_never_handed_out() -> None:
+    first = Via.parse("SIP/2.0/UDP 10.9.8.7:5060;branch=z9hG4bK-a;rport")
+    second = Via.parse("SIP/2.0/UDP 10.9.8.7:5060;branch=z9hG4bK-b;received=[::1]")
+    assert "SIP/2.0/UDP 10.9.8.7:5060" in headers_module._VIA_HEADS
+    assert second.params == (("branch", "z9hG4bK-b"), ("received", "[::1]"))
+    assert (second.transport, second.host, second.port) == ("UDP", "10.9.8.7", 5060)
+    assert second is not headers_module._VIA_HEADS["SIP/2.0/UDP 10.9.8.7:5060"]
+    assert first.params == (("branch", "z9hG4bK-a"), ("rport", None))
+    one = NameAddr.parse('"Alice" <sip:alice@pbx.test>;tag=1')
+    two = NameAddr.parse('"Alice" <sip:alice@pbx.test>;tag=2')
+    assert '"Alice" <sip:alice@pbx.test>' in headers_module._NAME_ADDR_HEADS
+    assert (two.uri_text, two.display_name, two.tag) == ("sip:alice@pbx.test", "Alice", "2")
+    assert one.tag == "1"
+    assert two is not headers_module._NAME_ADDR_HEADS['"Alice" <sip:alice@pbx.test>']
+
+
+def test_the_token_table_is_the_token_grammar() -> None:
+    token = re.compile(headers_module._TOKEN_CHARS)
+    for code in range(128):
+        assert (headers_module._TOKEN_TABLE[code] == "t") == bool(token.fullmatch(chr(code)))
