@@ -17,7 +17,7 @@ import tracemalloc
 from collections.abc import Callable
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pbx.sip import digest
@@ -852,3 +852,124 @@ def test_fast_auth_params_agree_with_the_grammar(
         assert answer == expected
     else:
         assert isinstance(answer, str) and isinstance(expected, str)
+
+
+# ------------------------------------------------ the fast credentials path
+
+_CREDENTIAL_NAMES = st.sampled_from([
+    "username", "realm", "nonce", "uri", "response", "algorithm", "cnonce", "nc", "qop",
+    "opaque", "Nonce", "userhash", "stale", "x-extra"])
+_CREDENTIAL_VALUES = st.one_of(
+    _BARE, _QUOTED, st.sampled_from(["MD5", "md5", "SHA-256", "auth", "00000001", "0000000g"]),
+    st.text(st.characters(codec="utf-8"), max_size=6).map(lambda text: f'"{text}"'))
+_WELL_FORMED = [
+    ("username", '"1001"'), ("realm", '"pbx.example.org"'), ("nonce", '"abc-_"'),
+    ("uri", '"sip:pbx"'), ("response", '"0123456789abcdef0123456789abcdef"'),
+    ("algorithm", "MD5"), ("cnonce", '"c1"'), ("opaque", '"o"'), ("qop", "auth"),
+    ("nc", "00000001")]
+
+
+def _exact_or_reason(value: str) -> Credentials | str:
+    try:
+        return digest._credentials_exact(value)
+    except SipParseError as error:
+        return error.reason
+
+
+_GAPS = st.sampled_from([", "] * 8 + [",", "", " , ", ",,", ", ,", ",\t", " ,"])
+
+
+@settings(max_examples=400)
+@given(st.permutations(_WELL_FORMED), st.integers(0, 10) | st.just(10),
+       st.lists(st.tuples(_CREDENTIAL_NAMES, _CREDENTIAL_VALUES) | st.sampled_from(_WELL_FORMED),
+                max_size=2),
+       st.lists(st.integers(0, 12), min_size=2, max_size=2),
+       st.sampled_from(["=", " = ", "= ", " ="]),
+       st.lists(_GAPS, min_size=12, max_size=12) | st.just([", "] * 12),
+       st.sampled_from(["", " ", ",", " ,"]),
+       st.sampled_from(["Digest "] * 4 + ["Digest  ", "digest ", "Digest\t", "Basic "]))
+def test_fast_credentials_agree_with_the_grammar(
+        well_formed: list[tuple[str, str]], keep: int, extra: list[tuple[str, str]],
+        at: list[int], equals: str, gaps: list[str], tail: str, scheme: str) -> None:
+    """Whatever `_credentials_plain` answers (or raises) is what the full grammar answers.
+
+    Credentials as phones send them, or some of them, with a parameter or
+    two added (repeated, unknown, oddly spelt or valued) and odd separators.
+    """
+    params = [f"{name}={value}" for name, value in well_formed[:keep]]
+    for (name, value), index in zip(extra, at, strict=False):
+        params.insert(index, f"{name}{equals}{value}")
+    value = scheme + "".join(gap + param for gap, param in zip(gaps, params, strict=False))[2:]
+    value += tail
+    expected = _exact_or_reason(value)
+    try:
+        fast = digest._credentials_plain(value)
+    except SipParseError as error:
+        assert error.reason == expected
+    else:
+        assert fast is None or fast == expected
+    got: Credentials | str
+    try:
+        got = Credentials.parse(value)
+    except SipParseError as error:
+        got = error.reason
+    assert got == expected
+
+
+@pytest.mark.parametrize("value", [
+    # sipp / authorization_for
+    'Digest username="1001", realm="pbx", nonce="n", uri="sip:pbx", response="r", '
+    'algorithm=MD5, cnonce="c1", opaque="o", qop=auth, nc=00000001',
+    # Linphone-like: no space after the commas, quoted algorithm
+    'Digest realm="pbx",nonce="n",algorithm="SHA-256",username="1001",uri="sip:pbx",'
+    'response="r",cnonce="c",nc=0000000a,qop=auth',
+    # RFC 2069 style, no qop
+    'Digest username="1001",realm="pbx",nonce="n",uri="sip:pbx",response="r"',
+])
+def test_credentials_as_phones_write_them_take_the_fast_path(value: str) -> None:
+    fast = digest._credentials_plain(value)
+    assert fast is not None
+    assert fast == digest._credentials_exact(value)
+
+
+@pytest.mark.parametrize("value", [
+    'Digest username="a\\"b", realm="pbx", nonce="n", uri="u", response="r"',  # quoted-pair
+    'Digest username="é", realm="pbx", nonce="n", uri="u", response="r"',  # non-ASCII
+    'Digest username="a\tb", realm="pbx", nonce="n", uri="u", response="r"',  # tab
+    'Digest username="1", username="2", realm="pbx", nonce="n", uri="u", response="r"',
+    'Digest Username="1", realm="pbx", nonce="n", uri="u", response="r"',
+    'Digest username ="1", realm="pbx", nonce="n", uri="u", response="r"',
+    'Digest username="1", realm="pbx", nonce="n", uri="u", response="r", x=1',
+    'Digest username="1", realm="pbx", nonce="n", uri="u"',  # no response
+    'Digest username="1", realm="pbx", nonce="n", uri="u", response="r", qop=auth ',
+])
+def test_anything_unusual_leaves_the_fast_path(value: str) -> None:
+    assert digest._credentials_plain(value) is None
+
+
+@pytest.mark.parametrize("name", [name for name, _ in _WELL_FORMED])
+@pytest.mark.parametrize("spelling", ["twice", "upper", "spaced", "unquoted", "empty", "glued"])
+def test_each_parameter_oddly_written_agrees_with_the_grammar(name: str, spelling: str) -> None:
+    params = [f"{n}={v}" for n, v in _WELL_FORMED]
+    index = [n for n, _ in _WELL_FORMED].index(name)
+    value = dict(_WELL_FORMED)[name]
+    params[index] = {
+        "twice": f"{name}={value}, {name}={value}",
+        "upper": f"{name.upper()}={value}",
+        "spaced": f"{name} = {value} ",
+        "unquoted": f"{name}={value.strip(chr(34)) or 'x'}",
+        "empty": f'{name}=""',
+        "glued": f"{name}={value}{params[(index + 1) % len(params)]}",
+    }[spelling]
+    if spelling == "glued":
+        del params[(index + 1) % len(params)]
+    header = "Digest " + ", ".join(params)
+    expected = _exact_or_reason(header)
+    try:
+        fast = digest._credentials_plain(header)
+    except SipParseError as error:
+        assert error.reason == expected
+    else:
+        assert fast is None or fast == expected
+    if spelling == "twice":
+        assert fast is None
