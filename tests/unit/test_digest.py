@@ -973,3 +973,92 @@ def test_each_parameter_oddly_written_agrees_with_the_grammar(name: str, spellin
         assert fast is None or fast == expected
     if spelling == "twice":
         assert fast is None
+
+
+# ------------------------------------------------ the recent-nonce shortcut
+
+
+def _counting_bytes() -> Callable[[int], bytes]:
+    """Random bytes that differ per nonce but alike for two authenticators."""
+    drawn = [0]
+
+    def draw(count: int) -> bytes:
+        drawn[0] += 1
+        return (drawn[0] * 0x9E3779B97F4A7C15 % 2**64).to_bytes(8, "big")[:count]
+    return draw
+
+
+@settings(max_examples=60)
+@given(st.lists(st.tuples(
+    st.integers(0, 40),  # which nonce, counted back from the last issued
+    st.integers(0, 4),  # nc
+    st.sampled_from(["secret", "guess"]),
+    st.sampled_from(["as-issued", "last-char", "respelt", "truncated"]),
+    st.floats(0, 400)), max_size=30), st.integers(1, 60))
+def test_recent_nonces_answer_as_the_mac_does(
+        attempts: list[tuple[int, int, str, str, float]], issued: int) -> None:
+    """With the shortcut or without it (its table emptied), every answer is the same."""
+    shortcut = DigestAuthenticator(REALM, SECRET, random_bytes=_counting_bytes(),
+                                   max_tracked_nonces=16)
+    checked = DigestAuthenticator(REALM, SECRET, random_bytes=_counting_bytes(),
+                                  max_tracked_nonces=16)
+    challenges = []
+    for i in range(issued):
+        mine = shortcut.challenges(T0 + i)
+        assert checked.challenges(T0 + i) == mine
+        challenges.append(mine[0])
+    for back, nc, password, mangle, later in attempts:
+        challenge = challenges[max(0, len(challenges) - 1 - back)]
+        nonce = {
+            "as-issued": challenge.nonce,
+            "last-char": challenge.nonce[:-1] + ("A" if challenge.nonce[-1] != "A" else "B"),
+            "respelt": challenge.nonce.replace("-", "+").replace("_", "/"),
+            "truncated": challenge.nonce[:-4],
+        }[mangle]
+        creds = authorization_for(
+            Challenge(realm=REALM, nonce=nonce, algorithm=challenge.algorithm,
+                      qop=("auth",), opaque=challenge.opaque),
+            username="1001", password=password, method="REGISTER", uri=URI, cnonce="c",
+            nc=max(nc, 1))
+        checked._recent.clear()
+        assert verify(shortcut, creds, T0 + later) is verify(checked, creds, T0 + later)
+        assert shortcut.tracked_nonce_count == checked.tracked_nonce_count
+
+
+def test_recent_nonces_are_bounded_and_an_older_nonce_is_checked_by_its_mac() -> None:
+    auth = make_auth()
+    first = answer(auth, T0)
+    assert first.nonce in auth._recent
+    later = [answer(auth, T0) for _ in range(digest._RECENT_NONCES + 100)]
+    assert len(auth._recent) == digest._RECENT_NONCES
+    assert first.nonce not in auth._recent
+    assert verify(auth, first, T0 + 1) is AuthResult.OK  # by its MAC
+    assert verify(auth, later[-1], T0 + 1) is AuthResult.OK  # from the table
+    assert auth._nonce_body(later[-1].nonce) is not None
+    body = auth._nonce_body(later[-1].nonce)
+    auth._recent.clear()
+    assert auth._nonce_body(later[-1].nonce) == body
+
+
+def test_a_nonce_issued_twice_leaves_the_recent_table_consistent() -> None:
+    """Constant randomness, a wrapped counter and the same time give the same nonce twice."""
+    auth = make_auth()
+    auth._counter = 0xFFFFFFFF - digest._RECENT_NONCES // 2
+    first = answer(auth, T0)
+    auth._counter = 0xFFFFFFFF - digest._RECENT_NONCES // 2
+    again = answer(auth, T0)
+    assert again.nonce == first.nonce
+    for _ in range(2 * digest._RECENT_NONCES):
+        answer(auth, T0 + 1)
+    assert len(auth._recent) == digest._RECENT_NONCES
+
+
+def test_nonces_of_two_runs_with_the_same_counter_keep_their_own_counts() -> None:
+    """The replay slot knows a nonce by its counter and half its random part."""
+    old_run = DigestAuthenticator(REALM, SECRET, random_bytes=lambda n: b"\x01" * n)
+    new_run = DigestAuthenticator(REALM, SECRET, random_bytes=lambda n: b"\x02" * n)
+    old = [answer(old_run, T0) for _ in range(5)][-1]
+    new = [answer(new_run, T0) for _ in range(5)][-1]
+    assert verify(new_run, new, T0 + 1) is AuthResult.OK
+    assert verify(new_run, old, T0 + 1) is AuthResult.OK  # same slot, another nonce
+    assert verify(new_run, old, T0 + 1) is AuthResult.REPLAY
