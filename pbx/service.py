@@ -203,7 +203,7 @@ class PbxService(MultiService):
         self.endpoint.writer = self.writer.changes  # recorded into in compiled code
         dropped = self.location.load(self.store.load_bindings(self.secrets.user_name),
                                      self.reactor.seconds())
-        self.writer.record_removals(dropped)
+        self.writer.changes.record_removals(dropped)
         self.log.info("Loaded {count} binding(s) from {path}", count=len(self.location),
                       path=str(self.store.path))
         try:
@@ -404,7 +404,7 @@ class PbxService(MultiService):
         now = self.reactor.seconds()
         expired = self.location.expire(now, limit=10_000)
         if expired and self.writer is not None:
-            self.writer.record_removals(expired)
+            self.writer.changes.record_removals(expired)
             for binding in expired:
                 self.log.info("Registration of {user} at {contact} expired",
                               user=binding.aor, contact=binding.contact)
@@ -469,7 +469,7 @@ class PbxService(MultiService):
         for extension in diff.removed:
             gone = self.location.remove_aor(extension)
             if self.writer is not None:
-                self.writer.record_removals(gone)
+                self.writer.changes.record_removals(gone)
         unchanged = ("sip", "registrar", "security", "pbx")  # [dialplan] reloads above
         needs_restart = [name for name in unchanged
                          if getattr(new, name) != getattr(self.config, name)]

@@ -16,7 +16,7 @@ SQL in the project, so a schema change is reviewed in one place.
   it cannot say that a file is *newer* than the code, which is the mistake
   that costs data after a downgrade.)
 * Writes happen in the reactor thread, so each must be small. The location
-  service changes bindings on every REGISTER; `BindingWriter` collects those
+  service changes bindings on every REGISTER; `PendingBindings` collects those
   changes in memory, keyed by (aor, contact) so that repeated refreshes of
   one phone coalesce into one row, and the service flushes them in one
   transaction every fraction of a second. A crash loses what was pending;
@@ -29,12 +29,12 @@ import importlib
 import os
 import sqlite3
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from pbx.core.location import Binding, UpdateResult
+from pbx.core.location import Binding
 from pbx.core.pending_bindings import PendingBindings
 
 
@@ -311,37 +311,21 @@ def _migrate(db: Database, path: Path) -> None:
 # -- batched writes -----------------------------------------------------------------
 
 class BindingWriter:
-    """Writes the binding changes of `changes` to the store, a batch at a time.
+    """Writes the binding changes recorded in ``changes`` to the store, a batch at a time.
 
-    The REGISTER path records into ``changes`` directly (`PendingBindings`,
-    compiled); the ``record_*`` methods here are the same for the service's
-    occasional callers. `flush` writes the net effect in one transaction.
-
-    Implements `pbx.core.location.BindingRecorder`.
+    The REGISTER path, the service's expiry sweep and reloads record into
+    ``changes`` (`PendingBindings`, compiled, coalesced per (aor, contact));
+    `flush` writes the net effect in one transaction.
     """
 
-    def __init__(self, store: Store, changes: PendingBindings | None = None) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
-        self.changes = changes if changes is not None else PendingBindings()
+        self.changes = PendingBindings()
 
     @property
     def pending(self) -> int:
         """Rows the next flush will write."""
         return len(self.changes)
-
-    def record_update(self, binding: Binding) -> None:
-        self.changes.record_update(binding)
-
-    def record_removal(self, aor: str, contact: str) -> None:
-        self.changes.record_removal(aor, contact)
-
-    def record_result(self, result: UpdateResult) -> None:
-        """Record everything an accepted `LocationService.update` changed."""
-        self.changes.record_result(result)
-
-    def record_removals(self, bindings: Iterable[Binding]) -> None:
-        """Record bindings that are gone: from `LocationService.expire` or `load`."""
-        self.changes.record_removals(bindings)
 
     def flush(self) -> int:
         """Write everything pending in one transaction; returns the rows written.

@@ -192,7 +192,7 @@ class UpdateResult:
 
 
 class BindingRecorder(Protocol):
-    """Where binding changes go to be persisted: the seam to `pbx.store.BindingWriter`."""
+    """Where binding changes go to be persisted: `pbx.core.pending_bindings.PendingBindings`."""
 
     def record_update(self, binding: Binding) -> None: ...
 

@@ -7,7 +7,7 @@ it lives in this compiled module (`pbx.compiled`) because, as a method of the
 interpreted store module, the call alone cost about as much again.
 
 The map holds at most one entry per distinct key touched since the last
-`take`, so its size is bounded by the location service's own bounds, whatever
+flush, so its size is bounded by the location service's own bounds, whatever
 the REGISTER rate. Implements `pbx.core.location.BindingRecorder`.
 """
 

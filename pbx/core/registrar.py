@@ -44,7 +44,7 @@ class RegisterOutcome:
     response: Response
     delay_s: float = 0.0
     changes: UpdateResult | None = None
-    """Binding changes for the store (`BindingWriter.record_result`)."""
+    """Binding changes for the store (`PendingBindings.record_result`)."""
     security_event: SecurityEvent | None = None
     authenticated_user: str | None = None
     stateless: bool = False

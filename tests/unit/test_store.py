@@ -60,8 +60,8 @@ def test_bindings_survive_a_reopen(db_path: Path) -> None:
     sparse = make_binding(aor="1002", contact="sip:1002@10.0.0.6", transport="udp")
     store = Store.open(db_path)
     writer = BindingWriter(store)
-    writer.record_update(full)
-    writer.record_update(sparse)
+    writer.changes.record_update(full)
+    writer.changes.record_update(sparse)
     assert writer.flush() == 2
     store.close()
 
@@ -96,7 +96,7 @@ def test_every_binding_field_has_a_column(db_path: Path) -> None:
 def test_reopening_does_not_rerun_migrations(db_path: Path) -> None:
     with Store.open(db_path) as store:
         writer = BindingWriter(store)
-        writer.record_update(make_binding())
+        writer.changes.record_update(make_binding())
         writer.flush()
     with Store.open(db_path) as store:
         assert store.schema_version == len(MIGRATIONS)
@@ -109,7 +109,7 @@ def test_refreshes_between_flushes_coalesce_into_one_row_write(db_path: Path) ->
     with Store.open(db_path) as store:
         writer = BindingWriter(store)
         for cseq in range(1, 11):
-            writer.record_update(make_binding(cseq=cseq))
+            writer.changes.record_update(make_binding(cseq=cseq))
         assert writer.pending == 1
         assert writer.flush() == 1
         assert writer.pending == 0
@@ -122,12 +122,12 @@ def test_a_removal_deletes_the_row_and_overrides_a_pending_update(db_path: Path)
     dropped = make_binding(contact="sip:1001@10.0.0.2")
     with Store.open(db_path) as store:
         writer = BindingWriter(store)
-        writer.record_update(kept)
-        writer.record_update(dropped)
+        writer.changes.record_update(kept)
+        writer.changes.record_update(dropped)
         writer.flush()
-        writer.record_update(replace(dropped, cseq=2))
-        writer.record_removal(dropped.aor, dropped.contact)
-        writer.record_removal("1009", "sip:never@stored")
+        writer.changes.record_update(replace(dropped, cseq=2))
+        writer.changes.record_removal(dropped.aor, dropped.contact)
+        writer.changes.record_removal("1009", "sip:never@stored")
         assert writer.flush() == 2
         assert store.load_bindings() == [kept]
 
@@ -136,16 +136,16 @@ def test_nothing_is_written_before_a_flush(db_path: Path) -> None:
     """A crash loses what was pending, and only that."""
     with Store.open(db_path) as store:
         writer = BindingWriter(store)
-        writer.record_update(make_binding(contact="sip:1001@10.0.0.1"))
+        writer.changes.record_update(make_binding(contact="sip:1001@10.0.0.1"))
         writer.flush()
-        writer.record_update(make_binding(contact="sip:1001@10.0.0.2"))
+        writer.changes.record_update(make_binding(contact="sip:1001@10.0.0.2"))
         assert [row[1] for row in stored_rows(db_path)] == ["sip:1001@10.0.0.1"]
 
 
 def test_a_failed_flush_keeps_its_changes_for_the_next(db_path: Path) -> None:
     with Store.open(db_path) as store:
         writer = BindingWriter(store)
-        writer.record_update(make_binding())
+        writer.changes.record_update(make_binding())
         other = sqlite3.connect(db_path, isolation_level=None)
         try:
             other.execute("BEGIN IMMEDIATE")  # someone holds the write lock
@@ -176,7 +176,7 @@ def test_flush_of_5000_upserts_is_fast(db_path: Path) -> None:
         timings = []
         for round_number in range(4):
             for i in range(5000):
-                writer.record_update(make_binding(
+                writer.changes.record_update(make_binding(
                     aor=f"{10000 + i}", contact=f"sip:{10000 + i}@10.1.{i >> 8}.{i & 255}:5060",
                     call_id=f"{i:032x}@10.1.0.1", cseq=round_number + 1,
                     user_agent="Yealink SIP-T46S 66.86.0.15"))
@@ -234,10 +234,10 @@ def test_location_changes_survive_a_restart(db_path: Path) -> None:
     writer = BindingWriter(store)
     desk = make_binding(contact="sip:1001@Desk.example.org", connection_id=3)
     soon = make_binding(contact="sip:1001@10.0.0.8", expires_at=NOW + 60)
-    writer.record_result(location.update_all([desk, soon], NOW))
+    writer.changes.record_result(location.update_all([desk, soon], NOW))
     # The desk phone refreshes with its contact spelt differently (§19.1.4 equal).
     respelt = replace(desk, contact="sip:1001@desk.example.org", cseq=2)
-    writer.record_result(location.update(respelt, NOW))
+    writer.changes.record_result(location.update(respelt, NOW))
     writer.flush()
     store.close()
 
@@ -249,7 +249,7 @@ def test_location_changes_survive_a_restart(db_path: Path) -> None:
     dropped = restarted.load(stored, NOW + 60)
     assert dropped == [soon]
     assert restarted.bindings("1001", NOW + 60) == [replace(respelt, connection_id=None)]
-    writer.record_removals(dropped)
+    writer.changes.record_removals(dropped)
     writer.flush()
     assert [row[1] for row in stored_rows(db_path)] == ["sip:1001@desk.example.org"]
     store.close()
