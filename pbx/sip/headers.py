@@ -223,6 +223,16 @@ _HEX_TABLE: Final = "".join(
 """The same for the inside of an IPv6 reference: ``[0-9A-Fa-f:.]``."""
 
 
+def _scan(text: str, pos: int, end: int, table: str) -> int:
+    """Where the run of characters `table` marks (``"t"``, ASCII only) from `pos` ends."""
+    while pos < end:
+        code = ord(text[pos])
+        if code >= 128 or table[code] != "t":
+            break
+        pos += 1
+    return pos
+
+
 def _token_params(text: str, start: int, brackets: bool) -> Params | None:
     """``text[start:]`` as ``*(";" token ["=" token])``, split; None if it is anything else.
 
@@ -241,11 +251,7 @@ def _token_params(text: str, start: int, brackets: bool) -> Params | None:
             return None
         pos += 1
         name_start = pos
-        while pos < end:
-            code = ord(text[pos])
-            if code >= 128 or _TOKEN_TABLE[code] != "t":
-                break
-            pos += 1
+        pos = _scan(text, pos, end, _TOKEN_TABLE)
         if pos == name_start:
             return None
         name = text[name_start:pos]
@@ -257,21 +263,12 @@ def _token_params(text: str, start: int, brackets: bool) -> Params | None:
         pos += 1
         value_start = pos
         if brackets and pos < end and text[pos] == "[":
-            pos += 1
-            while pos < end:
-                code = ord(text[pos])
-                if code >= 128 or _HEX_TABLE[code] != "t":
-                    break
-                pos += 1
+            pos = _scan(text, pos + 1, end, _HEX_TABLE)
             if pos == value_start + 1 or pos == end or text[pos] != "]":
                 return None
             pos += 1
         else:
-            while pos < end:
-                code = ord(text[pos])
-                if code >= 128 or _TOKEN_TABLE[code] != "t":
-                    break
-                pos += 1
+            pos = _scan(text, pos, end, _TOKEN_TABLE)
             if pos == value_start:
                 return None
         params.append((name, text[value_start:pos]))
