@@ -298,39 +298,67 @@ def _top_via(headers: Headers) -> Via:
 
 
 _PARSED_CACHE_SIZE = 4096
-_NAME_ADDRS: dict[str, NameAddr] = {}
+
+
+class _Generations:
+    """Parsed values by the text they were parsed from, shared between messages.
+
+    A phone repeats the same To and Contact in every REGISTER and the same
+    From in both requests of a challenge round (and a call's requests repeat
+    theirs): parsing each text once saves a good part of a registration's
+    parse. Shared values are never changed in place (tuples; a NameAddr
+    parses its URI lazily, which gives the same result for the same text,
+    and everything else builds new objects: `NameAddr.with_param`).
+
+    Bounded, in two generations: when the new one holds `_PARSED_CACHE_SIZE`
+    values it becomes the old one and a new one starts; a value found in the
+    old one moves to the new. Every From of a REGISTER is new (its tag
+    changes with each Call-ID), and clearing a single table every 4,096 of
+    those also threw away the To and Contact that each phone repeats; what is
+    used again within a generation stays. A flood of distinct values costs
+    what it would have without the cache. Values are held as Any: compiled,
+    a tuple found here stays boxed instead of being unpacked and rebuilt.
+    """
+
+    __slots__ = ("new", "old")
+
+    def __init__(self) -> None:
+        self.new: dict[str, Any] = {}
+        self.old: dict[str, Any] = {}
+
+    def get(self, text: str) -> Any:
+        found = self.new.get(text)
+        if found is None:
+            found = self.old.get(text)
+            if found is not None:
+                self.put(text, found)
+        return found
+
+    def put(self, text: str, value: Any) -> None:
+        if len(self.new) >= _PARSED_CACHE_SIZE:
+            self.old = self.new
+            self.new = {}
+        self.new[text] = value
+
+    def __contains__(self, text: object) -> bool:
+        return text in self.new or text in self.old
+
+    def clear(self) -> None:
+        self.new.clear()
+        self.old.clear()
+
+
+_NAME_ADDRS: Final = _Generations()
 _CSEQS: dict[str, CSeq] = {}
-"""Typed values by the text they were parsed from, shared between messages.
-
-A phone repeats the same To and Contact in every REGISTER and the same
-From in both requests of a challenge round (and a call's requests repeat
-theirs): parsing each text once saves a good part of a registration's
-parse. Shared objects are never changed in place (a NameAddr parses its URI
-lazily, which gives the same result for the same text; everything else
-builds new objects: `NameAddr.with_param`). Bounded: cleared when full, so
-a flood of distinct values costs what it would have without the cache.
-
-Addresses are kept in two generations: when the table is full it becomes
-the old one and a new one starts; a value found in the old one moves to the
-new. Every From of a REGISTER is new (its tag changes with each Call-ID),
-and clearing the table every 4,096 of those also threw away the To and
-Contact that each phone repeats; now what is used again within a
-generation stays.
-"""
-_OLD_NAME_ADDRS: dict[str, NameAddr] = {}
+"""CSeq values by their text, as `_Generations` (one table, cleared when full: a
+REGISTER's CSeq is one of a handful of texts)."""
 
 
 def _name_addr(value: str, what: str) -> NameAddr:
-    global _NAME_ADDRS, _OLD_NAME_ADDRS
-    found = _NAME_ADDRS.get(value)
+    found: NameAddr | None = _NAME_ADDRS.get(value)
     if found is None:
-        found = _OLD_NAME_ADDRS.get(value)
-        if found is None:
-            found = NameAddr.parse(value, what)
-        if len(_NAME_ADDRS) >= _PARSED_CACHE_SIZE:
-            _OLD_NAME_ADDRS = _NAME_ADDRS
-            _NAME_ADDRS = {}
-        _NAME_ADDRS[value] = found
+        found = NameAddr.parse(value, what)
+        _NAME_ADDRS.put(value, found)
     return found
 
 
@@ -755,8 +783,7 @@ def _key_of(name: str) -> tuple[str, str]:
     return known
 
 
-_LINES: Final[dict[str, _Line]] = {}
-_OLD_LINES: Final[dict[str, _Line]] = {}
+_LINES: Final = _Generations()
 """Header lines by their text, as `_parse_header_lines` stored them, shared between messages.
 
 A phone sends the same Max-Forwards, To, Contact, Expires, User-Agent,
@@ -766,8 +793,7 @@ stripping its value and building its entry, ~1,300 instructions a line, for
 9 lines of the 11 of a REGISTER.
 Only lines of the exact fast path go in (printable ASCII, no fold), and
 never the headers that differ in every request (`_UNSHARED_KEYS`). The
-entries are tuples: immutable, as a shared value must be. Two generations
-as for the addresses above: a line in use moves on to the new one.
+entries are tuples: immutable, as a shared value must be.
 """
 _REQUEST_LINES: Final[dict[str, tuple[str, str]]] = {}
 """(method, Request-URI) by the request line they were found valid in."""
@@ -775,15 +801,6 @@ _UNSHARED_KEYS: Final = frozenset({"via", "authorization", "proxy-authorization"
 """Headers new in every request (a branch, a digest response): not worth remembering."""
 _LONGEST_REMEMBERED_LINE: Final = 256
 """Longer lines are not kept: the caches are bounded in bytes, not only in lines."""
-
-
-def _remember_line(line: str, entry: Any) -> None:
-    """Keep `entry` (a `_Line`, as Any: kept boxed when compiled) as the meaning of `line`."""
-    if len(_LINES) >= _PARSED_CACHE_SIZE:
-        _OLD_LINES.clear()
-        _OLD_LINES.update(_LINES)
-        _LINES.clear()
-    _LINES[line] = entry
 
 
 def _parse_header_lines(
@@ -805,16 +822,9 @@ def _parse_header_lines(
         1 for line in lines if line[:1] not in (" ", "\t")
     ) > limits.max_headers + 1:
         raise SipParseError(f"more than {limits.max_headers} headers", 513)
-    known: dict[str, Any] = _LINES
     for index in range(1, len(lines)):
         line = lines[index]
-        entry: Any = None
-        if printable:
-            entry = known.get(line)
-            if entry is None:
-                entry = _OLD_LINES.get(line)
-                if entry is not None:
-                    _remember_line(line, entry)
+        entry: Any = _LINES.get(line) if printable else None
         if entry is None:
             entry = _parse_header_line(line, entries, printable)
             if entry is None:  # a fold, joined to the line above
@@ -853,7 +863,7 @@ def _parse_header_line(line: str, entries: list[Any], remember: bool) -> Any:
     key, name = known if known is not None else _key_of(name)
     entry: Any = (key, name, value.strip(" \t"), line)  # boxed once, see above
     if remember and key not in _UNSHARED_KEYS and len(line) <= _LONGEST_REMEMBERED_LINE:
-        _remember_line(line, entry)
+        _LINES.put(line, entry)
     return entry
 
 

@@ -43,8 +43,8 @@ def test_a_bad_value_is_not_remembered_and_the_cache_is_bounded(
     monkeypatch.setattr(message_module, "_PARSED_CACHE_SIZE", 3)
     for n in range(10):
         register(f"<sip:1001@pbx.test>;tag={n}")
-        assert len(message_module._NAME_ADDRS) <= 3
-    assert len(message_module._OLD_NAME_ADDRS) <= 3  # a generation ago: the small size too
+        assert len(message_module._NAME_ADDRS.new) <= 3
+    assert len(message_module._NAME_ADDRS.old) <= 3  # a generation ago: the small size too
 
 
 def test_a_value_in_use_outlives_a_stream_of_new_ones(monkeypatch: pytest.MonkeyPatch) -> None:
