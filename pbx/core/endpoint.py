@@ -202,11 +202,19 @@ class SipEndpoint:
         now = self.clock.seconds()
         if self.debug:
             self.wire.debug("Got from {peer}:\n{message}", peer=str(peer), message=_redacted(data))
+        # A retransmission of a request still matched is answered unparsed: past
+        # its capacity the PBX would otherwise spend its time parsing copies.
+        # Only UDP retransmits (a WebSocket message is a datagram too, reliably).
+        reliable = peer.is_reliable
+        if not reliable and self.layer.absorb_datagram(data, now):
+            self._pump(now)
+            return
         try:
             message = parse_message(data, datagram=datagram)
             if isinstance(message, Request):
                 _stamp_received(message, peer)
-                self.layer.receive_request(message, peer, now, reliable=peer.is_reliable)
+                self.layer.receive_request(message, peer, now, reliable=reliable,
+                                           raw=None if reliable else data)
             else:
                 self.layer.receive_response(message, peer, now)
         except SipParseError as error:

@@ -6,7 +6,8 @@ Theory of operation
 parsed messages with where they came from and the time, ``now`` in seconds
 from any monotonic origin:
 
-* ``receive_request(request, source, now)``
+* ``receive_request(request, source, now)``, and before parsing a datagram
+  ``absorb_datagram(data, now)`` (see "Retransmissions before parsing")
 * ``receive_response(response, source, now)``
 * ``handle_timer(now)`` once ``now`` reaches ``next_deadline()``
 * ``receive_transport_error(transaction, now)`` when writing an `Outgoing`
@@ -78,6 +79,25 @@ second identical 401 for the retransmission it is, where a new challenge
 costs far less than answering again on a PBX that is behind. Past that
 window a retransmission is a new request, as §8.2.7 allows.
 
+Retransmissions before parsing
+------------------------------
+Past its capacity a UDP server falls behind, its requests wait in the
+socket, the phones retransmit, and every retransmission is parsed only to
+be found a copy: a registrar spending its time on copies answers fewer
+originals, which brings more copies (the collapse Kamailio avoids by
+being cheap per message). A retransmission is the same bytes (§17.1.2.2:
+the client resends its request as it was), so the shell offers each
+datagram to ``absorb_datagram`` first. The layer remembers, by the hash of
+their bytes, the datagrams that made its recent non-INVITE server
+transactions and INVITE server transactions (``raw`` of
+``receive_request``); an exact copy of one whose transaction is still
+there, live or a tombstone, is handled as its match would be (the last
+response again) without being parsed, and anything else goes the normal
+way. The table is two generations of ``stateless_echo_s`` (the window in
+which a phone retransmits), bounded in entries, so it costs tens of
+bytes per recent request. A false match needs two different datagrams
+with the same 64-bit SipHash, whose key is random per process.
+
 Limits: at most ``max_transactions`` live transactions (client and server
 together). When full, a new request is answered 503 statelessly and reported
 as `RequestRejected`, and ``send_request`` raises `TableFullError`, so a
@@ -92,7 +112,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections import deque
-from typing import Generic, NewType, TypeVar
+from typing import Final, Generic, NewType, TypeVar
 
 from pbx.sip.errors import LocalProtocolError, SipError
 from pbx.sip.events import (
@@ -157,6 +177,14 @@ Branch = NewType("Branch", str)
 
 _RFC2543 = "rfc2543"  # first element of the keys of RFC 2543 server transactions
 
+MAX_REMEMBERED_DATAGRAMS: Final = 65_536
+"""Entries of one generation of the datagram table (see "Retransmissions before parsing").
+
+At 16,000 requests a second that is four seconds, the window a phone
+retransmits in; past it a generation ends early, so a flood costs at most
+two of these (some 10 MB), never more.
+"""
+
 
 def new_branch() -> Branch:
     """A fresh RFC 3261 branch: the magic cookie and 64 random bits (§8.1.1.7)."""
@@ -220,6 +248,13 @@ class TransactionLayer(Generic[A]):
         # entry itself is in the FIFO, so an expiry never takes a newer one.
         self._echo_expiry: deque[tuple[float, tuple[object, ...], bytes]] = deque()
         self.stateless_echo_s = 8 * self.settings.t1_s
+        # The match key of each recent request datagram, by the hash of its
+        # bytes, in two generations (see "Retransmissions before parsing").
+        self._datagrams: dict[int, tuple[object, ...]] = {}
+        self._datagrams_old: dict[int, tuple[object, ...]] = {}
+        self._datagrams_until = 0.0
+        self.datagrams_absorbed = 0
+        """Retransmissions answered by `absorb_datagram`, unparsed (a counter for operators)."""
         self._clients: dict[tuple[object, ...], ClientTransaction[A]] = {}
         self._servers: dict[tuple[object, ...], ServerTransaction[A]] = {}
         self._events: deque[TransactionEvent[A]] = deque()
@@ -236,12 +271,41 @@ class TransactionLayer(Generic[A]):
 
     # ---------------------------------------------------------------- inputs
 
+    def absorb_datagram(self, data: bytes, now: float) -> bool:
+        """Handle `data` if it repeats, byte for byte, a recent request still matched.
+
+        True when it did: the transaction (or its tombstone) answered the
+        retransmission as `receive_request` would have, and the datagram
+        needs no parsing. False for anything else, which the shell parses
+        and passes on as usual.
+        """
+        digest = hash(data)
+        key = self._datagrams.get(digest)
+        if key is None:
+            key = self._datagrams_old.get(digest)
+            if key is None:
+                return False
+        tombstone = self._tombstones.get(key)
+        if tombstone is not None:
+            self._outgoing.append(Outgoing(data=tombstone,
+                                           destination=self._tombstone_peers[key]))
+        else:
+            found = self._servers.get(key)
+            if found is None:
+                return False
+            found._receive_request(now)
+        self.datagrams_absorbed += 1
+        return True
+
     def receive_request(
-        self, request: Request, source: A, now: float, *, reliable: bool | None = None
+        self, request: Request, source: A, now: float, *, reliable: bool | None = None,
+        raw: bytes | None = None,
     ) -> None:
         """A request from the network (§17.2.3 matching, then the server machines).
 
-        ``reliable`` defaults to what the top Via's transport says.
+        ``reliable`` defaults to what the top Via's transport says. ``raw``
+        is the datagram the request was parsed from, for `absorb_datagram`
+        to know its retransmissions (None over streams: nothing retransmits there).
         """
         via = request.top_via
         branch = via.branch
@@ -286,6 +350,8 @@ class TransactionLayer(Generic[A]):
         else:
             transaction = ServerNonInviteTransaction(self, key, request, source, reliable)
         self._servers[key] = transaction
+        if raw is not None:
+            self._remember_datagram(raw, key, now)
         self._emit(RequestReceived(transaction=transaction, request=request, source=source))
         transaction._start(now)
 
@@ -463,6 +529,14 @@ class TransactionLayer(Generic[A]):
         self._bury(key, data, transaction.peer)
         expiry.append((now + self.settings.timeout_s, key))
         self._emit(TransactionTerminated(transaction=transaction))
+
+    def _remember_datagram(self, raw: bytes, key: tuple[object, ...], now: float) -> None:
+        datagrams = self._datagrams
+        if now >= self._datagrams_until or len(datagrams) >= MAX_REMEMBERED_DATAGRAMS:
+            self._datagrams_old = datagrams
+            self._datagrams = datagrams = {}
+            self._datagrams_until = now + self.stateless_echo_s
+        datagrams[hash(raw)] = key
 
     def _bury(self, key: tuple[object, ...], data: bytes, peer: A) -> None:
         self._tombstones[key] = data
