@@ -61,6 +61,7 @@ MODULES: tuple[str, ...] = (
     "pbx.core.location",
     "pbx.core.pending_bindings",
     "pbx.core.registrar",
+    "pbx.core.merged_requests",
     "pbx.core.endpoint",
 )
 """The modules `tools/compile.py` compiles: the path of every request."""

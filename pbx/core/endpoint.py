@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import random
 import re
-from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
@@ -34,6 +33,7 @@ from twisted.python.failure import Failure
 
 from pbx.core.auth import PROXY_AUTH, Denied, SecurityEvent
 from pbx.core.calls import CallManager
+from pbx.core.merged_requests import MergedRequests
 from pbx.core.pending_bindings import PendingBindings
 from pbx.core.registrar import RegisterOutcome, Registrar
 from pbx.core.uas import UasPolicy, check_request
@@ -118,18 +118,6 @@ def new_tag() -> str:
     return pool.text[at : at + _TAG_CHARS]
 
 
-_Merged = tuple[str | None, ServerTransaction[Peer] | None, float]
-"""What §8.2.2.2 merged-request detection compares: (branch, transaction, until).
-
-The branch is the ongoing request's; the transaction is the live one, or
-None once it is a tombstone in the layer (answered, absorbing
-retransmissions until Timer J), and ``until`` then says when the request
-stops being ongoing. A plain tuple, not an object: once the transaction is
-gone it holds only plain values, which the garbage collector stops visiting,
-and a registrar keeps one for every REGISTER of the last 32 seconds.
-"""
-
-
 class SipEndpoint:
 
     def __init__(
@@ -172,11 +160,8 @@ class SipEndpoint:
         self._timer: IDelayedCall | None = None
         self._timer_at = 0.0  # when `_timer` is due
         self._later: set[IDelayedCall] = set()  # slowed-down answers, cancelled by stop()
-        self._merged: dict[tuple[str, str, int, str], _Merged] = {}
-        # When entries of answered requests stop counting, oldest first: every
-        # one lives Timer J from its answer, so the FIFO is in time order.
-        self._merged_expiry: deque[tuple[float, tuple[str, str, int, str]]] = deque()
-        self._merged_sweep_at = 1024
+        self.merged = MergedRequests()
+        """Requests in progress and answered within Timer J, for §8.2.2.2's 482."""
 
     @property
     def policy(self) -> UasPolicy:
@@ -265,7 +250,11 @@ class SipEndpoint:
             elif isinstance(event, TransactionTerminated):
                 transaction = event.transaction
                 if isinstance(transaction, ServerTransaction):
-                    self._forget_merged(transaction, now)
+                    self.merged.forget(
+                        transaction, now,
+                        answered_for_s=(self.layer.settings.timeout_s
+                                        if transaction.state is TransactionState.COMPLETED
+                                        else 0.0))
                 # A call owns client transactions and INVITE server ones; the
                 # other server transactions (every REGISTER's) are never its.
                 if calls is not None and not isinstance(
@@ -348,7 +337,7 @@ class SipEndpoint:
                 return None  # the call answers
             # In a dialog the PBX does not know (§12.2.2).
             return make_response(request, 481, to_tag=None)
-        if self._is_merged(transaction, request):
+        if self.merged.is_merged(transaction, request, self.clock.seconds()):
             return make_response(request, 482, to_tag=new_tag())
         handler = self.request_handlers.get(method)
         if handler is not None and calls is not None:
@@ -463,65 +452,13 @@ class SipEndpoint:
         if self.on_security_event is not None:
             self.on_security_event(event)
 
-    # ---------------------------------------- merged requests (§8.2.2.2)
-
-    def _is_merged(self, transaction: ServerTransaction[Peer], request: Request) -> bool:
-        """A request with no To tag seen before on another path is a loop: 482."""
-        from_tag = request.from_addr.tag
-        if from_tag is None:
-            return False
-        key = (from_tag, request.call_id, request.cseq.number, request.method)
-        merged = self._merged
-        seen = merged.get(key)
-        branch = request.top_via.branch
-        if seen is not None:
-            seen_branch, seen_transaction, until = seen
-            if (seen_transaction is not transaction and seen_branch != branch
-                    and (seen_transaction is not None or until > self.clock.seconds())):
-                return True
-        merged[key] = (branch, transaction, 0.0)
-        if len(merged) > self._merged_sweep_at:
-            self._sweep_merged()
-        return False
-
-    def _forget_merged(self, transaction: ServerTransaction[Peer], now: float) -> None:
-        """The transaction left the table: forget it, or remember it until Timer J."""
-        request = transaction.request
-        if request.from_addr.tag is None:
-            return
-        key = (request.from_addr.tag, request.call_id, request.cseq.number, request.method)
-        seen = self._merged.get(key)
-        if seen is None or seen[1] is not transaction:
-            return
-        if transaction.state is TransactionState.COMPLETED:  # a tombstone now
-            until = now + self.layer.settings.timeout_s
-            self._merged[key] = (seen[0], None, until)
-            self._merged_expiry.append((until, key))
-        else:
-            del self._merged[key]
-
     def sweep(self, now: float) -> None:
         """Forget what has outlived its time (the service's housekeeping calls this).
 
-        Without it the merged-request table would keep its last entries,
-        about 200 bytes a request, until new traffic made it sweep itself.
-        Only the expired front of the FIFO is visited: a registrar at
-        thousands of REGISTERs a second holds some 100,000 entries, and
-        rebuilding the table every second cost 5% of its time.
+        Without it the merged-request table would keep its last entries
+        until new traffic made it sweep itself.
         """
-        merged = self._merged
-        expiry = self._merged_expiry
-        while expiry and expiry[0][0] <= now:
-            key = expiry.popleft()[1]
-            seen = merged.get(key)
-            # The key may have been taken since by a newer request: that one stays.
-            if seen is not None and seen[1] is None and seen[2] <= now:
-                del merged[key]
-
-    def _sweep_merged(self) -> None:
-        """Bound the table between housekeeping runs; amortised over the inserts."""
-        self.sweep(self.clock.seconds())
-        self._merged_sweep_at = 2 * len(self._merged) + 1024
+        self.merged.sweep(now)
 
     # ------------------------------------------------------------- timers
 

@@ -195,16 +195,39 @@ class TableFullError(SipError):
     """``send_request`` found ``max_transactions`` live transactions: answer 503 upstream."""
 
 
-def _rfc2543_key(request: Request, method: str, to_tag: str | None) -> tuple[object, ...]:
-    """The §17.2.3 match of requests without the magic cookie, as one hashable value.
+def _server_key(branch: str, host: str, port: int | None, method: str) -> str:
+    """The §17.2.3 match of a request with an RFC 3261 branch, as one string.
+
+    A string, not a tuple: a str is not tracked by the garbage collector, and
+    a registrar keeps one key per recent request (in the table, the tombstones,
+    the expiry FIFOs, the datagram table) for Timer J. The parts are tokens, a
+    host and a number, none of which holds a space.
+    """
+    return f"{branch} {host.lower()} {port} {method}"
+
+
+def _client_key(branch: str, method: str) -> str:
+    """The §17.1.3 match of a response to a client transaction: branch and CSeq method."""
+    return f"{branch} {method}"
+
+
+def _rfc2543_key(request: Request, method: str, to_tag: str | None) -> str:
+    """The §17.2.3 match of requests without the magic cookie, as one string.
 
     The Request-URI is compared as written: a retransmission repeats it byte
-    for byte, and §19.1.4 equality has no normal form to hash.
+    for byte, and §19.1.4 equality has no normal form to hash. The parts are
+    joined by NUL, which no parsed header holds, so these keys never equal an
+    RFC 3261 one (`_server_key`); an absent tag is a SOH, which no tag is.
     """
     via = request.top_via
-    return (_RFC2543, str(request.uri), request.from_addr.tag, request.call_id,
-            request.cseq.number, method, via.transport, via.host.lower(), via.port,
-            via.branch, to_tag)
+    parts = (_RFC2543, str(request.uri), _or_absent(request.from_addr.tag), request.call_id,
+             str(request.cseq.number), method, via.transport, via.host.lower(), str(via.port),
+             _or_absent(via.branch), _or_absent(to_tag))
+    return "\x00".join(parts)
+
+
+def _or_absent(value: str | None) -> str:
+    return "\x01" if value is None else value
 
 
 def stateless_tag(request: Request) -> str:
@@ -241,22 +264,29 @@ class TransactionLayer(Generic[A]):
         # address object, which the garbage collector must then visit in every
         # pass over the tens of thousands of tombstones a registrar holds (an
         # entry of bytes or a tuple of plain values it leaves alone).
-        self._tombstones: dict[tuple[object, ...], bytes] = {}
-        self._tombstone_peers: dict[tuple[object, ...], A] = {}
-        self._tombstone_expiry: deque[tuple[float, tuple[object, ...]]] = deque()
+        self._tombstones: dict[str, bytes] = {}
+        self._tombstone_peers: dict[str, A] = {}
+        # The FIFOs of expiry times are parallel deques of plain values rather
+        # than one deque of tuples: a tuple per entry is an object the garbage
+        # collector tracks and visits, thousands a second on a busy registrar.
+        self._tombstone_times: deque[float] = deque()
+        self._tombstone_keys: deque[str] = deque()
         # Stateless answers kept for `stateless_echo_s`, in the same dict: the
-        # entry itself is in the FIFO, so an expiry never takes a newer one.
-        self._echo_expiry: deque[tuple[float, tuple[object, ...], bytes]] = deque()
+        # entry itself (its bytes object) is in the FIFO, so an expiry never
+        # takes a newer one.
+        self._echo_times: deque[float] = deque()
+        self._echo_keys: deque[str] = deque()
+        self._echo_data: deque[bytes] = deque()
         self.stateless_echo_s = 8 * self.settings.t1_s
         # The match key of each recent request datagram, by the hash of its
         # bytes, in two generations (see "Retransmissions before parsing").
-        self._datagrams: dict[int, tuple[object, ...]] = {}
-        self._datagrams_old: dict[int, tuple[object, ...]] = {}
+        self._datagrams: dict[int, str] = {}
+        self._datagrams_old: dict[int, str] = {}
         self._datagrams_until = 0.0
         self.datagrams_absorbed = 0
         """Retransmissions answered by `absorb_datagram`, unparsed (a counter for operators)."""
-        self._clients: dict[tuple[object, ...], ClientTransaction[A]] = {}
-        self._servers: dict[tuple[object, ...], ServerTransaction[A]] = {}
+        self._clients: dict[str, ClientTransaction[A]] = {}
+        self._servers: dict[str, ServerTransaction[A]] = {}
         self._events: deque[TransactionEvent[A]] = deque()
         self._outgoing: list[Outgoing[A]] = []
         self._timer_queue: TimerQueue[A] = TimerQueue()
@@ -312,8 +342,7 @@ class TransactionLayer(Generic[A]):
         method = request.method
         found: ServerTransaction[A] | None
         if branch is not None and branch.startswith(MAGIC_COOKIE):
-            key: tuple[object, ...] = (
-                branch, via.host.lower(), via.port, "INVITE" if method == "ACK" else method)
+            key = _server_key(branch, via.host, via.port, "INVITE" if method == "ACK" else method)
             found = self._servers.get(key)
             if method == "ACK":
                 if isinstance(found, ServerInviteTransaction):
@@ -359,7 +388,7 @@ class TransactionLayer(Generic[A]):
         """A response from the network (§17.1.3: top-Via branch and CSeq method)."""
         branch = response.top_via.branch
         transaction = (None if branch is None
-                       else self._clients.get((branch, response.cseq.method)))
+                       else self._clients.get(_client_key(branch, response.cseq.method)))
         if transaction is None:
             self._emit(StrayResponseReceived(response=response, source=source))
             return
@@ -371,13 +400,19 @@ class TransactionLayer(Generic[A]):
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer whose deadline is at or before `now`, earliest first."""
-        expiry = self._tombstone_expiry
-        while expiry and expiry[0][0] <= now:
-            self._unbury(expiry.popleft()[1])
-        echoes = self._echo_expiry
+        times = self._tombstone_times
+        keys = self._tombstone_keys
+        while times and times[0] <= now:
+            times.popleft()
+            self._unbury(keys.popleft())
+        times = self._echo_times
+        keys = self._echo_keys
+        echoed = self._echo_data
         tombstones = self._tombstones
-        while echoes and echoes[0][0] <= now:
-            _, key, data = echoes.popleft()
+        while times and times[0] <= now:
+            times.popleft()
+            key = keys.popleft()
+            data = echoed.popleft()
             # The same answer, not an equal one: its bytes object.
             if tombstones.get(key) is data:
                 self._unbury(key)
@@ -405,7 +440,7 @@ class TransactionLayer(Generic[A]):
         branch = via.branch
         if branch is None or not branch.startswith(MAGIC_COOKIE) or branch == MAGIC_COOKIE:
             raise LocalProtocolError(f"top Via branch {branch!r} lacks the magic cookie")
-        key: tuple[object, ...] = (branch, method)
+        key = _client_key(branch, method)
         if key in self._clients:
             raise LocalProtocolError(f"a {method} transaction with branch {branch} exists")
         if len(self._clients) + len(self._servers) >= self.max_transactions:
@@ -445,7 +480,9 @@ class TransactionLayer(Generic[A]):
                 len(self._tombstones) < self.max_tombstones):
             key = transaction._key
             self._bury(key, data, transaction.peer)
-            self._echo_expiry.append((now + self.stateless_echo_s, key, data))
+            self._echo_times.append(now + self.stateless_echo_s)
+            self._echo_keys.append(key)
+            self._echo_data.append(data)
         transaction.last_response = response
         transaction._enter(TransactionState.TERMINATED, now)
 
@@ -477,7 +514,7 @@ class TransactionLayer(Generic[A]):
         via = cancel.top_via
         branch = via.branch
         if branch is not None and branch.startswith(MAGIC_COOKIE):
-            key: tuple[object, ...] = (branch, via.host.lower(), via.port, "INVITE")
+            key = _server_key(branch, via.host, via.port, "INVITE")
         else:
             key = _rfc2543_key(cancel, "INVITE", cancel.to_addr.tag)
         found = self._servers.get(key)
@@ -497,9 +534,9 @@ class TransactionLayer(Generic[A]):
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` must be called next, or None if no timer runs."""
         deadline = self._timer_queue.next_deadline()
-        for fifo in (self._tombstone_expiry, self._echo_expiry):
-            if fifo:
-                first = fifo[0][0]
+        for times in (self._tombstone_times, self._echo_times):
+            if times:
+                first = times[0]
                 if deadline is None or first < deadline:
                     deadline = first
         return deadline
@@ -523,14 +560,29 @@ class TransactionLayer(Generic[A]):
         key = transaction._key
         if self._servers.get(key) is transaction:
             del self._servers[key]
-        expiry = self._tombstone_expiry
         if len(self._tombstones) >= self.max_tombstones:
-            self._unbury(expiry.popleft()[1])
+            self._evict_oldest_tombstone()
         self._bury(key, data, transaction.peer)
-        expiry.append((now + self.settings.timeout_s, key))
+        self._tombstone_times.append(now + self.settings.timeout_s)
+        self._tombstone_keys.append(key)
         self._emit(TransactionTerminated(transaction=transaction))
 
-    def _remember_datagram(self, raw: bytes, key: tuple[object, ...], now: float) -> None:
+    def _evict_oldest_tombstone(self) -> None:
+        """Make room past ``max_tombstones``: the oldest Timer J tombstone goes early.
+
+        The bound counts the stateless echoes too (they share the dict); when
+        every tombstone is one of those, the oldest echo goes instead.
+        """
+        if self._tombstone_keys:
+            self._tombstone_times.popleft()
+            self._unbury(self._tombstone_keys.popleft())
+        elif self._echo_keys:
+            self._echo_times.popleft()
+            key = self._echo_keys.popleft()
+            if self._tombstones.get(key) is self._echo_data.popleft():
+                self._unbury(key)
+
+    def _remember_datagram(self, raw: bytes, key: str, now: float) -> None:
         datagrams = self._datagrams
         if now >= self._datagrams_until or len(datagrams) >= MAX_REMEMBERED_DATAGRAMS:
             self._datagrams_old = datagrams
@@ -538,11 +590,11 @@ class TransactionLayer(Generic[A]):
             self._datagrams_until = now + self.stateless_echo_s
         datagrams[hash(raw)] = key
 
-    def _bury(self, key: tuple[object, ...], data: bytes, peer: A) -> None:
+    def _bury(self, key: str, data: bytes, peer: A) -> None:
         self._tombstones[key] = data
         self._tombstone_peers[key] = peer
 
-    def _unbury(self, key: tuple[object, ...]) -> None:
+    def _unbury(self, key: str) -> None:
         if self._tombstones.pop(key, None) is not None:
             del self._tombstone_peers[key]
 
@@ -558,7 +610,7 @@ class TransactionLayer(Generic[A]):
 
     def _start_client(
         self,
-        key: tuple[object, ...],
+        key: str,
         request: Request,
         destination: A,
         reliable: bool,
@@ -579,7 +631,7 @@ class TransactionLayer(Generic[A]):
         self, invite: ClientInviteTransaction[A], now: float
     ) -> ClientNonInviteTransaction[A]:
         cancel = build_cancel(invite.request)
-        key: tuple[object, ...] = (invite.branch, "CANCEL")
+        key = _client_key(invite.branch or "", "CANCEL")  # send_request saw it has one
         existing = self._clients.get(key)
         if isinstance(existing, ClientNonInviteTransaction):
             return existing

@@ -153,7 +153,7 @@ class Transaction(Generic[A]):
     def __init__(
         self,
         layer: TransactionLayer[A],
-        key: tuple[object, ...],
+        key: str,
         request: Request,
         peer: A,
         reliable: bool,

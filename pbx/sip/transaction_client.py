@@ -62,7 +62,7 @@ class ClientTransaction(Transaction[A]):
     def __init__(
         self,
         layer: TransactionLayer[A],
-        key: tuple[object, ...],
+        key: str,
         request: Request,
         peer: A,
         reliable: bool,
@@ -124,7 +124,7 @@ class ClientInviteTransaction(ClientTransaction[A]):
     def __init__(
         self,
         layer: TransactionLayer[A],
-        key: tuple[object, ...],
+        key: str,
         request: Request,
         peer: A,
         reliable: bool,

@@ -68,7 +68,7 @@ class ServerTransaction(Transaction[A]):
     def __init__(
         self,
         layer: TransactionLayer[A],
-        key: tuple[object, ...],
+        key: str,
         request: Request,
         peer: A,
         reliable: bool,

@@ -134,7 +134,7 @@ def test_the_table_keeps_two_generations_of_the_echo_window() -> None:
 def test_a_flood_cannot_grow_the_table_past_two_generations() -> None:
     layer: TransactionLayer[str] = TransactionLayer(max_tombstones=0)
     for n in range(MAX_REMEMBERED_DATAGRAMS * 2 + 10):
-        layer._remember_datagram(b"%d" % n, ("key", n), 0.0)
+        layer._remember_datagram(b"%d" % n, f"key {n}", 0.0)
     assert len(layer._datagrams) + len(layer._datagrams_old) <= 2 * MAX_REMEMBERED_DATAGRAMS
 
 
