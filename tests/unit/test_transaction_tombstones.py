@@ -88,6 +88,26 @@ def test_the_oldest_tombstone_goes_first_past_the_bound() -> None:
         assert drain(layer) == []
 
 
+def test_past_the_bound_a_stateless_echo_goes_when_no_timer_j_tombstone_is_left() -> None:
+    layer: TransactionLayer[str] = TransactionLayer(max_tombstones=2)
+    challenged = [make_request("REGISTER", branch=f"z9hG4bK-c{n}") for n in range(2)]
+    for request in challenged:
+        transaction = receive(layer, request, 0.0)
+        layer.respond_statelessly(transaction, respond_to(request, 401), 0.0)
+    assert layer.tombstones == 2  # both echoes, no Timer J tombstone yet
+    request = make_request("REGISTER", branch="z9hG4bK-ok")
+    transaction = receive(layer, request, 0.1)
+    layer.respond(transaction, respond_to(request, 200), 0.1)
+    layer.take_outgoing()
+    drain(layer)
+    assert layer.tombstones == 2
+    layer.receive_request(challenged[0], UAC, 0.2)  # its echo made room
+    assert [type(e) for e in drain(layer)] == [RequestReceived]
+    for kept in (challenged[1], request):
+        layer.receive_request(kept, UAC, 0.2)
+        assert len(layer.take_outgoing()) == 1 and drain(layer) == []
+
+
 def test_provisional_and_reliable_and_whole_machines_keep_their_object() -> None:
     layer: TransactionLayer[str] = TransactionLayer()
     request = make_request("OPTIONS", branch="z9hG4bK-p")
