@@ -63,6 +63,7 @@ MODULES: tuple[str, ...] = (
     "pbx.core.registrar",
     "pbx.core.merged_requests",
     "pbx.core.endpoint",
+    "pbx.transport.datagrams",
 )
 """The modules `tools/compile.py` compiles: the path of every request."""
 

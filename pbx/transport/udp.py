@@ -4,40 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Callable
 
 from twisted.internet import udp
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IReactorFDSet
 from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
 
-from pbx.sip.peer import Peer
 from pbx.transport.connections import Connections
+from pbx.transport.datagrams import MAX_HELD_SENDS, SHORTEST_MESSAGE, DatagramPath
 from pbx.transport.sink import MessageSink
 
-# Keep-alives that are not SIP: some phones send a bare CRLF or a few NULs
-# to hold their NAT binding open. Nothing shorter than this is a message.
-_SHORTEST_MESSAGE = 16
+__all__ = ["MAX_HELD_SENDS", "SipDatagramProtocol", "SipUdpPort", "listen_udp"]
 
-
-_PEER_CACHE_SIZE = 20_000
-"""Addresses whose `Peer` is kept for reuse: every phone of a big office, and then some."""
-
-MAX_HELD_SENDS = 32
-"""Datagrams held back during one read burst before they go out anyway.
-
-Bounds the delay holding adds: at ~300 µs of work a message, the first
-answer of a full batch waits about 10 ms, far below T1 (500 ms).
-"""
-
+log = Logger(namespace="pbx.transport.udp")
 
 class SipDatagramProtocol(DatagramProtocol):
-    """Hands each datagram to the core; sends what the core asks, to any address.
+    """Twisted's side of SIP over UDP; the per-datagram work is `DatagramPath`'s.
 
-    The per-datagram path is kept lean, since a registrar sees thousands of
-    datagrams a second: the `Peer` of each source address is made once and
-    reused (a frozen dataclass costs a microsecond or two to build), and
-    sends go straight to ``socket.sendto`` once the destination is known to
+    Sends go straight to ``socket.sendto`` once the destination is known to
     be an IP address of our family (Twisted's ``Port.write`` checks that on
     every call). Anything else goes through ``Port.write``, which refuses a
     host name (resolving it here would block the reactor).
@@ -46,86 +31,44 @@ class SipDatagramProtocol(DatagramProtocol):
     def __init__(self, sink: MessageSink, connections: Connections) -> None:
         self.sink = sink
         self.connections = connections
-        self._peers: dict[tuple[str, int], Peer] = {}
-        self._sendable: set[str] = set()
-        self._sendto: Callable[[bytes, tuple[str, int]], object] | None = None
         self._family = socket.AF_INET
-        # Datagrams held while a read burst is handled (`SipUdpPort`); None outside one.
-        self._held: list[tuple[bytes, tuple[str, int]]] | None = None
+        self.path = DatagramPath(sink, on_error=self._core_failed, slow_send=self._write,
+                                 is_our_family=self._is_our_family)
 
     def begin_burst(self) -> None:
-        """Hold sends until `end_burst`: the datagrams waiting to be read come first.
-
-        Why: a datagram sent to a program that sleeps waiting for it costs
-        the sender the wake-up (an inter-processor interrupt; 40-130 µs a
-        send on the virtual machines measured, 5 µs when the receiver is
-        already awake). Answering a burst of requests back to back wakes
-        each peer once instead of once per answer, so the busier the PBX,
-        the less each answer costs it. Nothing is held when a single
-        datagram arrives: a burst of one ends with its own answer.
-        """
-        self._held = []
+        """Hold sends until `end_burst`: the datagrams waiting to be read come first."""
+        self.path.begin_burst()
 
     def end_burst(self) -> None:
         """Send what `begin_burst` held, in order."""
-        held, self._held = self._held, None
-        if held:
-            self._send_held(held)
-
-    def _send_held(self, held: list[tuple[bytes, tuple[str, int]]]) -> None:
-        sendto = self._sendto
-        if sendto is None:
-            return
-        for data, address in held:
-            with contextlib.suppress(OSError):
-                sendto(data, address)
+        self.path.end_burst()
 
     def startProtocol(self) -> None:
-        self.connections.udp_send = self.send
+        self._family = getattr(self.transport, "addressFamily", socket.AF_INET)
+        self.connections.udp_send = self.path.send
         _enlarge_receive_buffer(self.transport)
         sock = getattr(self.transport, "socket", None)
-        self._sendto = None if sock is None else sock.sendto
-        self._family = getattr(self.transport, "addressFamily", socket.AF_INET)
+        self.path.sendto = None if sock is None else sock.sendto
 
     def stopProtocol(self) -> None:
-        if self.connections.udp_send == self.send:
+        if self.connections.udp_send == self.path.send:
             self.connections.udp_send = None
-        self._sendto = None
+        self.path.sendto = None
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
-        if len(data) < _SHORTEST_MESSAGE:
-            return
-        peer = self._peers.get(addr)
-        if peer is None:
-            if len(self._peers) >= _PEER_CACHE_SIZE:
-                self._peers.clear()
-            peer = self._peers[addr] = Peer("udp", addr[0], addr[1])
-        self.sink.receive_data(data, peer, datagram=True)
+        if len(data) >= SHORTEST_MESSAGE:
+            self.path.deliver(data, addr[0], addr[1])
 
     def send(self, data: bytes, host: str, port: int) -> None:
+        self.path.send(data, host, port)
+
+    def _write(self, data: bytes, host: str, port: int) -> None:
         assert self.transport is not None
-        sendto = self._sendto
-        if sendto is None or host not in self._sendable:
-            if sendto is None or not self._is_our_family(host):
-                # Twisted's checks and errors (a fake transport in tests, a host name).
-                with contextlib.suppress(OSError):
-                    self.transport.write(data, (host, port))
-                return
-            if len(self._sendable) >= _PEER_CACHE_SIZE:
-                self._sendable.clear()
-            self._sendable.add(host)
-        held = self._held
-        if held is not None:
-            held.append((data, (host, port)))
-            if len(held) >= MAX_HELD_SENDS:
-                self._held = []
-                self._send_held(held)
-            return
-        # ICMP errors from an earlier send surface here on Linux, and a full
-        # socket buffer drops the datagram: the transaction's timers deal with
-        # both, as with any loss on the way.
-        with contextlib.suppress(OSError):
-            sendto(data, (host, port))
+        with contextlib.suppress(OSError):  # Twisted's errors for a host name stay
+            self.transport.write(data, (host, port))
+
+    def _core_failed(self) -> None:
+        log.failure("Unhandled error on a datagram")
 
     def _is_our_family(self, host: str) -> bool:
         if self._family == socket.AF_INET6:
@@ -134,21 +77,17 @@ class SipDatagramProtocol(DatagramProtocol):
 
 
 class SipUdpPort(udp.Port):
-    """Twisted's UDP port, telling its `SipDatagramProtocol` where each read burst ends.
+    """Twisted's UDP port, reading through the protocol's compiled `DatagramPath`.
 
-    ``doRead`` reads every datagram waiting (up to Twisted's per-call
-    budget); the protocol holds its answers until the last is handled.
+    ``doRead`` reads every datagram waiting (up to Twisted's per-call budget
+    in bytes); the answers are held until the last is handled.
     """
 
     protocol: SipDatagramProtocol
 
     def doRead(self) -> None:
-        protocol = self.protocol
-        protocol.begin_burst()
-        try:
-            super().doRead()  # type: ignore[no-untyped-call]
-        finally:
-            protocol.end_burst()
+        self.protocol.path.read_burst(self.socket.recvfrom, self.maxPacketSize,
+                                      self.maxThroughput)
 
 
 def listen_udp(reactor: IReactorFDSet, port: int, protocol: SipDatagramProtocol,

@@ -154,3 +154,33 @@ def test_a_long_burst_sends_in_batches(phone: socket.socket) -> None:
         protocol.end_burst()
     finally:
         port.stopListening()
+
+
+def test_an_error_of_the_core_on_one_datagram_is_logged_and_the_burst_goes_on(
+        phone: socket.socket) -> None:
+    from twisted.logger import globalLogPublisher
+
+    class Fussy(Sink):
+        def receive_data(self, data: bytes, peer: Peer, *, datagram: bool) -> None:
+            if data.endswith(b"0"):
+                raise ValueError("the core tripped")
+            super().receive_data(data, peer, datagram=datagram)
+
+    sink = Fussy()
+    protocol = SipDatagramProtocol(sink, Connections())
+    port = listen_udp(reactor, 0, protocol, interface="127.0.0.1")  # type: ignore[arg-type]
+    logged: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        where = ("127.0.0.1", port.getHost().port)
+        for n in range(2):
+            phone.sendto(MESSAGE + str(n).encode(), where)
+        port.doRead()
+        assert [data for data, _ in sink.received] == [MESSAGE + b"1"]
+        failures = [event for event in logged if "log_failure" in event]
+        assert len(failures) == 1
+        assert "the core tripped" in str(failures[0]["log_failure"])
+        failures[0]["log_failure"].cleanFailure()  # type: ignore[attr-defined]
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+        port.stopListening()
