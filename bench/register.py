@@ -6,8 +6,9 @@ Each server runs pinned to CPU 1 (`taskset -c 1`), SIPp to CPU 0, on
 * rate (default): N users (1,000: u0000..u0999) with passwords; SIPp plays
   tests/interop/scenarios/register_auth.xml (REGISTER, 401, REGISTER with
   an MD5 digest, 200) cycling through them in order, over one UDP socket
-  (`-t u1`: every user keeps one contact, so a re-registration refreshes
-  its binding instead of adding one; both servers see the same traffic).
+  (`-t u1`) bound to the same port in every step: every user keeps one
+  contact, so a re-registration refreshes its binding instead of adding
+  one, across steps too; both servers see the same traffic.
   The rate rises in fixed steps (500, 1,000, 2,000 ... registrations/s,
   10 s each, bounded with -m and -timeout); for each step: SIPp's counts
   (successful, failed, retransmissions, from -trace_stat), the server's CPU
@@ -321,11 +322,25 @@ def write_users_csv(path: Path, users: Sequence[tuple[str, str]]) -> None:
     path.write_text("SEQUENTIAL\n" + "".join(f"{u};{p};{DOMAIN}\n" for u, p in users))
 
 
+def udp_port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        try:
+            udp.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def run_step(server: Server, users_csv: Path, rate: int, seconds: float, work: Path,
-             tag: str) -> Step:
+             tag: str, local_port: int) -> Step:
+    """One SIPp run at `rate`, from `local_port` (the same for every step of a run:
+    each user's Contact is then the same URI, and every step refreshes the
+    binding of the step before instead of adding one, as on either server a
+    phone re-registering from its address does; with a new port per step a
+    user gained a contact a step, and the PBX's max_contacts_per_user (10)
+    answered the eleventh step 403)."""
     calls = max(1, int(rate * seconds))
     stats = work / f"{tag}.csv"
-    local_port = free_port(avoid=(server.port,))
     # Bounds: no answer within 8 s fails a call (after SIPp's retransmissions),
     # and the whole step ends at twice its length plus 20 s whatever happens.
     global_timeout_s = int(seconds * 2 + 20)
@@ -439,9 +454,13 @@ def rate_run(server: Server, users: Sequence[tuple[str, str]], steps: Sequence[i
         f"idle {group_memory(server.pgid)}; {load_note()}")
     results: list[Step] = []
     failed_steps = 0
+    sipp_port = free_port(avoid=(server.port,))
     try:
         for rate in steps:
-            step = run_step(server, users_csv, rate, seconds, work, f"{server.name}-{rate}")
+            if not udp_port_is_free(sipp_port):  # taken since by someone else
+                sipp_port = free_port(avoid=(server.port,))
+            step = run_step(server, users_csv, rate, seconds, work, f"{server.name}-{rate}",
+                            sipp_port)
             results.append(step)
             say(f"  {rate:>6,}/s: ok {step.successful:,}, failed {step.failed:,}, retrans "
                 f"{step.retransmissions:,}, achieved {step.achieved:,.0f}/s, "
@@ -472,7 +491,7 @@ def bindings_run(server: Server, count: int, rate: int, settle_s: float, work: P
         say(f"{server.name}: {count:,} users configured; answering after "
             f"{server.startup_s:.1f} s; idle {idle}; {load_note()}")
         step = run_step(server, users_csv, rate, count / rate, work,
-                        f"{server.name}-bindings-{count}")
+                        f"{server.name}-bindings-{count}", free_port(avoid=(server.port,)))
         say(f"  registered {step.successful:,} of {count:,} at {rate:,}/s "
             f"(failed {step.failed:,}, retrans {step.retransmissions:,}, CPU "
             f"{step.cpu_percent:.0f}%, wall {step.wall_s:.1f} s)")
