@@ -109,7 +109,6 @@ exempt from the bound: there is at most one per INVITE client transaction.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections import deque
 from typing import Final, Generic, NewType, TypeVar
@@ -230,11 +229,20 @@ def _or_absent(value: str | None) -> str:
     return "\x01" if value is None else value
 
 
+_TAG_MASK: Final = (1 << 48) - 1
+"""48 bits of hash for a stateless To tag: 12 hex digits, as tags made otherwise."""
+
+
 def stateless_tag(request: Request) -> str:
     """A To tag that is the same for every retransmission of `request` (§8.2.7)."""
     via = request.top_via
     seed = f"{request.call_id}|{request.from_addr.tag}|{via.branch}|{request.cseq.number}"
-    return hashlib.blake2b(seed.encode(), digest_size=6).hexdigest()
+    # The process's own SipHash of the text (its key is random per process):
+    # a tag must be unique, not secret, and this is ~15x cheaper than a
+    # BLAKE2b object, for every challenge. Another process gives another tag,
+    # as it gives another nonce.
+    return f"{hash(seed) & _TAG_MASK:012x}"
+
 
 
 class TransactionLayer(Generic[A]):
