@@ -91,15 +91,19 @@ def free_port(avoid: Sequence[int] = ()) -> int:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.bind(("127.0.0.1", 0))
             port = int(probe.getsockname()[1])
-        if port in avoid:
+        if port in avoid or not udp_port_is_free(port):
             continue
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
         return port
     raise RuntimeError("no free port on 127.0.0.1")
+
+
+def udp_port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        try:
+            udp.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def group_pids(pgid: int) -> list[int]:
@@ -323,15 +327,6 @@ class Step:
 
 def write_users_csv(path: Path, users: Sequence[tuple[str, str]]) -> None:
     path.write_text("SEQUENTIAL\n" + "".join(f"{u};{p};{DOMAIN}\n" for u, p in users))
-
-
-def udp_port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        try:
-            udp.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def run_step(server: Server, users_csv: Path, rate: int, seconds: float, work: Path,
