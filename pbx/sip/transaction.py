@@ -244,7 +244,6 @@ def stateless_tag(request: Request) -> str:
     return f"{hash(seed) & _TAG_MASK:012x}"
 
 
-
 class TransactionLayer(Generic[A]):
     """The transaction table and its four machines; `A` is the shell's address type.
 
@@ -409,21 +408,11 @@ class TransactionLayer(Generic[A]):
     def handle_timer(self, now: float) -> None:
         """Fire every timer whose deadline is at or before `now`, earliest first."""
         times = self._tombstone_times
-        keys = self._tombstone_keys
         while times and times[0] <= now:
-            times.popleft()
-            self._unbury(keys.popleft())
+            self._unbury_oldest_tombstone()
         times = self._echo_times
-        keys = self._echo_keys
-        echoed = self._echo_data
-        tombstones = self._tombstones
         while times and times[0] <= now:
-            times.popleft()
-            key = keys.popleft()
-            data = echoed.popleft()
-            # The same answer, not an equal one: its bytes object.
-            if tombstones.get(key) is data:
-                self._unbury(key)
+            self._unbury_oldest_echo()
         queue = self._timer_queue
         while (due := queue.pop_due(now)) is not None:
             transaction, timer = due
@@ -582,13 +571,21 @@ class TransactionLayer(Generic[A]):
         every tombstone is one of those, the oldest echo goes instead.
         """
         if self._tombstone_keys:
-            self._tombstone_times.popleft()
-            self._unbury(self._tombstone_keys.popleft())
+            self._unbury_oldest_tombstone()
         elif self._echo_keys:
-            self._echo_times.popleft()
-            key = self._echo_keys.popleft()
-            if self._tombstones.get(key) is self._echo_data.popleft():
-                self._unbury(key)
+            self._unbury_oldest_echo()
+
+    def _unbury_oldest_tombstone(self) -> None:
+        self._tombstone_times.popleft()
+        self._unbury(self._tombstone_keys.popleft())
+
+    def _unbury_oldest_echo(self) -> None:
+        self._echo_times.popleft()
+        key = self._echo_keys.popleft()
+        # The same answer, not an equal one: its bytes object (the key may
+        # hold a newer answer since).
+        if self._tombstones.get(key) is self._echo_data.popleft():
+            self._unbury(key)
 
     def _remember_datagram(self, raw: bytes, key: str, now: float) -> None:
         datagrams = self._datagrams

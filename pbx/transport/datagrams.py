@@ -77,7 +77,7 @@ class DatagramPath:
         burst goes on, as in Twisted's loop; a socket error other than "no
         more now" propagates to the reactor, after the held answers went out.
         """
-        self._held = []
+        self.begin_burst()
         try:
             read = 0
             while read < budget:
@@ -92,10 +92,7 @@ class DatagramPath:
                     continue
                 self.deliver(data, address[0], address[1])
         finally:
-            held = self._held
-            self._held = None
-            if held:
-                self._send_held(held)
+            self.end_burst()
 
     def deliver(self, data: bytes, host: str, port: int) -> None:
         """One datagram to the core, from the cached `Peer` of its source address."""
