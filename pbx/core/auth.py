@@ -15,6 +15,13 @@ a `Denied` holding the response to send:
    nonce) count against the address in the guard and get a fresh
    challenge, late once the address has failed often; a stale nonce gets a
    challenge with ``stale=true`` so the phone retries without asking its user.
+4. A replayed nonce count is no failure when the caller knows the request
+   for a copy of one it has already carried out (``is_repeat``): the
+   registrar answers its REGISTERs statelessly, so a phone's retransmission
+   can arrive after the transaction layer forgot the answer, with the nonce
+   count it had the first time. The caller then answers it as before and
+   changes nothing; counting it against the address would lock out a phone
+   on a lossy link (and an office behind its NAT) for retransmitting.
 
 Which headers carry what is the `AuthScheme`: a registrar is the target of
 its REGISTER (401, WWW-Authenticate / Authorization, RFC 3261 §22.2); for a
@@ -108,9 +115,15 @@ class RequestAuthenticator:
 
     def authenticate(
         self, request: Request, peer: Peer, now: float, *, scheme: AuthScheme,
-        claimed_user: str | None,
+        claimed_user: str | None, is_repeat: Callable[[str], bool] | None = None,
     ) -> str | Denied:
-        """The authenticated user, or how to answer. May raise SipParseError (400)."""
+        """The authenticated user, or how to answer. May raise SipParseError (400).
+
+        ``is_repeat(user)``, asked only of a right digest with a replayed
+        nonce count, says whether `request` repeats one of that user's
+        requests already carried out (point 4 above): then the user is
+        returned, as for fresh credentials.
+        """
         verdict = self.guard.check(peer.host, now)
         if verdict.blocked:
             # Logged once, when the block began: a blocked address sending at
@@ -130,6 +143,9 @@ class RequestAuthenticator:
                                      delay_s=verdict.delay_s)
             denied.stateless = True
             return denied
+        if result is AuthResult.REPLAY and is_repeat is not None and is_repeat(
+                self.user_name(user)):
+            return self.user_name(user)
         if result is not AuthResult.OK:
             failure = self.guard.record_failure(peer.host, now)
             if failure.blocked:

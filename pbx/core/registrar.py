@@ -17,6 +17,18 @@ changes to persist, and any security event to log. It does no I/O.
    cut down. The location service then applies them all or none, with the
    Call-ID/CSeq ordering rule of step 7 and the per-user and global bounds.
 3. The 200 lists every current binding of the user with its remaining time.
+
+Every 200 is answered statelessly (RFC 3261 §8.2.7), as Kamailio's
+registrar answers: the transaction layer echoes its bytes to
+retransmissions for a few seconds only (``stateless_echo_s``) instead of
+holding it for Timer J (32 s), which at thousands of REGISTERs a second
+was most of the PBX's memory under load. A REGISTER that repeats the one
+the user's bindings came from (the same Call-ID and CSeq,
+`LocationService.is_repeat`), a retransmission arriving after that window,
+is answered 200 with the current bindings and changes nothing, its
+replayed nonce count included (`RequestAuthenticator.authenticate`,
+``is_repeat``). Refusals (403, 423, 500, 503) keep their transaction:
+they are rare and a phone must see the same one again.
 """
 
 from __future__ import annotations
@@ -27,8 +39,9 @@ from typing import assert_never
 from pbx.core.auth import WWW_AUTH, Denied, RequestAuthenticator, SecurityEvent
 from pbx.core.location import Binding, LocationService, UpdateResult, UpdateStatus
 from pbx.sip.errors import SipParseError
-from pbx.sip.message import Request, Response
+from pbx.sip.message import Request, Response, make_response
 from pbx.sip.peer import Peer
+from pbx.sip.transaction import stateless_tag
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,7 +61,7 @@ class RegisterOutcome:
     security_event: SecurityEvent | None = None
     authenticated_user: str | None = None
     stateless: bool = False
-    """Answer without a transaction: a plain challenge (`Denied.stateless`)."""
+    """Answer without a transaction: a plain challenge (`Denied.stateless`) or any 200."""
 
     def __init__(  # written out, not generated: see pbx.compiled
         self, *, response: Response, delay_s: float = 0.0, changes: UpdateResult | None = None,
@@ -80,9 +93,16 @@ class Registrar:
 
     def handle_register(self, request: Request, peer: Peer, now: float) -> RegisterOutcome:
         to_user = request.to_addr.sip_user
+        call_id = request.call_id
+        cseq = request.cseq.number
+        location = self.location
+
+        def is_repeat(user: str) -> bool:
+            return location.is_repeat(user, call_id, cseq, now)
+
         try:
             user = self.auth.authenticate(request, peer, now, scheme=WWW_AUTH,
-                                          claimed_user=to_user)
+                                          claimed_user=to_user, is_repeat=is_repeat)
             if isinstance(user, Denied):
                 return RegisterOutcome(response=user.response, delay_s=user.delay_s,
                                        security_event=user.security_event,
@@ -111,7 +131,10 @@ class Registrar:
         cseq = request.cseq.number
         if not contacts:
             # A query (§10.3 step 8 with no Contact): the 200 lists the bindings.
-            return RegisterOutcome(response=self._ok(request, user, now))
+            return RegisterOutcome(response=self._ok(request, user, now), stateless=True)
+        if self.location.is_repeat(user, call_id, cseq, now):
+            # The REGISTER these bindings came from, again: answered as before.
+            return RegisterOutcome(response=self._ok(request, user, now), stateless=True)
         if any(contact.is_star for contact in contacts):
             if len(contacts) != 1 or header_expires != 0:
                 raise SipParseError("Contact: * needs Expires: 0 and no other Contact")
@@ -147,7 +170,8 @@ class Registrar:
     ) -> RegisterOutcome:
         status = result.status
         if status is UpdateStatus.OK:
-            return RegisterOutcome(response=self._ok(request, user, now), changes=result)
+            return RegisterOutcome(response=self._ok(request, user, now), changes=result,
+                                   stateless=True)
         if status is UpdateStatus.OUT_OF_ORDER:
             # §10.3 step 7 leaves the code open; 500 is what registrars answer.
             response = self._respond(request, 500, "Out of order CSeq for this registration")
@@ -166,7 +190,8 @@ class Registrar:
         for binding in self.location.bindings(user, now):
             remaining = max(0, int(binding.expires_at - now + 0.5))
             headers.append(("Contact", f"<{binding.contact}>;expires={remaining}"))
-        return self._respond(request, 200, headers=headers)
+        # Answered statelessly: the To tag of every answer to this request is the same.
+        return make_response(request, 200, to_tag=stateless_tag(request), headers=headers)
 
     def _respond(
         self, request: Request, status: int, reason: str | None = None,

@@ -69,8 +69,9 @@ With ``max_tombstones=0`` Completed transactions stay whole, as drawn.
 
 A TU may also answer statelessly (§8.2.7) with ``respond_statelessly``: the
 response goes out and the transaction ends at once. That is what a challenge
-(401/407 without credentials) deserves: remembering it for Timer J would
-cost a registrar tens of megabytes. Over UDP the answer is still kept as a
+(401/407 without credentials) deserves, and a registrar's 200 whose request
+is idempotent (`pbx.core.registrar`): remembering them for Timer J would
+cost a registrar hundreds of megabytes at full rate. Over UDP the answer is still kept as a
 tombstone for a short while, ``stateless_echo_s`` (8*T1, 4 s: the request's
 first three retransmissions), so that a retransmission gets the very same
 bytes back: a phone, or SIPp, that already answered a challenge takes a

@@ -231,6 +231,76 @@ async def test_lower_cseq_on_the_same_call_id_is_refused(pbx_factory: Any) -> No
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_retransmission_after_the_echo_window_is_answered_as_before(
+        pbx_factory: Any) -> None:
+    """The 200 to a REGISTER is stateless (a few T1 of echo, not Timer J).
+
+    A retransmission that arrives later, with the nonce count it had the
+    first time, is the same registration: 200 with the bindings, nothing
+    changed, and no failure charged to the address (three would block it).
+    """
+    pbx = await pbx_factory({"sip": {"t1_ms": 20, "t2_ms": 200},
+                             "security": {"slowdown_after": 2, "slowdown_s": 1.0,
+                                          "max_auth_failures": 3, "failure_window_s": 60,
+                                          "cooldown_s": 60}})
+    phone = await pbx.phone("1001")
+    contact = f"<{phone.contact_uri}>"
+    challenge = await phone.request("REGISTER", contacts=[contact], expires=300, cseq=20)
+    register = phone.build("REGISTER", contacts=[contact], expires=300, cseq=21,
+                           authorization=phone.answer(challenge))
+    phone.link.send(register)
+    ok = await phone.link.response()
+    assert ok.status == 200
+    phone.link.send(register)  # within the echo window: the very same bytes
+    assert (await phone.link.response()).raw == ok.raw
+    assert len(pbx.service.layer) == 0
+
+    await phone.link.silence(0.3)  # 8*T1 is 0.16 s: the echo is over
+    assert pbx.service.layer.tombstones == 0
+    for _ in range(3):
+        phone.link.send(register)
+        again = await phone.link.response()
+        assert again.status == 200
+        assert again.to_tag == ok.to_tag
+        assert contact_expires(again) == {phone.contact_uri: 300}
+
+    # Nothing was charged: a wrong password now is a first failure, not slowed.
+    sent = phone.link.reactor.seconds()
+    typo = await phone.request("REGISTER", contacts=[contact], expires=300, cseq=22,
+                               authorization=phone.again(password="typo"))
+    assert typo.status == 401
+    assert phone.link.reactor.seconds() - sent < 1.0
+    assert not pbx.security_log.read_text().count("blocked")
+    rows = await pbx.rows_when(bool, "1001")
+    assert [r["contact"] for r in rows] == [phone.contact_uri]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_old_register_replayed_after_a_newer_one_is_refused(pbx_factory: Any) -> None:
+    """Only the REGISTER the bindings came from repeats; an older one is a replay."""
+    pbx = await pbx_factory({"sip": {"t1_ms": 20, "t2_ms": 200}})
+    phone = await pbx.phone("1001")
+    contact = f"<{phone.contact_uri}>"
+    challenge = await phone.request("REGISTER", contacts=[contact], expires=300, cseq=30)
+    old = phone.build("REGISTER", contacts=[contact], expires=600, cseq=31,
+                      authorization=phone.answer(challenge))
+    phone.link.send(old)
+    assert (await phone.link.response()).status == 200
+    newer = await phone.request("REGISTER", contacts=[contact], expires=300, cseq=32,
+                                authorization=phone.again())
+    assert newer.status == 200
+    await phone.link.silence(0.3)
+
+    phone.link.send(old)
+    replayed = await phone.link.response()
+
+    assert replayed.status == 401  # a replayed nonce count, and charged as a failure
+    assert "auth-failure" in pbx.security_log.read_text()
+    query = await phone.request("REGISTER", cseq=33, authorization=phone.again())
+    assert contact_expires(query) == {phone.contact_uri: 300}
+
+
+@pytest_twisted.ensureDeferred
 async def test_user_may_not_register_another_users_address(pbx_factory: Any) -> None:
     pbx = await pbx_factory()
     intruder = await pbx.phone("1001")

@@ -1,6 +1,7 @@
 """What an answered request leaves for Timer J holds nothing the garbage collector visits.
 
-A registrar keeps every answered REGISTER of the last 32 s (Timer J): its
+The PBX keeps every answered non-INVITE request of the last 32 s (Timer J;
+REGISTER's 200s only for the short echo of stateless answers): its
 response's bytes to answer retransmissions, and its merged-request entry.
 At thousands a second that is hundreds of thousands of entries; held as
 objects the collector tracks, every collection pass walked them all (passes
