@@ -11,17 +11,20 @@ a `Denied` holding the response to send:
    RFC 8760 §2.4; a user configured with only an MD5 HA1 is offered MD5
    alone; an unknown user is offered everything, like a user with a
    password, so that nothing tells them apart).
-3. Credentials that fail (wrong password, unknown user, replayed or forged
-   nonce) count against the address in the guard and get a fresh
-   challenge, late once the address has failed often; a stale nonce gets a
-   challenge with ``stale=true`` so the phone retries without asking its user.
-4. A replayed nonce count is no failure when the caller knows the request
-   for a copy of one it has already carried out (``is_repeat``): the
-   registrar answers its REGISTERs statelessly, so a phone's retransmission
-   can arrive after the transaction layer forgot the answer, with the nonce
-   count it had the first time. The caller then answers it as before and
-   changes nothing; counting it against the address would lock out a phone
-   on a lossy link (and an office behind its NAT) for retransmitting.
+3. Credentials that fail (wrong password, unknown user, forged nonce)
+   count against the address in the guard and get a fresh challenge, late
+   once the address has failed often; a stale nonce gets a challenge with
+   ``stale=true`` so the phone retries without asking its user.
+4. A right digest on a nonce count already used (RFC 7616 §3.4) is no
+   guess and is never charged to the address. With the very count last
+   accepted for its nonce it is a copy of the request that used it; a
+   caller that passes ``accept_copy`` may take it as authenticated. The
+   registrar does: it answers REGISTERs statelessly, so a phone's
+   retransmission can arrive after the transaction layer forgot the
+   answer, and the registrar answers it with the current bindings,
+   changing nothing. Any other replay gets a fresh challenge. Charging
+   those would let a retransmission storm through an office's NAT lock
+   out all its phones.
 
 Which headers carry what is the `AuthScheme`: a registrar is the target of
 its REGISTER (401, WWW-Authenticate / Authorization, RFC 3261 §22.2); for a
@@ -115,14 +118,15 @@ class RequestAuthenticator:
 
     def authenticate(
         self, request: Request, peer: Peer, now: float, *, scheme: AuthScheme,
-        claimed_user: str | None, is_repeat: Callable[[str], bool] | None = None,
+        claimed_user: str | None, accept_copy: Callable[[str], bool] | None = None,
     ) -> str | Denied:
         """The authenticated user, or how to answer. May raise SipParseError (400).
 
-        ``is_repeat(user)``, asked only of a right digest with a replayed
-        nonce count, says whether `request` repeats one of that user's
-        requests already carried out (point 4 above): then the user is
-        returned, as for fresh credentials.
+        ``accept_copy(user)`` is asked only of a right digest with the nonce
+        count last accepted for its nonce (`AuthResult.COPY`: a copy of the
+        request that used it, point 4 above): if it says yes, the user is
+        returned as for fresh credentials, and the caller, told so, must
+        answer the copy without acting on it again.
         """
         verdict = self.guard.check(peer.host, now)
         if verdict.blocked:
@@ -143,9 +147,20 @@ class RequestAuthenticator:
                                      delay_s=verdict.delay_s)
             denied.stateless = True
             return denied
-        if result is AuthResult.REPLAY and is_repeat is not None and is_repeat(
+        if result is AuthResult.COPY and accept_copy is not None and accept_copy(
                 self.user_name(user)):
             return self.user_name(user)
+        if result is AuthResult.COPY or result is AuthResult.REPLAY:
+            # A right digest on a nonce count used before: a late copy of a
+            # request, or a captured one sent again. Neither is a guess, so it
+            # is refused with a fresh challenge and not charged to the
+            # address: under overload an office's phones retransmit by the
+            # thousand through one NAT address, and counting those would
+            # lock all of them out.
+            denied = self._challenge(request, scheme, now, claimed_user, stale=False,
+                                     delay_s=verdict.delay_s)
+            denied.stateless = True
+            return denied
         if result is not AuthResult.OK:
             failure = self.guard.record_failure(peer.host, now)
             if failure.blocked:

@@ -399,24 +399,6 @@ class LocationService:
             removed=tuple(removed),
         )
 
-    def is_repeat(self, aor: str, call_id: str, cseq: int, now: float) -> bool:
-        """Whether a REGISTER of `aor` with this Call-ID and CSeq is the one its bindings came from.
-
-        True when the highest CSeq among the AOR's unexpired bindings of that
-        Call-ID is `cseq`: the request is a retransmission (or a merged copy)
-        of the REGISTER that last set them, and applying it again would
-        change nothing. §10.3 step 7 would fail it as out of order; a
-        registrar that answers statelessly (Kamailio's does too) answers it
-        as it did the first time instead. A REGISTER older than that is still
-        out of order.
-        """
-        highest = -1
-        for binding in self._held(aor):
-            if binding.expires_at > now and binding.call_id == call_id and (
-                    binding.cseq > highest):
-                highest = binding.cseq
-        return highest == cseq
-
     def remove_all(self, aor: str, call_id: str, cseq: int, now: float) -> UpdateResult:
         """``Contact: *`` with ``Expires: 0`` (RFC 3261 §10.3 step 6).
 

@@ -21,14 +21,15 @@ changes to persist, and any security event to log. It does no I/O.
 Every 200 is answered statelessly (RFC 3261 §8.2.7), as Kamailio's
 registrar answers: the transaction layer echoes its bytes to
 retransmissions for a few seconds only (``stateless_echo_s``) instead of
-holding it for Timer J (32 s), which at thousands of REGISTERs a second
-was most of the PBX's memory under load. A REGISTER that repeats the one
-the user's bindings came from (the same Call-ID and CSeq,
-`LocationService.is_repeat`), a retransmission arriving after that window,
-is answered 200 with the current bindings and changes nothing, its
-replayed nonce count included (`RequestAuthenticator.authenticate`,
-``is_repeat``). Refusals (403, 423, 500, 503) keep their transaction:
-they are rare and a phone must see the same one again.
+holding them for Timer J (32 s), which at thousands of REGISTERs a second
+was most of the PBX's memory under load. A retransmission arriving after
+that window repeats the nonce count its original used: the digest layer
+calls it a copy (`AuthResult.COPY`), and the registrar answers it 200
+with the current bindings without applying it again (through
+``accept_copy`` of `RequestAuthenticator.authenticate`): not a failure,
+not a second update, and cheap next to parsing a fresh registration.
+Refusals (403, 423, 500, 503) keep their transaction: they are rare, and
+a phone must see the same one again.
 """
 
 from __future__ import annotations
@@ -93,16 +94,16 @@ class Registrar:
 
     def handle_register(self, request: Request, peer: Peer, now: float) -> RegisterOutcome:
         to_user = request.to_addr.sip_user
-        call_id = request.call_id
-        cseq = request.cseq.number
-        location = self.location
+        copied = False
 
-        def is_repeat(user: str) -> bool:
-            return location.is_repeat(user, call_id, cseq, now)
+        def accept_copy(user: str) -> bool:
+            nonlocal copied
+            copied = True
+            return True
 
         try:
             user = self.auth.authenticate(request, peer, now, scheme=WWW_AUTH,
-                                          claimed_user=to_user, is_repeat=is_repeat)
+                                          claimed_user=to_user, accept_copy=accept_copy)
             if isinstance(user, Denied):
                 return RegisterOutcome(response=user.response, delay_s=user.delay_s,
                                        security_event=user.security_event,
@@ -114,7 +115,14 @@ class Registrar:
                     security_event=SecurityEvent(kind="forbidden-user", address=peer.host,
                                                  user=user, detail=f"tried to register {to_user}"),
                 )
-            outcome = self._update_bindings(request, peer, now, user)
+            if copied:
+                # A copy of the last REGISTER made with these credentials (a
+                # retransmission the transaction layer no longer remembers):
+                # the bindings as they are now, nothing applied again.
+                outcome = RegisterOutcome(response=self._ok(request, user, now),
+                                          stateless=True)
+            else:
+                outcome = self._update_bindings(request, peer, now, user)
         except SipParseError as error:
             return RegisterOutcome(response=self._respond(request, error.status, error.reason))
         outcome.authenticated_user = user
@@ -131,9 +139,6 @@ class Registrar:
         cseq = request.cseq.number
         if not contacts:
             # A query (§10.3 step 8 with no Contact): the 200 lists the bindings.
-            return RegisterOutcome(response=self._ok(request, user, now), stateless=True)
-        if self.location.is_repeat(user, call_id, cseq, now):
-            # The REGISTER these bindings came from, again: answered as before.
             return RegisterOutcome(response=self._ok(request, user, now), stateless=True)
         if any(contact.is_star for contact in contacts):
             if len(contacts) != 1 or header_expires != 0:

@@ -732,8 +732,13 @@ class AuthResult(Enum):
     """We did not issue this nonce (or opaque) under this secret and realm."""
     WRONG_PASSWORD = "wrong-password"
     """Wrong digest, or unknown user: the two are deliberately one result."""
+    COPY = "copy"
+    """Right digest, with the very nc last accepted for the nonce: a copy of the
+    request that used it (a retransmission, or that request captured and sent
+    again). Refused like a replay unless the caller knows better: a registrar
+    that answers statelessly answers such a copy as it did the first time."""
     REPLAY = "replay"
-    """Right digest, but nc is not above the highest nc seen for the nonce."""
+    """Right digest, but nc is below the highest nc seen for the nonce."""
     REALM_MISMATCH = "realm-mismatch"
     """Credentials for another realm (RFC 3261 §22.1)."""
     UNSUPPORTED = "unsupported"
@@ -1026,8 +1031,9 @@ class DigestAuthenticator:
         size = self._max_tracked
         slot = counter % size
         if self._holder[slot] == fingerprint:
-            if nc <= self._highest_nc[slot]:
-                return AuthResult.REPLAY
+            highest = self._highest_nc[slot]
+            if nc <= highest:
+                return AuthResult.COPY if nc == highest else AuthResult.REPLAY
             self._highest_nc[slot] = nc
             return AuthResult.OK
         if (self._counter - counter) & 0xFFFFFFFF >= size:

@@ -133,25 +133,6 @@ def test_same_call_id_with_equal_or_lower_cseq_is_out_of_order() -> None:
     assert location.bindings("1001", NOW) == [current]
 
 
-def test_a_repeat_is_the_register_the_newest_bindings_of_its_call_id_came_from() -> None:
-    """What the registrar answers as before instead of refusing as out of order."""
-    location = LocationService()
-    ok(location.update_all([make_binding(contact="sip:1001@10.0.0.5", cseq=5),
-                            make_binding(contact="sip:1001@10.0.0.6", cseq=5)], NOW))
-    assert location.is_repeat("1001", "a84b4c76e66710@pc33.example.org", 5, NOW)
-    assert not location.is_repeat("1001", "a84b4c76e66710@pc33.example.org", 4, NOW)
-    assert not location.is_repeat("1001", "a84b4c76e66710@pc33.example.org", 6, NOW)
-    assert not location.is_repeat("1001", "another-call-id@pc33", 5, NOW)
-    assert not location.is_repeat("1002", "a84b4c76e66710@pc33.example.org", 5, NOW)
-
-    # A later REGISTER of the same Call-ID refreshed one contact: the first one is old now.
-    ok(location.update(make_binding(contact="sip:1001@10.0.0.5", cseq=6), NOW + 1))
-    assert not location.is_repeat("1001", "a84b4c76e66710@pc33.example.org", 5, NOW + 1)
-    assert location.is_repeat("1001", "a84b4c76e66710@pc33.example.org", 6, NOW + 1)
-    # Expired bindings count for nothing.
-    assert not location.is_repeat("1001", "a84b4c76e66710@pc33.example.org", 6, NOW + 3601)
-
-
 def test_a_different_call_id_is_accepted_whatever_its_cseq() -> None:
     """A rebooted phone starts a new Call-ID at CSeq 1 (§10.2.4)."""
     location = LocationService()
