@@ -29,6 +29,45 @@ def options(port: int) -> bytes:
     ).encode()
 
 
+def start_twistd(tmp_path: Path, lines: list[str], *,
+                 interruptible: bool = False) -> tuple[subprocess.Popen[bytes], Path]:
+    """`twistd -n pbx` on `lines` of config, as an operator starts it; and its log.
+
+    ``interruptible``: SIGINT at its default, as in a terminal where Ctrl-C
+    reaches it (a shell starting a job in the background ignores SIGINT for it).
+    """
+    config = tmp_path / "pbx.toml"
+    config.write_text("\n".join(lines) + "\n")
+    log = tmp_path / "pbx.log"
+
+    def default_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    process = subprocess.Popen(
+        [str(TWISTD), "-n", "--pidfile", str(tmp_path / "pbx.pid"), "--logfile", str(log),
+         "pbx", "--config", str(config)],
+        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=default_sigint if interruptible else None)
+    return process, log
+
+
+def answer_to_options(process: subprocess.Popen[bytes], log: Path, udp: int) -> bytes:
+    """Ask the PBX on UDP port `udp` until it answers (30 s at most)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as phone:
+        phone.bind(("127.0.0.1", 0))
+        phone.settimeout(0.25)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text() if log.exists() else "no log"
+            phone.sendto(options(phone.getsockname()[1]), ("127.0.0.1", udp))
+            try:
+                return phone.recv(4096)
+            except TimeoutError:
+                continue
+    return b""
+
+
 @pytest.mark.parametrize("with_tls", [False, True])
 def test_tls_support_is_loaded_only_with_a_tls_listener(tmp_path: Path, with_tls: bool) -> None:
     # pyOpenSSL and cryptography cost 12 MB resident: a PBX on UDP alone
@@ -39,27 +78,9 @@ def test_tls_support_is_loaded_only_with_a_tls_listener(tmp_path: Path, with_tls
     if with_tls:
         lines.append(f'tls = "127.0.0.1:{free_port(socket.SOCK_STREAM)}"')
     lines += ["[users.1001]", 'password = "secret"']
-    config = tmp_path / "pbx.toml"
-    config.write_text("\n".join(lines) + "\n")
-    log = tmp_path / "pbx.log"
-    process = subprocess.Popen(
-        [str(TWISTD), "-n", "--pidfile", str(tmp_path / "pbx.pid"), "--logfile", str(log),
-         "pbx", "--config", str(config)],
-        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT, start_new_session=True)
+    process, log = start_twistd(tmp_path, lines)
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as phone:
-            phone.bind(("127.0.0.1", 0))
-            phone.settimeout(0.25)
-            answer = b""
-            deadline = time.monotonic() + 30
-            while not answer and time.monotonic() < deadline:
-                assert process.poll() is None, log.read_text() if log.exists() else "no log"
-                phone.sendto(options(phone.getsockname()[1]), ("127.0.0.1", udp))
-                try:
-                    answer = phone.recv(4096)
-                except TimeoutError:
-                    continue
+        answer = answer_to_options(process, log, udp)
         assert answer.startswith(b"SIP/2.0 200"), answer
         maps = Path(f"/proc/{process.pid}/maps").read_text()
         assert ("cryptography" in maps) == with_tls, "cryptography's library mapped"
@@ -70,3 +91,25 @@ def test_tls_support_is_loaded_only_with_a_tls_listener(tmp_path: Path, with_tls
     # A clean stop re-raises SIGTERM (twisted.application.app._exitWithSignal).
     assert process.returncode in (0, -signal.SIGTERM)
     assert log.read_text().rstrip().endswith("Server Shut Down.")
+
+
+def test_ctrl_c_stops_it_cleanly(tmp_path: Path) -> None:
+    """What `make run` promises: Ctrl-C (SIGINT) saves the bindings and shuts down."""
+    udp = free_port(socket.SOCK_DGRAM)
+    process, log = start_twistd(tmp_path, [
+        "[pbx]", f'data_dir = "{tmp_path / "data"}"',
+        "[sip]", 'domain = "pbx.test"', f'udp = "127.0.0.1:{udp}"',
+        "[users.1001]", 'password = "secret"'], interruptible=True)
+    try:
+        assert answer_to_options(process, log, udp).startswith(b"SIP/2.0 200")
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = log.read_text()
+    assert "Received SIGINT, shutting down." in text
+    assert "Stopped; bindings saved" in text
+    assert text.rstrip().endswith("Server Shut Down.")
+    assert process.returncode in (0, -signal.SIGINT)
