@@ -230,6 +230,27 @@ async def test_lower_cseq_on_the_same_call_id_is_refused(pbx_factory: Any) -> No
     assert contact_expires(query) == {phone.contact_uri: 300}
 
 
+def short_echo(*, slowdown_after: int, block_after: int) -> dict[str, Any]:
+    """T1 of 20 ms (the echo of a stateless 200 lasts 8*T1, 0.16 s), and a strict guard."""
+    return {"sip": {"t1_ms": 20, "t2_ms": 200},
+            "security": {"slowdown_after": slowdown_after, "slowdown_s": 1.0,
+                         "max_auth_failures": block_after, "failure_window_s": 60,
+                         "cooldown_s": 60}}
+
+
+async def register_keeping_bytes(phone: Phone, *, expires: int, cseq: int) -> tuple[bytes, Any]:
+    """Challenge, then the authenticated REGISTER: its bytes (to send again) and its 200."""
+    contact = f"<{phone.contact_uri}>"
+    challenge = await phone.request("REGISTER", contacts=[contact], expires=expires,
+                                    cseq=cseq - 1)
+    register = phone.build("REGISTER", contacts=[contact], expires=expires, cseq=cseq,
+                           authorization=phone.answer(challenge))
+    phone.link.send(register)
+    ok = await phone.link.response()
+    assert ok.status == 200
+    return register, ok
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_retransmission_after_the_echo_window_is_answered_as_before(
         pbx_factory: Any) -> None:
@@ -239,18 +260,10 @@ async def test_a_retransmission_after_the_echo_window_is_answered_as_before(
     first time, is the same registration: 200 with the bindings, nothing
     changed, and no failure charged to the address (three would block it).
     """
-    pbx = await pbx_factory({"sip": {"t1_ms": 20, "t2_ms": 200},
-                             "security": {"slowdown_after": 2, "slowdown_s": 1.0,
-                                          "max_auth_failures": 3, "failure_window_s": 60,
-                                          "cooldown_s": 60}})
+    pbx = await pbx_factory(short_echo(slowdown_after=2, block_after=3))
     phone = await pbx.phone("1001")
     contact = f"<{phone.contact_uri}>"
-    challenge = await phone.request("REGISTER", contacts=[contact], expires=300, cseq=20)
-    register = phone.build("REGISTER", contacts=[contact], expires=300, cseq=21,
-                           authorization=phone.answer(challenge))
-    phone.link.send(register)
-    ok = await phone.link.response()
-    assert ok.status == 200
+    register, ok = await register_keeping_bytes(phone, expires=300, cseq=21)
     phone.link.send(register)  # within the echo window: the very same bytes
     assert (await phone.link.response()).raw == ok.raw
     assert len(pbx.service.layer) == 0
@@ -282,11 +295,8 @@ async def test_a_late_copy_of_an_older_registration_changes_nothing(pbx_factory:
     pbx = await pbx_factory({"sip": {"t1_ms": 20, "t2_ms": 200}})
     phone = await pbx.phone("1001")
     contact = f"<{phone.contact_uri}>"
-    challenge = await phone.request("REGISTER", contacts=[contact], expires=600, cseq=40)
-    older = phone.build("REGISTER", contacts=[contact], expires=600, cseq=41,
-                        authorization=phone.answer(challenge))
-    phone.link.send(older)
-    assert contact_expires(await phone.link.response()) == {phone.contact_uri: 600}
+    older, first = await register_keeping_bytes(phone, expires=600, cseq=41)
+    assert contact_expires(first) == {phone.contact_uri: 600}
     phone.call_id = "a-second-registration@127.0.0.1"
     challenge = await phone.request("REGISTER", contacts=[contact], expires=300, cseq=1)
     newer = await phone.request("REGISTER", contacts=[contact], expires=300, cseq=2,
@@ -305,18 +315,11 @@ async def test_a_late_copy_of_an_older_registration_changes_nothing(pbx_factory:
 
 @pytest_twisted.ensureDeferred
 async def test_an_old_register_replayed_after_a_newer_one_is_refused(pbx_factory: Any) -> None:
-    """Only the REGISTER the bindings came from repeats; an older one is a replay."""
-    pbx = await pbx_factory({"sip": {"t1_ms": 20, "t2_ms": 200},
-                             "security": {"slowdown_after": 1, "slowdown_s": 1.0,
-                                          "max_auth_failures": 1, "failure_window_s": 60,
-                                          "cooldown_s": 60}})
+    """A copy of an older use of a nonce is a replay: challenged afresh, charged nothing."""
+    pbx = await pbx_factory(short_echo(slowdown_after=1, block_after=1))
     phone = await pbx.phone("1001")
     contact = f"<{phone.contact_uri}>"
-    challenge = await phone.request("REGISTER", contacts=[contact], expires=300, cseq=30)
-    old = phone.build("REGISTER", contacts=[contact], expires=600, cseq=31,
-                      authorization=phone.answer(challenge))
-    phone.link.send(old)
-    assert (await phone.link.response()).status == 200
+    old, _ = await register_keeping_bytes(phone, expires=600, cseq=31)
     newer = await phone.request("REGISTER", contacts=[contact], expires=300, cseq=32,
                                 authorization=phone.again())
     assert newer.status == 200
