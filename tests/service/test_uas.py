@@ -186,7 +186,7 @@ async def test_udp_retransmission_gets_the_same_response(pbx_factory: Any) -> No
 
     phone.link.send(request)
     first = await phone.link.response()
-    phone.link.send(request)  # answered from the tombstone: the nonce count is not replayed
+    phone.link.send(request)  # answered from the echo of the stateless 200: its very bytes
     again = await phone.link.response()
 
     assert first.status == 200
