@@ -64,7 +64,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -89,6 +88,7 @@ from register import (
     load_note,
     machine_note,
     say,
+    udp_port_is_free,
     version_of,
 )
 
@@ -221,15 +221,6 @@ def read_sipp_stats(path: Path) -> SippStats:
         answered=sum(buckets.values()), slow=slow)
 
 
-def port_taken(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
-
-
 def sipp(work: Path, tag: str, scenario: str, *, local_port: int, remote_port: int | None,
          csv_path: Path | None, calls: int, limit: int, timeout_s: int,
          extra: Sequence[str] = ()) -> tuple[subprocess.Popen[bytes], Path]:
@@ -253,7 +244,7 @@ def sipp(work: Path, tag: str, scenario: str, *, local_port: int, remote_port: i
 def wait_bound(process: subprocess.Popen[bytes], port: int, timeout_s: float = 5.0) -> None:
     """Until the SIPp that is to answer holds its port (or fail)."""
     deadline = time.monotonic() + timeout_s
-    while not port_taken(port):
+    while udp_port_is_free(port):
         if process.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"the answering SIPp did not bind 127.0.0.1:{port}")
         time.sleep(0.02)
