@@ -135,32 +135,26 @@ class RequestAuthenticator:
             return Denied(response=self.respond(request, 403, "Too many failed attempts"))
         credentials = self._our_credentials(request, scheme)
         if credentials is None:
-            denied = self._challenge(request, scheme, now, claimed_user, stale=False,
-                                     delay_s=verdict.delay_s)
-            denied.stateless = True
-            return denied
+            return self._challenge(request, scheme, now, claimed_user, stale=False,
+                                   delay_s=verdict.delay_s, stateless=True)
         user = credentials.username
         ha1 = self.ha1_lookup(user, credentials.algorithm)
         result = self.authenticator.verify(credentials, request.method, ha1=ha1, now=now)
-        if result is AuthResult.STALE:
-            denied = self._challenge(request, scheme, now, claimed_user, stale=True,
-                                     delay_s=verdict.delay_s)
-            denied.stateless = True
-            return denied
-        if result is AuthResult.COPY and accept_copy is not None and accept_copy(
-                self.user_name(user)):
-            return self.user_name(user)
-        if result is AuthResult.COPY or result is AuthResult.REPLAY:
-            # A right digest on a nonce count used before: a late copy of a
-            # request, or a captured one sent again. Neither is a guess, so it
-            # is refused with a fresh challenge and not charged to the
-            # address: under overload an office's phones retransmit by the
-            # thousand through one NAT address, and counting those would
-            # lock all of them out.
-            denied = self._challenge(request, scheme, now, claimed_user, stale=False,
-                                     delay_s=verdict.delay_s)
-            denied.stateless = True
-            return denied
+        if result is AuthResult.COPY and accept_copy is not None:
+            name = self.user_name(user)
+            if accept_copy(name):
+                return name
+        if (result is AuthResult.STALE or result is AuthResult.COPY
+                or result is AuthResult.REPLAY):
+            # A stale nonce asks the phone to retry with a new one (stale=true).
+            # A right digest on a nonce count used before is a late copy of a
+            # request, or a captured one sent again. None of them is a guess,
+            # so none is charged to the address: under overload an office's
+            # phones retransmit by the thousand through one NAT address, and
+            # counting those would lock all of them out.
+            return self._challenge(request, scheme, now, claimed_user,
+                                   stale=result is AuthResult.STALE,
+                                   delay_s=verdict.delay_s, stateless=True)
         if result is not AuthResult.OK:
             failure = self.guard.record_failure(peer.host, now)
             if failure.blocked:
@@ -188,8 +182,9 @@ class RequestAuthenticator:
 
     def _challenge(
         self, request: Request, scheme: AuthScheme, now: float, user: str | None, *,
-        stale: bool, delay_s: float,
+        stale: bool, delay_s: float, stateless: bool = False,
     ) -> Denied:
+        """401/407 with a fresh challenge; ``stateless`` for one as good when sent again."""
         algorithms: list[str] | None = None
         if user is not None:
             algorithms = [name for name in self.authenticator.offered_algorithms
@@ -199,7 +194,7 @@ class RequestAuthenticator:
         # The same To tag for every retransmission, should one be answered again (§8.2.7).
         response = make_response(request, scheme.status, to_tag=stateless_tag(request),
                                  headers=headers)
-        return Denied(response=response, delay_s=delay_s)
+        return Denied(response=response, delay_s=delay_s, stateless=stateless)
 
     def respond(
         self, request: Request, status: int, reason: str | None = None,
