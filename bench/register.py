@@ -284,6 +284,26 @@ class Pbx(Server):
         return [str(TWISTD), "-n", "--pidfile", str(self.workdir / "pbx.pid"), *profile,
                 "--logfile", str(self.log), "pbx", "--config", str(self.config)]
 
+    def start(self, timeout_s: float) -> None:
+        super().start(timeout_s)
+        mode = self.mode()
+        if not mode.startswith("compiled"):
+            # A source file edited after `make compile` (even during a run:
+            # each start checks again) makes the PBX fall back to pure Python,
+            # about half as fast: such figures must not pass for the PBX's.
+            self.stop()
+            raise SystemExit(f"the PBX runs as {mode!r}, not compiled: run `make compile` "
+                             "and leave pbx/ alone while the benchmark runs")
+
+    def mode(self) -> str:
+        """What the PBX logged at start about its hot path (`pbx.compiled.MODE`)."""
+        marker = "SIP core and registrar: "
+        with contextlib.suppress(OSError):
+            for line in self.log.read_text(errors="replace").splitlines():
+                if marker in line:
+                    return line.split(marker, 1)[1].strip()
+        return "unknown (no start-up line in its log)"
+
     def bindings(self) -> int | None:
         """Rows in the PBX's SQLite file (flushed every 0.2 s; WAL lets us read)."""
         database = self.data_dir / "pbx.sqlite3"
