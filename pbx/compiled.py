@@ -48,6 +48,7 @@ MODULES: tuple[str, ...] = (
     "pbx.sip.headers",
     "pbx.sip.message",
     "pbx.sip.digest",
+    "pbx.sip.digest_server",
     "pbx.sip.timers",
     "pbx.sip.events",
     "pbx.sip.transaction_base",

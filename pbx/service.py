@@ -53,7 +53,7 @@ from pbx.core.registrar import Registrar, RegistrarSettings
 from pbx.core.router import DialplanError, DialplanLoader
 from pbx.core.user_secrets import UserSecrets
 from pbx.memory import CollectionPauses, give_back_free_memory
-from pbx.sip.digest import DigestAuthenticator
+from pbx.sip.digest_server import DigestAuthenticator
 from pbx.sip.peer import Peer
 from pbx.sip.timers import TimerSettings
 from pbx.sip.transaction import TransactionLayer

@@ -38,7 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pbx.core.guard import AuthGuard
-from pbx.sip.digest import AuthResult, Credentials, DigestAuthenticator
+from pbx.sip.digest import Credentials
+from pbx.sip.digest_server import AuthResult, DigestAuthenticator
 from pbx.sip.message import Request, Response, make_response
 from pbx.sip.peer import Peer
 from pbx.sip.transaction import stateless_tag

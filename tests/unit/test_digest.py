@@ -20,12 +20,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pbx.sip import digest
+from pbx.sip import digest, digest_server
 from pbx.sip.digest import (
-    AuthResult,
     Challenge,
     Credentials,
-    DigestAuthenticator,
     UnsupportedDigestError,
     authorization_for,
     compute_ha1,
@@ -34,6 +32,7 @@ from pbx.sip.digest import (
     parse_auth_params,
     select_challenge,
 )
+from pbx.sip.digest_server import AuthResult, DigestAuthenticator
 from pbx.sip.errors import SipParseError
 
 # RFC 7616 §3.9.1
@@ -1030,8 +1029,8 @@ def test_recent_nonces_are_bounded_and_an_older_nonce_is_checked_by_its_mac() ->
     auth = make_auth()
     first = answer(auth, T0)
     assert first.nonce in auth._recent
-    later = [answer(auth, T0) for _ in range(digest._RECENT_NONCES + 100)]
-    assert len(auth._recent) == digest._RECENT_NONCES
+    later = [answer(auth, T0) for _ in range(digest_server._RECENT_NONCES + 100)]
+    assert len(auth._recent) == digest_server._RECENT_NONCES
     assert first.nonce not in auth._recent
     assert verify(auth, first, T0 + 1) is AuthResult.OK  # by its MAC
     assert verify(auth, later[-1], T0 + 1) is AuthResult.OK  # from the table
@@ -1044,14 +1043,14 @@ def test_recent_nonces_are_bounded_and_an_older_nonce_is_checked_by_its_mac() ->
 def test_a_nonce_issued_twice_leaves_the_recent_table_consistent() -> None:
     """Constant randomness, a wrapped counter and the same time give the same nonce twice."""
     auth = make_auth()
-    auth._counter = 0xFFFFFFFF - digest._RECENT_NONCES // 2
+    auth._counter = 0xFFFFFFFF - digest_server._RECENT_NONCES // 2
     first = answer(auth, T0)
-    auth._counter = 0xFFFFFFFF - digest._RECENT_NONCES // 2
+    auth._counter = 0xFFFFFFFF - digest_server._RECENT_NONCES // 2
     again = answer(auth, T0)
     assert again.nonce == first.nonce
-    for _ in range(2 * digest._RECENT_NONCES):
+    for _ in range(2 * digest_server._RECENT_NONCES):
         answer(auth, T0 + 1)
-    assert len(auth._recent) == digest._RECENT_NONCES
+    assert len(auth._recent) == digest_server._RECENT_NONCES
 
 
 def test_nonces_of_two_runs_with_the_same_counter_keep_their_own_counts() -> None:
