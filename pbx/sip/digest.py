@@ -117,7 +117,9 @@ _ALGORITHMS_AS_NAMED: dict[str, _Algorithm] = {a.name: a for a in _ALGORITHMS.va
 """The same by registry spelling, as nearly every caller writes them: no upper() needed."""
 
 
-def _algorithm(name: str) -> _Algorithm:
+def algorithm_named(name: str) -> _Algorithm:
+    """The algorithm a challenge or credentials name, in any case; also used
+    by `pbx.sip.digest_server` (not part of the public API, hence not in __all__)."""
     alg = _ALGORITHMS_AS_NAMED.get(name)
     if alg is None:
         alg = _ALGORITHMS.get(name.upper())
@@ -150,7 +152,7 @@ def compute_ha1(username: str, realm: str, password: str, algorithm: str = "MD5"
     `compute_response`, so one stored HA1 per hash serves both variants
     (RFC 7616 §3.4.2).
     """
-    return _h(_algorithm(algorithm), f"{username}:{realm}:{password}")
+    return _h(algorithm_named(algorithm), f"{username}:{realm}:{password}")
 
 
 def ha1_for(username: str, realm: str, password: str, algorithm: str = "MD5") -> str:
@@ -192,7 +194,7 @@ def compute_response(
     client hashed its own spelling. The ``-sess`` session key uses the hex
     HA1, as RFC 7616 §3.4.2 settles (RFC 2617's sample code hashed raw bytes).
     """
-    alg = _algorithm(algorithm)
+    alg = algorithm_named(algorithm)
     if alg.session and cnonce is None:
         raise UnsupportedDigestError(f"{alg.name} needs a cnonce, hence qop")
     if qop is not None:
@@ -200,13 +202,13 @@ def compute_response(
             raise UnsupportedDigestError(f"qop={qop} is not supported, only qop=auth")
         if nc is None or cnonce is None:
             raise UnsupportedDigestError("qop=auth needs nc and cnonce")
-    return _response(alg, ha1, nonce, method, uri, qop, nc, cnonce)
+    return digest_response(alg, ha1, nonce, method, uri, qop, nc, cnonce)
 
 
-def _response(alg: _Algorithm, ha1: str, nonce: str, method: str, uri: str,
-              qop: str | None, nc: str | None, cnonce: str | None) -> str:
+def digest_response(alg: _Algorithm, ha1: str, nonce: str, method: str, uri: str,
+                    qop: str | None, nc: str | None, cnonce: str | None) -> str:
     """`compute_response` once its checks are made: ``-sess`` has a cnonce,
-    a qop is ``auth`` with nc and cnonce."""
+    a qop is ``auth`` with nc and cnonce. The server side verifies with it."""
     if alg.session:
         ha1 = _h(alg, f"{ha1}:{nonce}:{cnonce}")
     ha2 = _ha2(alg, method, uri)
@@ -371,7 +373,7 @@ def _auth_params_exact(value: str, pos: int) -> dict[str, str]:
             raise SipParseError(f"expected ',' between auth-params at offset {pos}")
 
 
-def _quote(value: str) -> str:
+def quoted_string(value: str) -> str:
     """A quoted-string for `value`; CR and LF cannot be quoted (RFC 3261 §25.1)."""
     if "\r" in value or "\n" in value:
         raise LocalProtocolError("CR or LF in an authentication parameter")
@@ -382,7 +384,7 @@ def _quote(value: str) -> str:
 
 def _token_or_quoted(value: str) -> str:
     """Token-valued parameters go bare when they are tokens, quoted otherwise."""
-    return value if _TOKEN_RE.fullmatch(value) else _quote(value)
+    return value if _TOKEN_RE.fullmatch(value) else quoted_string(value)
 
 
 def _require_digest(scheme: str) -> None:
@@ -433,17 +435,17 @@ class Challenge:
 
     def to_header_value(self) -> str:
         """The header value, parameters spelled as RFC 7616 §3.3 spells them."""
-        parts = [f"Digest realm={_quote(self.realm)}"]
+        parts = [f"Digest realm={quoted_string(self.realm)}"]
         if self.domain is not None:
-            parts.append(f"domain={_quote(self.domain)}")
-        parts.append(f"nonce={_quote(self.nonce)}")
+            parts.append(f"domain={quoted_string(self.domain)}")
+        parts.append(f"nonce={quoted_string(self.nonce)}")
         if self.opaque is not None:
-            parts.append(f"opaque={_quote(self.opaque)}")
+            parts.append(f"opaque={quoted_string(self.opaque)}")
         if self.stale:
             parts.append("stale=TRUE")
         parts.append(f"algorithm={_token_or_quoted(self.algorithm)}")
         if self.qop:
-            parts.append(f"qop={_quote(','.join(self.qop))}")
+            parts.append(f"qop={quoted_string(','.join(self.qop))}")
         return ", ".join(parts)
 
 
@@ -507,17 +509,17 @@ class Credentials:
     def to_header_value(self) -> str:
         """The header value; qop, nc and algorithm bare (RFC 7616 §3.4)."""
         parts = [
-            f"Digest username={_quote(self.username)}",
-            f"realm={_quote(self.realm)}",
-            f"nonce={_quote(self.nonce)}",
-            f"uri={_quote(self.uri)}",
-            f"response={_quote(self.response)}",
+            f"Digest username={quoted_string(self.username)}",
+            f"realm={quoted_string(self.realm)}",
+            f"nonce={quoted_string(self.nonce)}",
+            f"uri={quoted_string(self.uri)}",
+            f"response={quoted_string(self.response)}",
             f"algorithm={_token_or_quoted(self.algorithm)}",
         ]
         if self.cnonce is not None:
-            parts.append(f"cnonce={_quote(self.cnonce)}")
+            parts.append(f"cnonce={quoted_string(self.cnonce)}")
         if self.opaque is not None:
-            parts.append(f"opaque={_quote(self.opaque)}")
+            parts.append(f"opaque={quoted_string(self.opaque)}")
         if self.qop is not None:
             parts.append(f"qop={_token_or_quoted(self.qop)}")
         if self.nc is not None:
@@ -719,7 +721,7 @@ def authorization_for(
     """
     if not 1 <= nc <= 0xFFFFFFFF:
         raise ValueError(f"nc {nc} is outside 1..0xFFFFFFFF")
-    alg = _algorithm(challenge.algorithm)
+    alg = algorithm_named(challenge.algorithm)
     qop = _usable_qop(challenge)
     nc_value = None if qop is None else f"{nc:08x}"
     used_cnonce = None if qop is None else cnonce

@@ -59,9 +59,9 @@ from pbx.sip.digest import (
     Challenge,
     Credentials,
     UnsupportedDigestError,
-    _algorithm,
-    _quote,
-    _response,
+    algorithm_named,
+    digest_response,
+    quoted_string,
 )
 from pbx.sip.errors import LocalProtocolError
 
@@ -180,7 +180,7 @@ class DigestAuthenticator:
         if not algorithms:
             raise ValueError("at least one algorithm is needed")
         try:
-            algs = [_algorithm(a) for a in algorithms]
+            algs = [algorithm_named(a) for a in algorithms]
         except UnsupportedDigestError as e:
             raise ValueError(str(e)) from None
         if len({a.name for a in algs}) != len(algs):
@@ -209,9 +209,10 @@ class DigestAuthenticator:
         mac = hmac.digest(secret, b"opaque\x00" + self._realm_bytes, "sha256")
         self._opaque = _b64(mac[:12])
         # The fixed parts of every challenge, in `Challenge.to_header_value`'s order.
-        self._challenge_prefix = f"Digest realm={_quote(realm)}, nonce=\""
-        self._challenge_tail = f", opaque={_quote(self._opaque)}, algorithm="
-        self._challenge_tail_stale = f", opaque={_quote(self._opaque)}, stale=TRUE, algorithm="
+        opaque = quoted_string(self._opaque)
+        self._challenge_prefix = f"Digest realm={quoted_string(realm)}, nonce=\""
+        self._challenge_tail = f", opaque={opaque}, algorithm="
+        self._challenge_tail_stale = f", opaque={opaque}, stale=TRUE, algorithm="
         # A stand-in HA1 per hash, so an unknown user costs the same work.
         dummy = hmac.digest(secret, b"dummy\x00", "sha256")
         self._dummy_ha1 = {a.name: a.hexdigest(dummy) for a in algs}
@@ -355,7 +356,7 @@ class DigestAuthenticator:
 
         # compute_response's checks are made above (qop) and by Credentials
         # (a qop comes with nc and cnonce; -sess without qop is refused above).
-        expected = _response(
+        expected = digest_response(
             alg, self._dummy_ha1[alg.name] if ha1 is None else ha1, credentials.nonce,
             method, credentials.uri, qop, credentials.nc, credentials.cnonce)
         given = credentials.response.lower().encode("ascii", "replace")
