@@ -2,7 +2,9 @@
 
 The schema is Kamailio 5.6's own (``/usr/share/kamailio/db_sqlite/``:
 ``version`` and ``subscriber`` at table version 7); passwords are stored in
-plain text, as ``calculate_ha1`` wants them.
+plain text, as ``calculate_ha1`` wants them. The view ``htable_cred``
+presents them in the columns of Kamailio's ``htable`` table (version 2), for
+kamailio-htable.cfg, which loads them into memory once at start-up.
 
     python bench/kamailio/make_db.py DB_FILE DOMAIN USERS_CSV
 
@@ -36,6 +38,11 @@ CREATE TABLE subscriber (
 );
 CREATE INDEX subscriber_username_idx ON subscriber (username);
 INSERT INTO version (table_name, table_version) VALUES ('subscriber', '7');
+CREATE VIEW htable_cred AS
+    SELECT id, username AS key_name, 0 AS key_type, 0 AS value_type,
+           password AS key_value, 0 AS expires
+    FROM subscriber;
+INSERT INTO version (table_name, table_version) VALUES ('htable_cred', '2');
 """
 
 
