@@ -48,9 +48,12 @@ def test_reception_calling_a_busy_or_unanswered_extension_is_not_rung_and_hears_
     assert call.final_status == status
 
 
-def test_busy_callee_then_reception_not_answering_is_busy_for_the_caller() -> None:
+@pytest.mark.parametrize("reception", [NoAnswer(), Unavailable(480)])
+def test_busy_callee_then_reception_not_taking_it_is_busy_for_the_caller(
+        reception: object) -> None:
+    # As on a live PBX (tests/service/test_office_dialplan.py): the best of both.
     call = FakeCall(dialed="1003", caller="1002", users=USERS,
-                    answers={"1003": Busy(), "1001": NoAnswer()})
+                    answers={"1003": Busy(), "1001": reception})  # type: ignore[dict-item]
     run(handler, call)
     assert call.dialed_targets == [("1003",), ("1001",)]
     assert call.final_status == 486
