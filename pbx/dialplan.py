@@ -24,9 +24,19 @@ the reactor or SIP messages. ``dial`` returns a `DialResult` (a type per
 outcome, for ``isinstance`` or ``match``); a caller who hangs up makes the
 pending await raise `CallEnded`. When a handler returns without having
 answered or rejected the call, the caller gets the best final response of
-what was tried (RFC 3261 §16.7), or 404 if nothing was. An exception in a
-handler fails that call with 500 and is logged with its traceback; the
-PBX carries on.
+everything that was tried, over all its dials (RFC 3261 §16.7: a busy
+callee then a reception that did not answer is 486 Busy Here), or 404 if
+nothing was. An exception in a handler fails that call with 500 and is
+logged with its traceback; the PBX carries on.
+
+A call never rings the caller's own extension: ``dial``, ``forward``, a
+ring group and a hunt leave it out, so a forward to reception made while
+reception is the one calling rings nobody. A dial left with nobody to ring
+returns `Unavailable` (480) at once and changes nothing the caller hears:
+a forward after a busy callee still ends in 486 for the caller. A user who
+dials their own extension directly gets 480 from that dial, unless the
+dialplan does something else first (``if call.dialed == call.caller.user``:
+their voicemail, say).
 
 Plugins add actions to `Call` (``await call.voicemail("1001")``) through
 `PluginApi.add_call_action`, when they start; nothing registers itself at
@@ -151,7 +161,9 @@ class Users(Protocol):
 class CallControl(Protocol):
     """What a `Call` drives: the core's side, hidden from handlers."""
 
-    def dial(self, targets: tuple[str, ...], timeout_s: float) -> Awaitable[DialResult]: ...
+    def dial(self, targets: tuple[str, ...], timeout_s: float) -> Awaitable[DialResult]:
+        """Ring `targets`; none (the caller's own extension was all there was) is
+        `Unavailable` at once: the handler tried, but what the caller gets stays."""
 
     def reject(self, status: int, reason: str | None) -> None: ...
 
@@ -201,21 +213,32 @@ class Call:
         Returns when one answers (`Answered`; the caller is then connected)
         or when none did. In sequence, each target rings for ``timeout_s``
         and the first answer stops the hunt.
+
+        The caller's own extension is never rung: it is left out of the
+        targets (a ring group or hunt the caller belongs to rings the
+        others). With nobody left, the result is `Unavailable` at once and
+        what the caller will hear is unchanged (see the module docstring).
         """
         if not targets:
             raise ValueError("dial() needs at least one target")
-        if not sequential:
-            return await self._dial(targets, timeout_s)
+        ringable = self._without_caller(targets)
+        if not sequential or not ringable:
+            return await self._dial(ringable, timeout_s)
         result: DialResult = Unavailable()
-        for target in targets:
+        for target in ringable:
             result = await self._dial((target,), timeout_s)
             if isinstance(result, Answered):
                 break
         return result
 
     async def forward(self, target: str, *, timeout_s: float = 30.0) -> DialResult:
-        """Send the call on to another extension or URI (forward on busy, no answer...)."""
-        return await self._dial((target,), timeout_s)
+        """Send the call on to another extension or URI (forward on busy, no answer...).
+
+        A forward to the caller's own extension rings nobody and returns
+        `Unavailable`; the caller then hears the outcome of what was tried
+        before (busy stays busy).
+        """
+        return await self._dial(self._without_caller((target,)), timeout_s)
 
     async def reject(self, status: int = 486, reason: str | None = None) -> None:
         """Refuse the call with a final status (4xx-6xx)."""
@@ -245,6 +268,13 @@ class Call:
     def _check_not_ended(self) -> None:
         if self._control.ended and not self._control.answered:
             raise CallEnded()
+
+    def _without_caller(self, targets: tuple[str, ...]) -> tuple[str, ...]:
+        """`targets` less the caller's own extension: their phone is the one calling."""
+        own = self.caller.user
+        if own is None:
+            return targets
+        return tuple(target for target in targets if target != own)
 
 
 Handler = Callable[[Call], Awaitable[None]]

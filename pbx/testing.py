@@ -20,8 +20,16 @@ A dialplan author writes ordinary pytest tests::
 an extension that is not listed and a URI are `Unavailable`). It records
 what the handler did: the dials with their timeouts, a rejection, a hang-up,
 and which target got connected. `final_status` is what the caller would
-have got, decided the way the PBX decides it (RFC 3261 §16.7 for a call
-nobody answered; 404 when nothing was tried).
+have got, decided the way the PBX decides it: for a call nobody answered,
+the best outcome of all its dials (RFC 3261 §16.7, ranked by the core's own
+`rank_final_status`: busy before unavailable before no answer), 503 told as
+500, and 404 when nothing was tried.
+
+As on a live PBX, the caller's own extension is never rung: a dial that
+had only the caller to ring is recorded with no targets (``()`` in
+`FakeCall.dialed_targets`), returns `Unavailable`, and does not change
+`final_status`. In a dial of several targets one that rings until the
+timeout (`NoAnswer`) makes the dial `NoAnswer`, as the PBX's dial timer does.
 
 `run` drives the handler to its end without an event loop: every fake
 action completes at once, so a handler that awaits only `Call` methods
@@ -31,11 +39,13 @@ socket) cannot be run this way and `run` says so.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pbx.core.call import display_name, rank_final_status
 from pbx.dialplan import (
     Answered,
     Busy,
@@ -53,6 +63,7 @@ __all__ = ["Attempt", "FakeCall", "FakeUsers", "load_dialplan", "run"]
 
 _STATUS_OF_RESULT: dict[type, int] = {Busy: 486, NoAnswer: 408, Unavailable: 480,
                                       Declined: 603}
+"""The status a result stands for on the wire (`Failed` and the rest carry theirs)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +114,9 @@ class _ScriptedControl:
         return self.hung_up or self.rejected is not None
 
     async def dial(self, targets: tuple[str, ...], timeout_s: float) -> DialResult:
+        if not targets:  # only the caller's own extension was dialed: nobody rings
+            self.attempts.append(Attempt(targets, timeout_s, Unavailable()))
+            return Unavailable()
         if self.caller_hangs_up_on is not None and self.caller_hangs_up_on in targets:
             self.hung_up = True
             result: DialResult = NoAnswer()
@@ -110,7 +124,12 @@ class _ScriptedControl:
             return result
         results = [self.answers.get(target, Unavailable()) for target in targets]
         answered = next((r for r in results if isinstance(r, Answered)), None)
-        result = answered if answered is not None else _best(results)
+        if answered is not None:
+            result = answered
+        elif any(isinstance(r, NoAnswer) for r in results):
+            result = NoAnswer()  # still ringing when the dial's time ran out
+        else:
+            result = _best(results)
         if isinstance(result, Answered):
             self.connected_to = result.target
         self.attempts.append(Attempt(targets, timeout_s, result))
@@ -125,15 +144,10 @@ class _ScriptedControl:
 
 
 def _best(results: list[DialResult]) -> DialResult:
-    """The result the caller hears about when several branches failed (§16.7)."""
+    """The result the caller hears about when several failed (§16.7, as the core ranks)."""
     if not results:
         return Unavailable()
-
-    def rank(result: DialResult) -> tuple[int, int]:
-        status = _status(result)
-        return (0 if status >= 600 else status // 100, status)
-
-    return min(results, key=rank)
+    return min(results, key=lambda result: rank_final_status(_status(result)))
 
 
 def _status(result: DialResult) -> int:
@@ -160,16 +174,22 @@ class FakeCall(Call):
         actions: Mapping[str, Callable[..., Awaitable[Any]]] | None = None,
         domain: str = "pbx.test",
     ) -> None:
-        """``caller_hangs_up_on``: the caller gives up while this target rings."""
+        """``caller_hangs_up_on``: the caller gives up while this target rings.
+
+        ``caller_name`` is the name the caller's phone shows; as on the PBX,
+        the name the office configured for the caller (``users``' names)
+        wins, and `Call.caller`'s ``display_name`` is that.
+        """
         self.control = _ScriptedControl(answers=dict(answers or {}),
                                         caller_hangs_up_on=caller_hangs_up_on)
+        directory = users if isinstance(users, FakeUsers) else FakeUsers(users)
         super().__init__(
-            caller=Party(user=caller, display_name=caller_name,
-                         uri=f"sip:{caller}@{domain}"),
+            caller=Party(user=caller, display_name=display_name(directory.name(caller))
+                         or display_name(caller_name), uri=f"sip:{caller}@{domain}"),
             dialed=dialed,
             request_uri=f"sip:{dialed}@{domain}",
             headers={name.lower(): value for name, value in (headers or {}).items()},
-            users=users if isinstance(users, FakeUsers) else FakeUsers(users),
+            users=directory,
             control=self.control,
             actions=actions,
         )
@@ -207,7 +227,11 @@ class FakeCall(Call):
             return 487
         if not control.attempts:
             return 404
-        return _status(_best([attempt.result for attempt in control.attempts]))
+        rang = [attempt.result for attempt in control.attempts if attempt.targets]
+        if not rang:
+            return 480  # dialed, but only the caller's own extension: nobody rang
+        status = _status(_best(rang))
+        return 500 if status == 503 else status
 
 
 def run(handler: Handler, call: Call) -> None:
@@ -228,9 +252,37 @@ def run(handler: Handler, call: Call) -> None:
 
 
 def load_dialplan(path: str | Path) -> Handler:
-    """The handler of a dialplan file, loaded exactly as the PBX loads it."""
+    """The handler of a dialplan file, loaded exactly as the PBX loads it.
+
+    A relative `path` is looked for, in this order: in the current
+    directory; then in the directory of the file that calls
+    ``load_dialplan`` (the test module) and in each of its parents, up to
+    the root. So ``load_dialplan("dialplans/office.py")`` in
+    ``tests/unit/test_office_dialplan.py`` finds the repository's file
+    whether pytest runs from the repository, from ``tests/`` or from
+    anywhere else. The first existing file wins. When there is none,
+    `FileNotFoundError` names every place that was looked in; a file that
+    exists but does not import raises `pbx.core.router.DialplanError`.
+    """
     from pbx.core.router import DialplanLoader
 
+    caller_file = sys._getframe(1).f_code.co_filename
     loader = DialplanLoader()
-    loader.load(Path(path))
+    loader.load(_find_dialplan(Path(path), Path(caller_file)))
     return loader.handler
+
+
+def _find_dialplan(path: Path, caller_file: Path) -> Path:
+    """Where a dialplan file named in a test is (the rule of `load_dialplan`)."""
+    if path.is_absolute():
+        candidates = [path]
+    else:
+        candidates = [Path.cwd() / path]
+        if caller_file.is_file():  # not "<stdin>" or "<string>"
+            folder = caller_file.resolve().parent
+            candidates += [base / path for base in (folder, *folder.parents)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    looked = "\n".join(f"  {candidate}" for candidate in dict.fromkeys(candidates))
+    raise FileNotFoundError(f"dialplan file {str(path)!r} not found; looked for:\n{looked}")

@@ -367,8 +367,8 @@ class Call:
     """
 
     __slots__ = ("__weakref__", "_best", "_caller_timer", "_dial_done", "_dial_timer",
-                 "_extra_headers", "_on_end", "_pending_relays", "a", "b_legs", "connected",
-                 "provisionals", "record", "services", "state")
+                 "_extra_headers", "_final", "_on_end", "_pending_relays", "a", "b_legs",
+                 "connected", "provisionals", "record", "services", "state")
 
     def __init__(self, services: CallServices, *, transaction: ServerTransaction[Peer],
                  invite: Request, peer: Peer, caller: str, caller_name: str | None,
@@ -385,6 +385,10 @@ class Call:
         self._dial_done: Callable[[DialOutcome], None] | None = None
         self._dial_timer: Cancellable | None = None
         self._best: tuple[int, str] | None = None
+        """The best final response of the branches of the dial in progress."""
+        self._final: tuple[int, str, bool] | None = None
+        """The best outcome of all the dials so far (status, reason, given by a
+        callee): what the caller gets if the dialplan decides nothing more."""
         self._pending_relays: dict[int, _Relay] | None = None
         self._on_end: list[Callable[[], None]] | None = None
         self.provisionals = CallerProvisionals(self) if requires_100rel(invite) else None
@@ -436,17 +440,24 @@ class Call:
         self._final_to_caller(status, reason, headers)
         self._end(hangup_by="pbx", status=status, reason=reason)
 
+    def nobody_to_ring(self) -> None:
+        """The dialplan dialed a user with no phone registered: 480, for `finish`."""
+        self._keep_final(480, "Temporarily Unavailable", by_callee=False)
+
     def finish(self) -> None:
-        """The dialplan returned: a call nobody answered gets its best final response."""
+        """The dialplan returned: a call nobody answered gets its best final response.
+
+        The best of every dial's outcome (§16.7 step 6 over the whole call,
+        not only the last dial): a busy callee and then a forward nobody
+        answered is busy for the caller, as `pbx.testing.FakeCall` says too.
+        """
         if self.ended or self.state is CallState.ANSWERED:
             return
-        status, reason = self._best or (480, "Temporarily Unavailable")
+        status, reason, by_callee = self._final or (480, "Temporarily Unavailable", False)
         if status == 503:
             # §16.7 step 6: the callee's (or its transport's) overload is not ours.
             status, reason = 500, "Server Internal Error"
-        # A busy or declining phone ended the call; a timeout or nobody to ring is the PBX.
-        by_callee = any(leg.final_status == status for leg in self.b_legs)
-        if self.ended or self.a.final_sent:
+        if self.a.final_sent:
             return
         self._final_to_caller(status, reason, ())
         self._end(hangup_by="callee" if by_callee else "pbx", status=status, reason=reason)
@@ -481,7 +492,7 @@ class Call:
         services = self.services
         a_invite = self.a.invite
         peer = target.peer
-        name = a_invite.from_addr.display_name
+        name = self.record.caller_name
         display = f"{quote_string(name)} " if name else ""
         caller_uri = f"sip:{self.record.caller}@{services.domain}"
         headers: list[tuple[str, str]] = [
@@ -588,7 +599,7 @@ class Call:
 
     def _consider(self, status: int, reason: str) -> None:
         """Keep the best final response so far (RFC 3261 §16.7 step 6)."""
-        if self._best is None or _rank(status) < _rank(self._best[0]):
+        if self._best is None or rank_final_status(status) < rank_final_status(self._best[0]):
             self._best = (status, reason)
 
     def _branch_done(self) -> None:
@@ -611,7 +622,14 @@ class Call:
         status, reason = self._best or (480, "Temporarily Unavailable")
         if no_answer:
             status, reason = 408, "Request Timeout"
+        # A busy or declining phone ended the dial; a timeout or nobody to ring is the PBX.
+        by_callee = not no_answer and any(leg.final_status == status for leg in self.b_legs)
+        self._keep_final(status, reason, by_callee=by_callee)
         self._report(DialOutcome(answered_by=None, status=status, reason=reason))
+
+    def _keep_final(self, status: int, reason: str, *, by_callee: bool) -> None:
+        if self._final is None or rank_final_status(status) < rank_final_status(self._final[0]):
+            self._final = (status, reason, by_callee)
 
     def _report(self, outcome: DialOutcome) -> None:
         done, self._dial_done = self._dial_done, None
@@ -938,12 +956,30 @@ class Call:
         self._caller_timer = None
 
 
-def _rank(status: int) -> tuple[int, int]:
+def display_name(name: str | None) -> str | None:
+    """`name` fit for a From display name and a CDR, or None when nothing is left.
+
+    A quoted-string (RFC 3261 §25.1) takes any UTF-8 text, quotes and
+    backslashes escaped (`quote_string`), but never a CR or LF, not even
+    escaped; a name from the config or a phone has its line breaks and
+    other control characters turned into spaces, so that it can neither
+    break the header nor hide in it. Runs of blanks become one space.
+    """
+    if name is None:
+        return None
+    cleaned = " ".join("".join(" " if ord(char) < 32 or ord(char) == 127 else char
+                               for char in name).split())
+    return cleaned or None
+
+
+def rank_final_status(status: int) -> tuple[int, int]:
     """Lower is better: §16.7 step 6 picks 6xx first, then the lowest class.
 
     Within 4xx the RFC prefers 401/407/415/420/484 (they can be fixed);
-    a 503 is converted to 500 by proxies, which a B2BUA does when it
-    answers (see `Call.finish`).
+    then busy (486) over unavailable (480) over the rest (a timeout, 408):
+    the caller hears the most telling reason. A 503 is converted to 500 by
+    proxies, which a B2BUA does when it answers (see `Call.finish`).
+    `pbx.testing` ranks a scripted call's results with this same function.
     """
     if 600 <= status < 700:
         return (0, status)

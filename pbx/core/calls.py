@@ -35,7 +35,15 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from pbx.core.auth import PROXY_AUTH, Denied, RequestAuthenticator, SecurityEvent
-from pbx.core.call import Call, CallState, Cancellable, Leg, ResponseOwner, Target
+from pbx.core.call import (
+    Call,
+    CallState,
+    Cancellable,
+    Leg,
+    ResponseOwner,
+    Target,
+    display_name,
+)
 from pbx.core.location import LocationService
 from pbx.core.router import DialplanLoader, run_dialplan
 from pbx.dialplan import Party, Users
@@ -263,8 +271,12 @@ class CallManager:
         self.layer.respond(transaction, make_response(request, 100), now)
         dialed = user_of(str(request.uri)) or str(request.uri)
         from_addr = request.from_addr
+        # The name the office gave this user, else the one the phone shows:
+        # what the callee's phone displays, the CDR keeps and the dialplan sees.
+        caller_name = display_name(self.users.name(user)) or display_name(
+            from_addr.display_name)
         call = Call(self, transaction=transaction, invite=request, peer=peer,
-                    caller=user, caller_name=from_addr.display_name, dialed=dialed,
+                    caller=user, caller_name=caller_name, dialed=dialed,
                     session_timer=timer)
         self.calls.add(call)
         self._invites[transaction] = call
@@ -272,8 +284,7 @@ class CallManager:
                       caller=user, dialed=dialed)
         run_dialplan(
             self.dialplan.handler, call,
-            caller=Party(user=user, display_name=from_addr.display_name,
-                         uri=from_addr.uri_text),
+            caller=Party(user=user, display_name=caller_name, uri=from_addr.uri_text),
             dialed=dialed, users=self.users, resolve=self.resolve,
             actions=self.actions, log=self.log)
         return None

@@ -3,8 +3,9 @@
 The dialplan is a Python file named in the config. `DialplanLoader.load`
 imports it under a private module name each time (so a SIGHUP picks up an
 edited file), finds ``handle_call`` or a `pbx.dialplan.Dialplan` named
-``dialplan``, and refuses a file that does not import or has neither: the
-error names the file, and whatever was loaded before stays in force.
+``dialplan``, and refuses a file that is missing ("file not found"), does
+not import, or has neither: the error names the file, and whatever was
+loaded before stays in force.
 
 `run_dialplan` wraps a core `Call` in the public `pbx.dialplan.Call` and
 runs the handler as a coroutine on the reactor (Twisted drives ``async
@@ -69,6 +70,10 @@ class DialplanLoader:
         if path is None:
             self.handler, self.path = default_handler, None
             return
+        if not path.is_file():
+            # Said plainly: a missing file is not a dialplan with a bug in it.
+            what = "is a directory, not a file" if path.is_dir() else "file not found"
+            raise DialplanError(f"{path}: {what}")
         name = f"pbx_dialplan_{next(_module_numbers)}"
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
@@ -125,6 +130,11 @@ class _Control:
             resolved.extend(self.resolve(target))
         waiting: Deferred[DialResult] = Deferred()
         if not resolved:
+            if targets:
+                # Users with no phone registered: 480 for the caller, unless
+                # something else tried does better. No targets at all (the
+                # caller's own extension was all the dial had) changes nothing.
+                self.call.nobody_to_ring()
             waiting.callback(Unavailable(480))
             return waiting
 

@@ -684,16 +684,19 @@ class Softphone:
     async def call(self, to_user: str, *, body: bytes | None = None,
                    credentials: tuple[str, str] | None = None,
                    authenticate: bool = True,
-                   invite_headers: Sequence[tuple[str, str]] = ()) -> PhoneCall:
+                   invite_headers: Sequence[tuple[str, str]] = (),
+                   display_name: str | None = None) -> PhoneCall:
         """INVITE `to_user`, answering the 407; the call, its INVITE sent with credentials.
 
         ``authenticate=False`` sends only the first INVITE (the 407 is the
         test's to read). ``credentials`` are (user, password), by default this
-        phone's own.
+        phone's own. ``display_name`` is the name the phone puts in its From
+        (written as given between quotes).
         """
         phone = self.phone
+        shown = f'"{display_name}" ' if display_name is not None else ""
         call = PhoneCall(self, call_id=random_token() + "@test", local_tag=random_token(),
-                         local_uri=f"<sip:{self.user}@{phone.domain}>",
+                         local_uri=f"{shown}<sip:{self.user}@{phone.domain}>",
                          remote_uri=f"<sip:{to_user}@{phone.domain}>",
                          remote_target=f"sip:{to_user}@{phone.domain}")
         self.calls[call.call_id] = call

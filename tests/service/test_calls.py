@@ -279,6 +279,43 @@ await call.dial(call.dialed, timeout_s=5)
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_callee_sees_the_callers_configured_name_and_the_cdr_keeps_it(
+        pbx_factory: Any, tmp_path: Path) -> None:
+    # RFC 3261 quoted-string: quotes and backslashes escaped, UTF-8 as it is.
+    name = 'Zoë "Zed" O\\Brien'
+    plan = dialplan(tmp_path, """
+call.outgoing_headers["X-Caller-Name"] = call.caller.display_name or "none"
+await call.dial(call.dialed, timeout_s=5)
+""")
+    pbx = await pbx_factory({"dialplan": {"module": str(plan)},
+                             "users": {"1001": {"name": name}}})
+    alice = await pbx.softphone("1001")
+    bob = await pbx.softphone("1002")
+
+    # The configured name wins over the one the phone shows.
+    outgoing = await alice.call("1002", display_name="desk phone")
+    incoming = await bob.next_call()
+    assert incoming.invite is not None
+    sent_from = incoming.invite.get("from") or ""
+    assert sent_from.startswith('"Zoë \\"Zed\\" O\\\\Brien" <sip:1001@pbx.test>;tag=')
+    assert incoming.invite.get("X-Caller-Name") == name
+    assert (await outgoing.final_response()).status == 200
+    assert (await outgoing.bye()).status == 200
+
+    # With no name configured, the phone's own.
+    outgoing = await bob.call("1001", display_name="Bob at home")
+    incoming = await alice.next_call()
+    assert incoming.invite is not None
+    assert (incoming.invite.get("from") or "").startswith('"Bob at home" <sip:1002@pbx.test>;')
+    assert (await outgoing.final_response()).status == 200
+    assert (await outgoing.bye()).status == 200
+
+    rows = await pbx.cdrs_when(2)
+    assert [(row["caller"], row["caller_name"]) for row in rows] == [
+        ("1001", name), ("1002", "Bob at home")]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_late_answer_after_the_dialplan_moved_on_is_hung_up(
         pbx_factory: Any, tmp_path: Path, log_events: EventLoggingObserver) -> None:
     plan = dialplan(tmp_path, """

@@ -18,7 +18,9 @@ from pbx.dialplan import (
     Unavailable,
     result_for,
 )
-from pbx.testing import FakeCall, run
+from pbx.testing import FakeCall, FakeUsers, load_dialplan, run
+
+REPOSITORY = Path(__file__).parents[2]
 
 
 @pytest.mark.parametrize(
@@ -112,6 +114,69 @@ def test_loader_refuses_a_file_that_does_not_import_and_keeps_the_old(tmp_path: 
         loader.load(empty)
 
 
+def test_loader_says_a_missing_file_is_not_found_and_keeps_the_old(tmp_path: Path) -> None:
+    loader = DialplanLoader()
+    with pytest.raises(DialplanError) as raised:
+        loader.load(tmp_path / "typo.py")
+    assert str(raised.value) == f"{tmp_path / 'typo.py'}: file not found"
+    assert loader.path is None
+
+
+def test_load_dialplan_finds_a_relative_path_from_the_repository_or_from_tests(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    call = FakeCall(dialed="666")
+    for folder in (REPOSITORY, REPOSITORY / "tests", REPOSITORY / "tests" / "unit"):
+        monkeypatch.chdir(folder)  # where pytest may be run from
+        run(load_dialplan("dialplans/office.py"), call)
+        assert call.rejected == (603, "This number is not in service")
+
+
+def test_load_dialplan_prefers_the_current_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "dialplans").mkdir()
+    (tmp_path / "dialplans" / "office.py").write_text(
+        "async def handle_call(call):\n    await call.reject(486)\n")
+    monkeypatch.chdir(tmp_path)
+    call = FakeCall(dialed="666")
+    run(load_dialplan("dialplans/office.py"), call)
+    assert call.final_status == 486
+
+
+def test_load_dialplan_names_every_place_it_looked_for_a_missing_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as raised:
+        load_dialplan("dialplans/nope.py")
+    message = str(raised.value)
+    assert "'dialplans/nope.py' not found" in message
+    assert "does not import" not in message
+    for base in (tmp_path, Path(__file__).parent, REPOSITORY, Path("/")):
+        assert f"  {base / 'dialplans' / 'nope.py'}\n" in message + "\n"
+
+
+def test_dial_leaves_out_the_callers_own_extension() -> None:
+    async def handler(call: Call) -> None:
+        await call.dial("1001", "1002", timeout_s=5)
+        await call.dial("1002", "1001", timeout_s=5, sequential=True)
+        assert isinstance(await call.forward("1001"), Unavailable)
+        assert isinstance(await call.dial("1001"), Unavailable)
+
+    call = FakeCall(dialed="1002", caller="1001", users=["1001", "1002"],
+                    answers={"1001": Answered("1001"), "1002": Busy()})
+    run(handler, call)
+    assert call.dialed_targets == [("1002",), ("1002",), (), ()]
+    assert call.final_status == 486  # what rang, not the dials that rang nobody
+
+
+def test_a_timeout_in_a_ring_group_makes_it_no_answer_as_the_pbx_does() -> None:
+    async def handler(call: Call) -> None:
+        assert isinstance(await call.dial("1002", "1003"), NoAnswer)
+
+    call = FakeCall(dialed="600", caller="1001", answers={"1002": Busy(), "1003": NoAnswer()})
+    run(handler, call)
+    assert call.final_status == 408
+
+
 def test_loader_takes_an_edited_file_on_the_next_load(tmp_path: Path) -> None:
     path = tmp_path / "plan.py"
     path.write_text("async def handle_call(call):\n    await call.reject(403)\n")
@@ -124,3 +189,11 @@ def test_loader_takes_an_edited_file_on_the_next_load(tmp_path: Path) -> None:
     second = FakeCall(dialed="1")
     run(loader.handler, second)
     assert (first.final_status, second.final_status) == (403, 486)
+
+
+def test_the_caller_shows_the_configured_name_before_the_phones_own() -> None:
+    users = FakeUsers(["1001", "1002"], names={"1001": "Alice \"Reception\""})
+    named = FakeCall(dialed="1002", caller="1001", caller_name="desk phone", users=users)
+    unnamed = FakeCall(dialed="1001", caller="1002", caller_name="Bob's\r\nphone", users=users)
+    assert named.caller.display_name == 'Alice "Reception"'
+    assert unnamed.caller.display_name == "Bob's phone"  # no line break into a header
