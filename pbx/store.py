@@ -140,7 +140,20 @@ def _create_cdr(db: Database) -> None:
     db.execute("CREATE INDEX cdr_started_at ON cdr (started_at)")
 
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (_create_bindings, _create_cdr)
+def _add_bindings_reachable_as_given(db: Database) -> None:
+    """Version 3: the registrar's verdict that a contact is called at its own address.
+
+    Rows written before it get 0, the flow they were called through until
+    now; the phone's next REGISTER decides again.
+    """
+    db.execute(
+        "ALTER TABLE bindings ADD COLUMN reachable_as_given INTEGER NOT NULL DEFAULT 0"
+    )
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    _create_bindings, _create_cdr, _add_bindings_reachable_as_given,
+)
 """Applied in order; the schema version is how many have been applied. Append only."""
 
 
@@ -149,6 +162,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (_create_bindings, _create_cdr)
 _BINDING_COLUMNS: Final = (
     "aor", "contact", "expires_at", "q", "call_id", "cseq", "transport", "source_host",
     "source_port", "connection_id", "instance_id", "reg_id", "user_agent", "updated_at",
+    "reachable_as_given",
 )
 _binding_row: Final = attrgetter(*_BINDING_COLUMNS)
 
@@ -232,6 +246,7 @@ class Store:
             try:
                 if aor_of is not None and isinstance(row.get("aor"), str):
                     row["aor"] = aor_of(row["aor"])
+                row["reachable_as_given"] = bool(row.get("reachable_as_given"))
                 bindings.append(Binding(**row))
             except (TypeError, ValueError) as exc:
                 raise StoreError(f"{self.path}: bad row in bindings {row!r}: {exc}") from exc

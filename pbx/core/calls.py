@@ -334,9 +334,7 @@ class CallManager:
         if self.users.exists(target):
             now = self.clock.seconds()
             return [
-                Target(request_uri=binding.contact,
-                       peer=Peer(binding.transport, binding.source_host, binding.source_port,
-                                 binding.connection_id),
+                Target(request_uri=binding.contact, peer=binding.target(),
                        label=target, to_uri=f"sip:{target}@{self.domain}")
                 for binding in self.location.bindings(target, now)
             ]

@@ -53,7 +53,8 @@ from dataclasses import dataclass, replace
 from typing import Final, Protocol
 
 from pbx.sip.errors import SipParseError
-from pbx.sip.uri import Uri, parse_uri
+from pbx.sip.peer import Peer
+from pbx.sip.uri import SipUri, Uri, parse_uri
 
 TRANSPORTS: Final = ("udp", "tcp", "tls", "ws", "wss")
 """Transport names a binding may carry, as in a Via's sent-protocol, lowercased."""
@@ -93,6 +94,14 @@ class Binding:
     ``expires_at`` and ``updated_at`` are absolute times on the clock the
     service passes in as ``now``.
 
+    ``reachable_as_given`` is the registrar's verdict (`pbx.core.registrar`)
+    that requests may go to the contact's own host, port and transport
+    rather than back where the REGISTER came from: a third-party
+    registration (RFC 3261 §10.2) of another socket on the registering
+    host. False, the flow, is what a phone behind NAT or on a stream needs
+    and what rows stored before the verdict existed mean. `target` turns
+    the binding into the peer to send to.
+
     The transport and User-Agent, a handful of values shared by thousands of
     bindings, are interned on construction. AORs and source hosts are not:
     most are unique, and an entry in the interning table costs about as much
@@ -113,6 +122,7 @@ class Binding:
     reg_id: Final[int | None]
     user_agent: Final[str | None]
     updated_at: Final[float]
+    reachable_as_given: Final[bool]
 
     # Written out rather than generated (init=False): compiled (pbx.compiled),
     # a dataclass's generated __init__ stays interpreted Python, 20 times
@@ -125,6 +135,7 @@ class Binding:
         call_id: str, cseq: int, transport: str, source_host: str, source_port: int,
         connection_id: int | None = None, instance_id: str | None = None,
         reg_id: int | None = None, user_agent: str | None = None, updated_at: float,
+        reachable_as_given: bool = False,
     ) -> None:
         canonical = _CANONICAL_TRANSPORT.get(transport)
         if canonical is None:
@@ -148,6 +159,28 @@ class Binding:
         self.reg_id = reg_id
         self.user_agent = None if user_agent is None else sys.intern(user_agent)
         self.updated_at = updated_at
+        self.reachable_as_given = reachable_as_given
+
+    def target(self) -> Peer:
+        """Where requests to this binding go: the contact as given, or the flow.
+
+        The contact is parsed here, at call set-up, rather than kept parsed
+        (see the module's notes on memory); it parsed when it was
+        registered, so the flow is only a fallback that cannot be reached.
+        """
+        flow = Peer(self.transport, self.source_host, self.source_port, self.connection_id)
+        if not self.reachable_as_given:
+            return flow
+        uri = _parse_or_none(self.contact)
+        if not isinstance(uri, SipUri):
+            return flow
+        transport = uri.transport or ("tls" if uri.scheme == "sips" else "udp")
+        transport = _CANONICAL_TRANSPORT.get(transport, "")
+        if not transport or transport in ("ws", "wss"):
+            return flow
+        port = uri.port or (5061 if transport == "tls" else 5060)
+        host = uri.host[1:-1] if uri.host.startswith("[") else uri.host
+        return Peer(transport, host, port)
 
 
 class UpdateStatus(enum.Enum):

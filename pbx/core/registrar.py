@@ -40,9 +40,11 @@ from typing import assert_never
 from pbx.core.auth import WWW_AUTH, Denied, RequestAuthenticator, SecurityEvent
 from pbx.core.location import Binding, LocationService, UpdateResult, UpdateStatus
 from pbx.sip.errors import SipParseError
+from pbx.sip.headers import NameAddr, Via
 from pbx.sip.message import Request, Response, make_response
 from pbx.sip.peer import Peer
 from pbx.sip.transaction import stateless_tag
+from pbx.sip.uri import SipUri, has_param
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,6 +148,8 @@ class Registrar:
             return self._finish(request, user, now,
                                 self.location.remove_all(user, call_id, cseq, now))
         user_agent = request.headers.get("user-agent")
+        # One answer for every contact: whether the phone reached us unNATed.
+        sent_as_seen = peer.transport == "udp" and _sent_by_matches(request.top_via, peer)
         bindings: list[Binding] = []
         for contact in contacts:
             expires = contact.expires
@@ -166,6 +170,7 @@ class Registrar:
                 instance_id=contact.param("+sip.instance"),
                 reg_id=_int_or_none(contact.param("reg-id")),
                 user_agent=user_agent, updated_at=now,
+                reachable_as_given=sent_as_seen and _reachable_as_given(contact, peer),
             ))
         # All or nothing (§10.3 step 6); expires_at == now removes a binding.
         return self._finish(request, user, now, self.location.update_all(bindings, now))
@@ -203,6 +208,48 @@ class Registrar:
         headers: list[tuple[str, str]] | None = None,
     ) -> Response:
         return self.auth.respond(request, status, reason, headers)
+
+
+def _sent_by_matches(via: Via, peer: Peer) -> bool:
+    """Whether the top Via's sent-by is the address the request came from.
+
+    A phone writes its own idea of its address and port there; a NAT
+    rewrites the packet's source but not the text. When both agree, the
+    phone's own addresses (its contacts) mean the same from here as from
+    where it stands. A name in the sent-by never equals the source's
+    address, so it counts as a NAT: that is the safe side.
+    """
+    host = via.host
+    if host.startswith("["):
+        host = host[1:-1]
+    return host == peer.host and (via.port or 5060) == peer.port
+
+
+def _reachable_as_given(contact: NameAddr, peer: Peer) -> bool:
+    """Whether requests may go to the contact's own address rather than the flow.
+
+    Decided once per REGISTER over UDP whose Via matched its source
+    (`_sent_by_matches`), so that a binding registered for another socket
+    of the same host (RFC 3261 §10.2, a script registering an answering
+    machine) is called there. Everything else uses the flow the REGISTER
+    came in on, which is what reaches a phone behind NAT: a contact on
+    another host (a private address, or a name this side cannot vouch
+    for), a contact asking for RFC 5626 outbound (``ob``, or a ``reg-id``)
+    or naming ``maddr``, a WebSocket contact (this side cannot open one).
+    """
+    uri = contact.uri
+    if not isinstance(uri, SipUri):
+        return False
+    host = uri.host
+    if host.startswith("["):
+        host = host[1:-1]
+    if host != peer.host:
+        return False
+    params = uri.params
+    if params and (has_param(params, "ob") or has_param(params, "maddr")
+                   or uri.transport not in (None, "udp", "tcp", "tls")):
+        return False
+    return contact.param("reg-id") is None
 
 
 def _int_or_none(value: str | None) -> int | None:
