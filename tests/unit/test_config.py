@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -77,6 +78,36 @@ def test_shipped_config_loads_as_is() -> None:
         ("1001", "Alice"),
         ("1002", "Bob"),
         ("1003", "Carol"),
+    ]
+
+
+def test_shipped_config_works_when_copied_with_its_neighbour_folders(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the README promises: etc/ and dialplans/ copied side by side work as shipped."""
+    shutil.copytree(SHIPPED.parent, tmp_path / "office" / "etc")
+    shutil.copytree(SHIPPED.parents[1] / "dialplans", tmp_path / "office" / "dialplans")
+    monkeypatch.chdir(tmp_path)  # started from elsewhere: the working directory plays no part
+
+    config = load_config(tmp_path / "office" / "etc" / "pbx.toml")
+
+    assert config.dialplan.module == tmp_path / "office" / "dialplans" / "office.py"
+    assert config.dialplan.module.read_bytes() == (
+        SHIPPED.parents[1] / "dialplans" / "office.py").read_bytes()
+    assert config.pbx.data_dir == tmp_path / "office" / "var"
+
+
+def test_shipped_config_copied_alone_says_where_the_dialplan_was_looked_for(
+        tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    shutil.copy(SHIPPED, tmp_path / "etc" / "pbx.toml")
+
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "etc" / "pbx.toml")
+
+    assert [str(p) for p in info.value.problems] == [
+        f"{tmp_path / 'etc' / 'pbx.toml'}: dialplan.module: file not found:"
+        f" {tmp_path / 'dialplans' / 'office.py'} (\"../dialplans/office.py\" is"
+        f" relative to the folder of the config file, {tmp_path / 'etc'})"
     ]
 
 
@@ -193,6 +224,7 @@ def test_tls_certificate_file_not_found(tmp_path: Path) -> None:
 
     assert problems(text, tmp_path) == [
         f"{SOURCE}: sip.tls_cert: file not found: {tmp_path / 'pbx.crt'}"
+        f' ("pbx.crt" is relative to the folder of the config file, {tmp_path})'
     ]
 
 
@@ -222,6 +254,10 @@ def test_dialplan_module_must_exist_and_be_python(tmp_path: Path) -> None:
 
     assert problems(config_text(rest='[dialplan]\nmodule = "office.py"'), tmp_path) == [
         f"{SOURCE}: dialplan.module: file not found: {tmp_path / 'office.py'}"
+        f' ("office.py" is relative to the folder of the config file, {tmp_path})'
+    ]
+    assert problems(config_text(rest=f'[dialplan]\nmodule = "{tmp_path}/x.py"')) == [
+        f"{SOURCE}: dialplan.module: file not found: {tmp_path / 'x.py'}"
     ]
     assert problems(config_text(rest='[dialplan]\nmodule = "office.txt"'), tmp_path) == [
         f'{SOURCE}: dialplan.module: expected a .py file, got "office.txt"'
