@@ -10,9 +10,15 @@ message, or three and a bit) and returns the events it completed:
 - `FramedMessage`: the bytes of one whole message, for `parse_message`;
 - `KeepAlivePing`: a double CRLF between messages (RFC 5626 §4.4.1), which
   the transport must answer with a single CRLF ("pong");
-- `FramingFailed`: the stream is broken beyond repair (no Content-Length, a
-  header section or body over the limit); the shell answers if it can and
-  closes the connection, since the next byte's place is unknown.
+- `FramingFailed`: the stream is broken beyond repair (no Content-Length,
+  one that is not a number, two that disagree, a header section or body
+  over the limit); the shell answers if it can and closes the connection,
+  since the next byte's place is unknown.
+
+The header section is read for its Content-Length as `parse_message` will
+read it (lines split at any LF, folds joined), so the two always agree on
+where a message ends: bytes one took for a body the other would take for
+the next request.
 
 A lone CRLF between messages is a pong (or harmless padding) and is skipped.
 Every buffer is bounded by `ParseLimits.max_message_bytes` [h11].

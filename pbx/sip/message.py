@@ -17,7 +17,10 @@ whether a response could be routed at all: a request without a usable Via
 cannot be answered and is dropped (RFC 3261 §18.2.1).
 
 Content-Length is never trusted on output: `to_bytes` writes the body's real
-length, in place of the received header when there was one.
+length, in place of the received header when there was one. On input, a
+second Content-Length (or ``l``) line is refused with 400 unless it repeats
+the first, which is then taken as one (`_check_second_content_length`): two
+lengths are two places the body may end, where a smuggled request hides.
 
 Limits [h11]: `ParseLimits` bounds the message size and the number of
 headers; every limit has a status to answer with (513 Message Too Large,
