@@ -847,7 +847,7 @@ def _parse_header_lines(
         entries.append(entry)
         # A header seen before: only then can it be a second Content-Length.
         # (`is`, not ==: the entries are boxed objects here, see above; two
-        # lines of the same text may be one entry from `_LINES`, and alike.)
+        # lines of the same text may share one entry from `_LINES`: equal anyway.)
         earlier = first.setdefault(entry[0], entry)
         if earlier is not entry and entry[0] == "content-length":
             _check_second_content_length(earlier[2], entry[2])
