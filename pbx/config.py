@@ -182,9 +182,13 @@ class SecuritySection:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdminSection:
-    """[admin]: status pages, REST API and metrics over HTTP."""
+    """[admin]: the place of the admin web (status pages, REST API, metrics), not built yet.
 
-    http: Listen | None = None
+    It has no settings in this version. Its one key so far, ``http``, is
+    refused rather than accepted: a key that is accepted must do what it
+    says, and with nothing listening an administrator would look for the
+    pages on a port that never answers, with a silent log.
+    """
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -343,7 +347,7 @@ def parse_config(
     users = _read_users(root.table("users", example="[users.1001]"))
     plugins = _read_plugins(root.table("plugins", example="[plugins.voicemail]"))
     root.finish()
-    _check_ports(problems, sip, admin)
+    _check_ports(problems, sip)
     if problems.items:
         raise ConfigError(problems.items)
     return Config(
@@ -480,9 +484,12 @@ def _read_security(t: _Table) -> SecuritySection:
 
 
 def _read_admin(t: _Table) -> AdminSection:
-    section = AdminSection(http=t.listen("http"))
+    if t.has("http"):
+        t._get("http")  # known, so that finish() does not call it a typo as well
+        t.error("http", "the admin web (status pages, REST API, metrics) is not built in this"
+                " version, so nothing would listen there; remove the key")
     t.finish()
-    return section
+    return AdminSection()
 
 
 def _read_dialplan(t: _Table) -> DialplanSection:
@@ -554,10 +561,9 @@ def _read_user(t: _Table, ext: str) -> UserConfig:
     )
 
 
-def _check_ports(problems: _Problems, sip: SipSection, admin: AdminSection) -> None:
+def _check_ports(problems: _Problems, sip: SipSection) -> None:
     """Two TCP listeners on one port would fail at bind time; say so now."""
     stream = {"sip.tcp": sip.tcp, "sip.tls": sip.tls, "sip.ws": sip.ws, "sip.wss": sip.wss}
-    stream["admin.http"] = admin.http
     taken: list[tuple[str, Listen]] = []
     for key, listen in stream.items():
         if listen is None or listen.port == 0:
@@ -567,7 +573,7 @@ def _check_ports(problems: _Problems, sip: SipSection, admin: AdminSection) -> N
                 problems.add(
                     tuple(key.split(".")),
                     f"port {listen.port} is already used by {other_key} ({_quote(str(other))});"
-                    " TCP, TLS, WebSocket and admin listeners need distinct ports",
+                    " TCP, TLS and WebSocket listeners need distinct ports",
                 )
                 break
         taken.append((key, listen))

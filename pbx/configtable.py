@@ -358,7 +358,13 @@ class _Table:
             self.error(name, f"expected a {suffix} file, got {_quote(value)}")
         elif must_exist:
             if not resolved.exists():
-                self.error(name, f"file not found: {resolved}")
+                # A relative path copied along with the file but not its
+                # folder's neighbours is the usual cause: say where it was
+                # looked for from, not only where.
+                relative = "" if Path(value).is_absolute() else (
+                    f" ({_quote(value)} is relative to the folder of the config file,"
+                    f" {self.base_dir})")
+                self.error(name, f"file not found: {resolved}{relative}")
             elif not resolved.is_file():
                 self.error(name, f"not a file: {resolved}")
             elif not os.access(resolved, os.R_OK):

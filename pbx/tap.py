@@ -1,11 +1,18 @@
 """``twistd pbx`` options and service construction [twisted.names ``tap.py``].
 
-``makeService`` reads and checks the whole config before anything starts;
-a config with mistakes stops twistd with every mistake listed, each naming
-the file, the key and what was expected.
+The options read and check the whole config before anything starts; a
+config with mistakes stops twistd with every mistake listed on stderr, each
+naming the file, the key and what was expected, and exit status 1. Only the
+mistakes: twistd answers a `usage.UsageError` by printing its whole usage
+text first (`twisted.application.app.run`), a page of options that buried
+them, and a mistake in the file is not a mistake on the command line.
+``--check`` does the same and stops there, printing one OK line for a good
+file.
 """
 
 from __future__ import annotations
+
+import sys
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -33,7 +40,8 @@ class Options(usage.Options):
         try:
             self["loaded_config"] = config = load_config(self["config"])
         except ConfigError as error:
-            raise usage.UsageError(str(error)) from None
+            print(error, file=sys.stderr)  # answering the operator, before any logging
+            raise SystemExit(1) from None
         if not config.sip.needs_tls:
             leave_tls_unloaded()  # the reactor is imported after this
         if self["check"]:

@@ -10,9 +10,15 @@ message, or three and a bit) and returns the events it completed:
 - `FramedMessage`: the bytes of one whole message, for `parse_message`;
 - `KeepAlivePing`: a double CRLF between messages (RFC 5626 §4.4.1), which
   the transport must answer with a single CRLF ("pong");
-- `FramingFailed`: the stream is broken beyond repair (no Content-Length, a
-  header section or body over the limit); the shell answers if it can and
-  closes the connection, since the next byte's place is unknown.
+- `FramingFailed`: the stream is broken beyond repair (no Content-Length,
+  one that is not a number, two that disagree, a header section or body
+  over the limit); the shell answers if it can and closes the connection,
+  since the next byte's place is unknown.
+
+The header section is read for its Content-Length as `parse_message` will
+read it (lines split at any LF, folds joined), so the two always agree on
+where a message ends: bytes one took for a body the other would take for
+the next request.
 
 A lone CRLF between messages is a pong (or harmless padding) and is skipped.
 Every buffer is bounded by `ParseLimits.max_message_bytes` [h11].
@@ -116,19 +122,42 @@ class StreamFramer:
 
 
 def _content_length(head: bytes) -> int:
-    """The Content-Length (or compact ``l``) of a raw header section; required on streams."""
-    found: int | None = None
-    for line in head.split(b"\r\n")[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon:
+    """The Content-Length (or compact ``l``) of a raw header section; required on streams.
+
+    Read as `parse_message` will read the framed message, so that the two
+    agree on where it ends: lines split at any LF (a message with bare LFs
+    among its CRLFs is read that way), a line starting with a blank folded
+    into the one above. More than one Content-Length line is refused unless
+    they all say the same (`pbx.sip.message._check_second_content_length`):
+    framing by one of two lengths would hand the rest of the stream to
+    whoever meant the other, a request smuggled inside another's body.
+    """
+    values: list[bytes] = []
+    in_length = False  # the line being continued by a fold is a Content-Length
+    for line in head.split(b"\n")[1:]:
+        line = line.removesuffix(b"\r")
+        if line[:1] in (b" ", b"\t"):
+            if in_length:
+                values[-1] += b" " + line.strip(b" \t")
             continue
-        name = name.strip().lower()
-        if name == b"content-length" or name == b"l":
-            text = value.strip()
-            if not text.isdigit() or len(text) > 10:
-                raise SipParseError(f"bad Content-Length {text[:20]!r}")
-            found = int(text)
-            break
-    if found is None:
+        name, colon, value = line.partition(b":")
+        name = name.rstrip(b" \t").lower()
+        in_length = bool(colon) and (name == b"content-length" or name == b"l")
+        if in_length:
+            values.append(value)
+    if not values:
         raise SipParseError("missing Content-Length on a stream transport")
-    return found
+    first = values[0].strip(b" \t")
+    for value in values[1:]:
+        other = value.strip(b" \t")
+        if other != first:
+            raise SipParseError(f"two different Content-Length values, {_shown(first)}"
+                                f" and {_shown(other)}")
+    if not first.isdigit() or len(first) > 10:
+        raise SipParseError(f"bad Content-Length {_shown(first)}")
+    return int(first)
+
+
+def _shown(value: bytes) -> str:
+    """A received value in an error reason, as `parse_message` quotes one."""
+    return repr(value[:20].decode(errors="replace"))

@@ -17,7 +17,10 @@ whether a response could be routed at all: a request without a usable Via
 cannot be answered and is dropped (RFC 3261 §18.2.1).
 
 Content-Length is never trusted on output: `to_bytes` writes the body's real
-length, in place of the received header when there was one.
+length, in place of the received header when there was one. On input, a
+second Content-Length (or ``l``) line is refused with 400 unless it repeats
+the first, which is then taken as one (`_check_second_content_length`): two
+lengths are two places the body may end, where a smuggled request hides.
 
 Limits [h11]: `ParseLimits` bounds the message size and the number of
 headers; every limit has a status to answer with (513 Message Too Large,
@@ -842,14 +845,37 @@ def _parse_header_lines(
                 folded = True
                 continue
         entries.append(entry)
-        first.setdefault(entry[0], entry)
+        # A header seen before: only then can it be a second Content-Length.
+        # (`is`, not ==: the entries are boxed objects here, see above; two
+        # lines of the same text may share one entry from `_LINES`: equal anyway.)
+        earlier = first.setdefault(entry[0], entry)
+        if earlier is not entry and entry[0] == "content-length":
+            _check_second_content_length(earlier[2], entry[2])
     if folded:
         # Rare: a fold replaced a line that `first` may point to. Built again
-        # rather than patched (compiled, a tuple has no identity to compare).
+        # rather than patched (compiled, a tuple has no identity to compare),
+        # and the Content-Lengths compared again as unfolded.
         first = {}
         for kept in entries:
-            first.setdefault(kept[0], kept)
+            earlier = first.setdefault(kept[0], kept)
+            if earlier is not kept and kept[0] == "content-length":
+                _check_second_content_length(earlier[2], kept[2])
     return entries, first
+
+
+def _check_second_content_length(first_value: str, value: str) -> None:
+    """Refuse a second Content-Length (or ``l``) line unless it repeats the first.
+
+    Two lengths are two places where the body might end: one element in a
+    chain framing by the first and another by the last is how a request is
+    smuggled inside another's body. The same value twice is no ambiguity,
+    and is taken as one line (as RFC 7230 §3.3.2 lets an HTTP recipient do;
+    RFC 3261 says nothing); `Headers._lines` writes a single one back. The
+    stream framer (`pbx.sip.framing`) applies the same rule.
+    """
+    if value != first_value:
+        raise SipParseError(
+            f"two different Content-Length values, {first_value[:20]!r} and {value[:20]!r}")
 
 
 def _parse_header_line(line: str, entries: list[Any], remember: bool) -> Any:

@@ -76,6 +76,52 @@ async def test_stream_without_content_length_gets_400_and_is_closed(pbx_factory:
     await phone.link.closed_within(1.0)
 
 
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls", "ws"])
+@pytest_twisted.ensureDeferred
+async def test_two_different_content_lengths_get_400_and_the_smuggled_request_is_never_run(
+        pbx_factory: Any, transport: str) -> None:
+    # One length frames an empty body, the other a second request as its
+    # body: an element trusting either one is fooled. Neither is chosen.
+    pbx = await pbx_factory()
+    phone = await pbx.phone("1001", transport)
+    smuggled = phone.build("FOO")  # answered 501 if ever taken for a request
+    request = phone.build("OPTIONS", headers=[("l", str(len(smuggled)))])
+    assert request.count(b"\r\nl: ") == 1 and b"\r\nContent-Length: 0\r\n" in request
+
+    phone.link.send(request + smuggled)
+
+    reply = await phone.link.response()
+    assert reply.status == 400
+    assert f"two different Content-Length values, '{len(smuggled)}' and '0'" in reply.reason
+    assert (reply.call_id, reply.cseq) == (phone.call_id, (phone.cseq, "OPTIONS"))
+    if transport in ("tcp", "tls"):
+        # Where the next message starts is unknown: the stream is closed.
+        await phone.link.closed_within(1.0)
+        assert not phone.link.frames.pending, [bytes(f) for f in phone.link.frames.pending]
+    else:
+        # A datagram (or WebSocket message) ends where it ends: the rest of it
+        # is dropped with it, and the phone's next request is answered.
+        await phone.link.silence(0.2)
+        assert (await phone.request("OPTIONS")).status == 200
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp", "ws"])
+@pytest_twisted.ensureDeferred
+async def test_the_same_content_length_twice_is_taken_as_one(
+        pbx_factory: Any, transport: str) -> None:
+    pbx = await pbx_factory()
+    phone = await pbx.phone("1001", transport)
+    body = b"v=0\r\n"
+    request = phone.build("OPTIONS", headers=[("l", str(len(body)))], body=body,
+                          content_type="application/sdp")
+
+    phone.link.send(request + phone.build("FOO"))
+
+    assert (await phone.link.response()).status == 200
+    if transport == "tcp":
+        assert (await phone.link.response()).status == 501  # the next message, framed right
+
+
 @pytest.mark.parametrize("garbage", [
     b"GET / HTTP/1.1\r\nHost: pbx.test\r\n\r\nxx",
     b"SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bKx\r\n\r\nxx",

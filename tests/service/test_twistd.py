@@ -113,3 +113,52 @@ def test_ctrl_c_stops_it_cleanly(tmp_path: Path) -> None:
     assert "Stopped; bindings saved" in text
     assert text.rstrip().endswith("Server Shut Down.")
     assert process.returncode in (0, -signal.SIGINT)
+
+
+def run_twistd(tmp_path: Path, config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`twistd pbx --config FILE ...` to its end, as an operator types it; its output kept."""
+    return subprocess.run(
+        [str(TWISTD), "-n", "--pidfile", str(tmp_path / "pbx.pid"),
+         "--logfile", str(tmp_path / "pbx.log"), "pbx", "--config", str(config), *extra],
+        cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        check=False)
+
+
+BAD_CONFIG = [
+    "[sip]", 'domain = "pbx.test"', 'udp = "127.0.0.1:5060x"',
+    "[registrar]", "min_expires_s = 0",
+]
+
+
+def bad_config_problems(config: Path) -> list[str]:
+    return [
+        f'{config}: sip.udp: expected "address:port" such as "0.0.0.0:5060" or "[::1]:5060",'
+        ' got "127.0.0.1:5060x" (the port must be a number)',
+        f"{config}: registrar.min_expires_s: expected an integer of at least 1, got 0",
+    ]
+
+
+@pytest.mark.parametrize("check", [True, False], ids=["check", "start"])
+def test_a_bad_config_prints_only_its_problems(tmp_path: Path, check: bool) -> None:
+    # twistd printed its whole usage text (a page of options) before them.
+    config = tmp_path / "pbx.toml"
+    config.write_text("\n".join(BAD_CONFIG) + "\n")
+
+    result = run_twistd(tmp_path, config, *(["--check"] if check else []))
+
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == bad_config_problems(config)
+    assert result.stdout == ""
+    assert not (tmp_path / "pbx.pid").exists()
+
+
+def test_check_of_a_good_config_says_ok_and_starts_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "pbx.toml"
+    config.write_text("\n".join([
+        "[pbx]", f'data_dir = "{tmp_path / "data"}"',
+        "[sip]", 'domain = "pbx.test"', 'udp = "127.0.0.1:0"']) + "\n")
+
+    result = run_twistd(tmp_path, config, "--check")
+
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"{config}: OK\n", "")
+    assert not (tmp_path / "data").exists() and not (tmp_path / "pbx.log").exists()

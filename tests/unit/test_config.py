@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -72,12 +73,41 @@ def test_shipped_config_loads_as_is() -> None:
         "ws": "0.0.0.0:5066",
     }
     assert config.sip.needs_tls and config.sip.tls_cert is None and config.sip.tls_key is None
-    assert config.admin.http == Listen(host="127.0.0.1", port=8080)
     assert config.dialplan.module == SHIPPED.parent.parent / "dialplans" / "office.py"
     assert [(u.extension, u.name) for u in config.users.values()] == [
         ("1001", "Alice"),
         ("1002", "Bob"),
         ("1003", "Carol"),
+    ]
+
+
+def test_shipped_config_works_when_copied_with_its_neighbour_folders(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the README promises: etc/ and dialplans/ copied side by side work as shipped."""
+    shutil.copytree(SHIPPED.parent, tmp_path / "office" / "etc")
+    shutil.copytree(SHIPPED.parents[1] / "dialplans", tmp_path / "office" / "dialplans")
+    monkeypatch.chdir(tmp_path)  # started from elsewhere: the working directory plays no part
+
+    config = load_config(tmp_path / "office" / "etc" / "pbx.toml")
+
+    assert config.dialplan.module == tmp_path / "office" / "dialplans" / "office.py"
+    assert config.dialplan.module.read_bytes() == (
+        SHIPPED.parents[1] / "dialplans" / "office.py").read_bytes()
+    assert config.pbx.data_dir == tmp_path / "office" / "var"
+
+
+def test_shipped_config_copied_alone_says_where_the_dialplan_was_looked_for(
+        tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    shutil.copy(SHIPPED, tmp_path / "etc" / "pbx.toml")
+
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "etc" / "pbx.toml")
+
+    assert [str(p) for p in info.value.problems] == [
+        f"{tmp_path / 'etc' / 'pbx.toml'}: dialplan.module: file not found:"
+        f" {tmp_path / 'dialplans' / 'office.py'} (\"../dialplans/office.py\" is"
+        f" relative to the folder of the config file, {tmp_path / 'etc'})"
     ]
 
 
@@ -130,7 +160,7 @@ def test_minimal_config_gets_the_defaults() -> None:
     assert config.sip.user_agent == "pbx/0.1"
     assert config.registrar.default_expires_s == 3600
     assert config.security.slowdown_s == 1.0 and config.security.log_file is None
-    assert config.admin.http is None and config.dialplan.module is None
+    assert config.dialplan.module is None
     assert dict(config.users) == {}
 
 
@@ -194,6 +224,7 @@ def test_tls_certificate_file_not_found(tmp_path: Path) -> None:
 
     assert problems(text, tmp_path) == [
         f"{SOURCE}: sip.tls_cert: file not found: {tmp_path / 'pbx.crt'}"
+        f' ("pbx.crt" is relative to the folder of the config file, {tmp_path})'
     ]
 
 
@@ -223,6 +254,10 @@ def test_dialplan_module_must_exist_and_be_python(tmp_path: Path) -> None:
 
     assert problems(config_text(rest='[dialplan]\nmodule = "office.py"'), tmp_path) == [
         f"{SOURCE}: dialplan.module: file not found: {tmp_path / 'office.py'}"
+        f' ("office.py" is relative to the folder of the config file, {tmp_path})'
+    ]
+    assert problems(config_text(rest=f'[dialplan]\nmodule = "{tmp_path}/x.py"')) == [
+        f"{SOURCE}: dialplan.module: file not found: {tmp_path / 'x.py'}"
     ]
     assert problems(config_text(rest='[dialplan]\nmodule = "office.txt"'), tmp_path) == [
         f'{SOURCE}: dialplan.module: expected a .py file, got "office.txt"'
@@ -268,10 +303,26 @@ def test_listen_parses_address_and_port(text: str, host: str, port: int) -> None
     ],
 )
 def test_bad_listen_values_name_key_and_expectation(text: str, reason: str) -> None:
-    assert problems(config_text(rest=f'[admin]\nhttp = "{text}"')) == [
-        f'{SOURCE}: admin.http: expected "address:port" such as "0.0.0.0:5060" or'
+    assert problems(config_text(f'tcp = "{text}"')) == [
+        f'{SOURCE}: sip.tcp: expected "address:port" such as "0.0.0.0:5060" or'
         f' "[::1]:5060", got "{text}" ({reason})'
     ]
+
+
+@pytest.mark.parametrize("value", ['"127.0.0.1:8080"', '"0.0.0.0:5060"', "8080"])
+def test_admin_http_is_refused_until_the_admin_web_exists(value: str) -> None:
+    # Accepted, it would promise pages on a port where nothing listens, with
+    # a silent log; refused whatever its value, and not taken for a port
+    # that the SIP listeners would collide with.
+    text = config_text('tcp = "0.0.0.0:5060"', rest=f"[admin]\nhttp = {value}")
+    assert problems(text) == [
+        f"{SOURCE}: admin.http: the admin web (status pages, REST API, metrics) is not built"
+        " in this version, so nothing would listen there; remove the key"
+    ]
+
+
+def test_an_empty_admin_section_is_accepted() -> None:
+    assert parse(config_text(rest="[admin]\n")).sip.udp == Listen(host="127.0.0.1", port=0)
 
 
 def test_listen_given_as_a_number_gets_a_hint() -> None:
@@ -294,7 +345,7 @@ def test_stream_listeners_need_distinct_ports() -> None:
     )
     assert problems(text) == [
         f'{SOURCE}: sip.tls: port 5060 is already used by sip.tcp ("0.0.0.0:5060");'
-        " TCP, TLS, WebSocket and admin listeners need distinct ports"
+        " TCP, TLS and WebSocket listeners need distinct ports"
     ]
 
 
@@ -465,7 +516,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         ),
         (
             config_text(rest="[admin]\nport = 8080"),
-            "admin.port: unknown key; expected one of http",
+            "admin.port: unknown key",
         ),
     ],
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pbx.sip.errors import SipParseError
 from pbx.sip.framing import FramedMessage, FramingFailed, KeepAlivePing, StreamFramer
 from pbx.sip.message import ParseLimits, parse_message
 
@@ -78,3 +79,62 @@ def test_oversized_or_bad_length_fails_with_status(data: bytes, status: int) -> 
     events = framer.feed(data)
     assert len(events) == 1 and isinstance(events[0], FramingFailed)
     assert events[0].error.status == status
+
+
+SMUGGLED = options("smuggled")
+
+
+def with_lengths(*lines: bytes, body: bytes = b"") -> bytes:
+    """`options` with its Content-Length line replaced by `lines`, then `body`."""
+    return options("x").replace(b"Content-Length: 0\r\n", b"".join(
+        line + b"\r\n" for line in lines)) + body
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        # The first length frames an empty body, the second the smuggled
+        # request as this one's body: either way one element is fooled.
+        (with_lengths(b"Content-Length: 0", b"Content-Length: %d" % len(SMUGGLED)),
+         f"two different Content-Length values, '0' and '{len(SMUGGLED)}'"),
+        (with_lengths(b"l: %d" % len(SMUGGLED), b"Content-Length: 0"),
+         f"two different Content-Length values, '{len(SMUGGLED)}' and '0'"),
+        (with_lengths(b"Content-Length: 0, %d" % len(SMUGGLED)),
+         f"bad Content-Length '0, {len(SMUGGLED)}'"),
+        # A second length folded onto the first, or hidden behind a bare LF
+        # that makes the parser read the section line by line at every LF.
+        (with_lengths(b"Content-Length: 0", b" %d" % len(SMUGGLED)),
+         f"bad Content-Length '0 {len(SMUGGLED)}'"),
+        (with_lengths(b"X-A: b\nContent-Length: %d" % len(SMUGGLED), b"Content-Length: 0"),
+         f"two different Content-Length values, '{len(SMUGGLED)}' and '0'"),
+        (with_lengths(b"Content-Length: -0"), "bad Content-Length '-0'"),
+        (with_lengths(b"Content-Length: ten"), "bad Content-Length 'ten'"),
+    ],
+    ids=["twice", "compact-and-full", "list", "folded", "bare-lf", "negative", "non-digit"],
+)
+def test_ambiguous_content_length_breaks_the_stream_before_the_next_request(
+        data: bytes, reason: str) -> None:
+    framer = StreamFramer()
+
+    events = framer.feed(data + SMUGGLED)
+
+    assert len(events) == 1 and isinstance(events[0], FramingFailed)
+    assert (events[0].error.status, events[0].error.reason) == (400, reason)
+    assert b"smuggled" not in events[0].data  # what the shell answers and logs
+    assert framer.feed(options("y")) == []  # nothing more is read from a broken stream
+    # The parser refuses the same bytes (over UDP and WebSocket, where it frames).
+    with pytest.raises(SipParseError) as refused:
+        parse_message(data + SMUGGLED)
+    assert refused.value.status == 400 and "Content-Length" in refused.value.reason
+
+
+def test_the_same_content_length_twice_frames_one_message() -> None:
+    data = with_lengths(b"Content-Length: 3", b"l:3", body=b"abc")
+
+    (event, after) = StreamFramer().feed(data + options("next"))
+
+    assert isinstance(event, FramedMessage) and event.data == data
+    message = parse_message(event.data, datagram=False)
+    assert (message.content_length, message.body) == (3, b"abc")
+    assert message.to_bytes().count(b"Content-Length") + message.to_bytes().count(b"\nl:") == 1
+    assert isinstance(after, FramedMessage) and parse_message(after.data).call_id == "next"

@@ -81,6 +81,10 @@ def _content_length_added(data: bytes) -> bytes:
     return head + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body
 
 
+def _repeated_length_dropped(data: bytes) -> bytes:
+    return data.replace(b"\r\nl: %d\r\n" % SDP_LENGTH, b"\r\n")
+
+
 def _version_upper(data: bytes) -> bytes:
     start, _, rest = data.partition(b"\r\n")
     return start.replace(b"sip/2.0", b"SIP/2.0") + b"\r\n" + rest
@@ -363,6 +367,12 @@ CASES: dict[str, Valid | Invalid] = {
         "content_length": 20,
         "body": b"v=0\r\no=torture 1 1 I",
     }, written=_cut_body(20)),
+    # The same length twice (here full and compact): no ambiguity, taken as
+    # one and written back once (RFC 7230 §3.3.2 lets HTTP do the same).
+    "valid_content_length_twice_same": Valid({
+        "content_length": SDP_LENGTH,
+        "body.__len__()": SDP_LENGTH,
+    }, written=_repeated_length_dropped),
     "valid_empty_reason": Valid({"status": 200, "reason": ""}),
     "valid_unusual_reason": Valid({
         "status": 499,
@@ -431,6 +441,12 @@ CASES: dict[str, Valid | Invalid] = {
     "invalid_content_length_larger": Invalid(400, True, "Content-Length"),
     "invalid_content_length_negative": Invalid(400, True, "Content-Length"),
     "invalid_content_length_nonnumeric": Invalid(400, True, "Content-Length"),
+    # Two lengths that disagree, as two lines or as a list on one: two places
+    # where the body may end, the ambiguity a smuggled request hides in.
+    "invalid_content_length_twice": Invalid(400, True, "two different Content-Length"),
+    "invalid_content_length_compact_disagrees": Invalid(
+        400, True, "two different Content-Length"),
+    "invalid_content_length_list": Invalid(400, True, "Content-Length"),
     # CSeq "MUST be less than 2**31" (§8.1.1.5); its method is the request's.
     "invalid_cseq_2_31": Invalid(400, True, "CSeq", answer_parses=False),
     "invalid_cseq_method_mismatch": Invalid(400, True, "CSeq method"),
