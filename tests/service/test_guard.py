@@ -63,7 +63,7 @@ async def test_wrong_passwords_are_slowed_down_then_refused(pbx_factory: Any) ->
     assert len(lines) == 4, lines
     assert all(" from 127.0.0.1 " in line and "user=1001" in line for line in lines)
     assert [line.split(" pbx security ")[1].split()[0] for line in lines] == [
-        "auth-failure", "auth-failure", "auth-failure", "blocked"]
+        "wrong-password", "wrong-password", "wrong-password", "blocked"]
     assert all("guess" not in line for line in lines)  # no password in the log
 
 
@@ -80,7 +80,7 @@ async def test_unknown_user_guessing_is_logged_with_the_name_tried(pbx_factory: 
     assert failed.status == 401
     lines = pbx.security_log.read_text().splitlines()
     assert len(lines) == 1
-    assert "auth-failure from 127.0.0.1 user=admin" in lines[0]
+    assert "unknown-user from 127.0.0.1 user=admin" in lines[0]
 
 
 @pytest_twisted.ensureDeferred
