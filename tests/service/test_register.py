@@ -11,7 +11,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent
 
 from pbx.config import RegistrarSection
-from pbx.sip.digest import Challenge, authorization_for
+from pbx.sip.digest import Challenge, Credentials, authorization_for
 from tests.service.conftest import DOMAIN, PASSWORDS, TRANSPORTS, ticks
 from tests.service.sipclient import Phone, header_params, new_branch
 
@@ -601,3 +601,25 @@ async def test_reload_names_each_key_that_needs_a_restart_and_why(
            "at start-up" in warnings
     assert "Changed sip.t1_ms takes effect at the next restart: the transaction timers are " \
            "set at start-up" in warnings
+
+
+@pytest_twisted.ensureDeferred
+async def test_debug_log_shows_the_credentials_but_the_response_hash(
+        pbx_factory: Any, log_events: EventLoggingObserver) -> None:
+    pbx = await pbx_factory({"pbx": {"debug": True}})
+    phone = await pbx.phone("1001")
+    contact = f"<{phone.contact_uri}>"
+    challenge = await phone.request("REGISTER", contacts=[contact])
+    authorization = phone.answer(challenge, algorithm="SHA-256")
+    ok = await phone.request("REGISTER", contacts=[contact], authorization=authorization)
+    assert ok.status == 200
+
+    credentials = Credentials.parse(authorization)
+    logged = "\n".join(formatEvent(event) for event in log_events)
+    [line] = [line for line in logged.splitlines() if line.startswith("Authorization:")]
+    for shown in ('username="1001"', f'realm="{DOMAIN}"', f'nonce="{credentials.nonce}"',
+                  f'uri="sip:{DOMAIN}"', "algorithm=SHA-256", "qop=auth",
+                  f"nc={credentials.nc}", "response=<redacted>"):
+        assert shown in line, (shown, line)
+    assert credentials.response not in logged
+    assert PASSWORDS["1001"] not in logged
