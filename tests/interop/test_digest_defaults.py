@@ -13,7 +13,9 @@ seen to do on this machine (Debian 12) when offered both algorithms:
 - linphonec 5.1.65 (belle-sip): answers the first challenge it can,
   SHA-256 when it comes first; when it holds only an MD5 hash of its
   password (it stores one after a registration) it falls back to the MD5
-  challenge. User-Agent ``Linphonec/5.1.65``.
+  challenge. After registering with SHA-256 it keeps only the SHA-256 hash
+  (the password is gone from its rc file), and offered MD5 alone it then
+  answers with a wrong digest. User-Agent ``Linphonec/5.1.65``.
 
 So by default Linphone is offered SHA-256 then MD5 and everyone else MD5.
 """
