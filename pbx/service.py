@@ -242,14 +242,16 @@ class PbxService(MultiService):
         registrar = self.config.registrar
         return DigestAuthenticator(
             self.config.sip.domain, secret, nonce_lifetime_s=registrar.nonce_lifetime_s,
-            algorithms=strongest_first(registrar.digest_algorithms))
+            algorithms=strongest_first(registrar.digest_algorithms),
+            issued_since=self.reactor.seconds())
 
     def _keep_nonce_secret(self, path: Path) -> None:
         """Make nonces with the secret kept in `path`, made on first start.
 
         Nonces are checked by their MAC alone, so with the same secret the
-        nonces phones hold stay ours across a restart (answered stale when
-        too old) rather than unknown. Written to a temporary file and
+        nonces phones hold stay ours across a restart, answered stale (they
+        were issued before this run, `DigestAuthenticator`'s
+        ``issued_since``) rather than as unknown. Written to a temporary file and
         renamed, so a crash never leaves a short key; 0600, since it lets
         whoever reads it make nonces the PBX accepts.
         """

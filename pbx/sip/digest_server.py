@@ -154,7 +154,10 @@ class DigestAuthenticator:
     store is not this object's business. ``secret`` keys the nonce MAC: keep
     it across restarts (with a wall clock for ``now``) if nonces must survive
     them, otherwise a restart turns outstanding nonces into BAD_NONCE and
-    phones simply authenticate again (answered ``stale=true``).
+    phones simply authenticate again (answered ``stale=true``). A secret kept
+    across runs needs ``issued_since``, the time this run began: the replay
+    ring is not kept, so the nonces of an earlier run are refused as STALE
+    rather than counted afresh.
 
     With ``allow_no_qop`` (the default, for old phones), credentials without
     qop (RFC 2069) are accepted; they carry no nonce-count, so nothing but
@@ -175,6 +178,7 @@ class DigestAuthenticator:
         max_tracked_nonces: int = DEFAULT_TRACKED_NONCES,
         allow_no_qop: bool = True,
         random_bytes: Callable[[int], bytes] | None = None,
+        issued_since: float | None = None,
     ) -> None:
         if len(secret) < _MIN_SECRET_BYTES:
             raise ValueError(f"secret must be at least {_MIN_SECRET_BYTES} bytes")
@@ -188,6 +192,10 @@ class DigestAuthenticator:
         self._set_algorithms(algorithms, nonce_lifetime_s)
         self._max_tracked = max_tracked_nonces
         self._allow_no_qop = allow_no_qop
+        # Nonces made before this time were made by an earlier run under the
+        # same secret: their counts are not in this run's replay ring, so a
+        # request captured then could be replayed now. They are STALE.
+        self._issued_since = float("-inf") if issued_since is None else issued_since
         # Nonces must be unique and unforgeable (the counter and the MAC see
         # to that), not secret: a PRNG seeded once from the OS saves a system
         # call per challenge.
@@ -391,7 +399,7 @@ class DigestAuthenticator:
         counter: int
         random_half: int
         created, counter, random_half = _NONCE_FIELDS.unpack_from(body)
-        if now >= created + self._lifetime_s or now < created:
+        if now >= created + self._lifetime_s or now < created or created < self._issued_since:
             return AuthResult.STALE
         if qop is None:
             return AuthResult.OK

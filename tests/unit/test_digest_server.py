@@ -485,3 +485,17 @@ def test_reconfigure_changes_the_offer_and_keeps_the_nonces_issued() -> None:
     assert verify(auth, answer(auth, T0 + 1, algorithm="MD5"), T0 + 2) is AuthResult.OK
     with pytest.raises(ValueError):
         auth.reconfigure(algorithms=(), nonce_lifetime_s=300)
+
+
+def test_nonces_of_an_earlier_run_under_the_same_secret_are_stale() -> None:
+    """The replay ring is not kept across runs: counts used then are unknown now."""
+    earlier = make_auth()
+    used = answer(earlier, T0)
+    assert verify(earlier, used, T0 + 1) is AuthResult.OK
+
+    later = make_auth(issued_since=T0 + 10)
+    for _ in range(3):
+        later.challenges(T0 + 11)  # its counter passes the used nonce's
+
+    assert verify(later, used, T0 + 12) is AuthResult.STALE
+    assert verify(later, answer(later, T0 + 12), T0 + 13) is AuthResult.OK
