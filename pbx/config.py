@@ -158,14 +158,19 @@ class RegistrarSection:
     default_expires_s: int = 3600  # when the REGISTER asks for none
     max_contacts_per_user: int = 10
     nonce_lifetime_s: int = 300
-    # Challenges offered, in this order (RFC 8760 §2.4: a phone takes the
-    # first it supports). MD5 first by default: deployed phones take the
-    # first challenge whatever it is and give up on SHA-256 instead of
-    # falling back (baresip 1.0: "Register: Function not implemented";
-    # SIPp 3.6: MD5 only), so a SHA-256-first PBX out of the box is one the
-    # office's phones cannot register with. Put "SHA-256" first when every
-    # phone does it.
-    digest_algorithms: tuple[DigestAlgorithm, ...] = ("MD5", "SHA-256")
+    # The digest algorithms enabled at all. Which of them a phone is offered
+    # depends on its User-Agent (`sha256_user_agents`): deployed phones take
+    # the first challenge whatever it is, and some give up on the whole 401
+    # when it carries SHA-256 (baresip 1.0 / libre 1.1: "Register: Function
+    # not implemented"; SIPp and the browser libraries answer MD5 only).
+    digest_algorithms: tuple[DigestAlgorithm, ...] = ("SHA-256", "MD5")
+    # Case-insensitive substrings of the User-Agent of phones known to answer
+    # a SHA-256 challenge: they are offered SHA-256 first, then MD5 (RFC 8760
+    # §2.4); every other phone MD5 alone, as Asterisk, Kamailio and
+    # FreeSWITCH do by default. ("*",): every phone; (): none. Linphone
+    # (belle-sip) was seen to take SHA-256 when it comes first, and to fall
+    # back to MD5 when it knows only an MD5 hash of its password.
+    sha256_user_agents: tuple[str, ...] = ("Linphone",)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -442,6 +447,7 @@ def _read_registrar(t: _Table) -> RegistrarSection:
         ),
         nonce_lifetime_s=t.integer("nonce_lifetime_s", d.nonce_lifetime_s, minimum=1),
         digest_algorithms=_digest_algorithms(t, d.digest_algorithms),
+        sha256_user_agents=_user_agent_patterns(t, d.sha256_user_agents),
     )
     t.finish()
     return section
@@ -453,7 +459,7 @@ def _digest_algorithms(
     value = t._get("digest_algorithms")
     if value is _MISSING:
         return default
-    expected = 'a list of "SHA-256" and/or "MD5", most preferred first, e.g. ["SHA-256", "MD5"]'
+    expected = 'a list of the algorithms enabled, "SHA-256" and/or "MD5", e.g. ["SHA-256", "MD5"]'
     if not isinstance(value, list) or not value:
         t._wrong_type("digest_algorithms", expected, value)
         return default
@@ -464,6 +470,19 @@ def _digest_algorithms(
             return default
         chosen.append(item)
     return tuple(chosen)
+
+
+def _user_agent_patterns(t: _Table, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = t._get("sha256_user_agents")
+    if value is _MISSING:
+        return default
+    expected = ('a list of User-Agent substrings, e.g. ["Linphone"]; ["*"] for every phone, '
+                '[] for none')
+    if not isinstance(value, list) or not all(isinstance(item, str) and item.strip()
+                                              for item in value):
+        t._wrong_type("sha256_user_agents", expected, value)
+        return default
+    return tuple(value)
 
 
 _SECURITY = SecuritySection()

@@ -18,8 +18,15 @@ nonce table are swept. A clean stop stops listening, then flushes.
 
 ``SIGHUP`` re-reads the config file. A config that no longer validates is
 refused with every problem logged, and the running one stays. Otherwise the
-users are swapped in at once (a removed user's bindings go away), and
-changes that need new sockets are logged as needing a restart.
+users are swapped in at once (a removed user's bindings go away), every
+[registrar] and [security] key applies in place (the objects are changed,
+not rebuilt, so bindings, calls and the nonces phones hold stay valid),
+and each other changed key that is read only at start-up is logged by name
+with the reason it needs a restart.
+
+Nonces are made with a secret kept in ``data_dir/nonce.key`` (created on
+first start, 0600), so a phone holding a nonce across a restart is told
+``stale=true`` and retries quietly, instead of failing as if it guessed.
 """
 
 from __future__ import annotations
@@ -28,10 +35,13 @@ import gc
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import fields
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
+from urllib.parse import quote
 
 from twisted.application.service import MultiService
 from twisted.internet import reactor as global_reactor
@@ -43,7 +53,7 @@ from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
 
 from pbx import compiled
 from pbx.config import Config, ConfigError, Listen, UserConfig, diff_users, load_config
-from pbx.core.auth import RequestAuthenticator, SecurityEvent
+from pbx.core.auth import RequestAuthenticator, SecurityEvent, strongest_first
 from pbx.core.calls import CallManager
 from pbx.core.endpoint import SipEndpoint, new_tag
 from pbx.core.guard import AuthGuard, GuardSettings
@@ -70,6 +80,25 @@ A PBX allocates a few hundred short-lived objects per message and holds
 hundreds of thousands of long-lived ones (bindings, users, transactions);
 with the default, collections ran every couple of messages and cost a
 quarter of a REGISTER's time (measured: 360 → 280 µs per registration)."""
+NONCE_SECRET_FILE = "nonce.key"
+NONCE_SECRET_BYTES = 32
+RESTART_REASONS: Mapping[str, str] = {
+    "pbx.data_dir": "the database and files are opened at start-up",
+    "pbx.log_format": "the log writers are set up at start-up",
+    "sip.domain": "the realm is part of every stored digest hash and nonce",
+    "sip.t1_ms": "the transaction timers are set at start-up",
+    "sip.t2_ms": "the transaction timers are set at start-up",
+    "sip.t4_ms": "the transaction timers are set at start-up",
+    "sip.max_transactions": "the transaction table is sized at start-up",
+    "sip.tls_cert": "the TLS listeners load it at start-up",
+    "sip.tls_key": "the TLS listeners load it at start-up",
+}
+"""Why a changed key waits for a restart; a listener's reason is `LISTENER_REASON`."""
+LISTENER_REASON = "listening sockets are opened at start-up"
+RELOADED_SECTIONS = ("registrar", "security", "dialplan")
+"""Sections a reload applies whole (users are compared on their own)."""
+RELOADED_KEYS = ("pbx.debug", "pbx.log_requests", "sip.public_address", "sip.user_agent")
+"""Keys of other sections a reload applies."""
 HOUSEKEEPING_INTERVAL_S = 1.0
 TRIM_AFTER_PEAK = 5_000
 """Transactions held (live and tombstones) that count as a burst worth trimming after.
@@ -114,17 +143,9 @@ class PbxService(MultiService):
         self.connections = Connections()
         self.location = LocationService(
             max_contacts_per_aor=config.registrar.max_contacts_per_user)
-        self.guard = AuthGuard(GuardSettings(
-            max_failures=config.security.max_auth_failures,
-            failure_window_s=config.security.failure_window_s,
-            cooldown_s=config.security.cooldown_s,
-            slowdown_after=config.security.slowdown_after,
-            slowdown_s=config.security.slowdown_s,
-        ))
-        self.authenticator = DigestAuthenticator(
-            config.sip.domain, os.urandom(32),
-            nonce_lifetime_s=config.registrar.nonce_lifetime_s,
-            algorithms=config.registrar.digest_algorithms)
+        self.guard = AuthGuard(_guard_settings(config))
+        # A stand-in secret until start-up reads the kept one (`_keep_nonce_secret`).
+        self.authenticator = self._make_authenticator(os.urandom(NONCE_SECRET_BYTES))
         sip = config.sip
         self.layer: TransactionLayer[Peer] = TransactionLayer(
             TimerSettings(t1_s=sip.t1_ms / 1000, t2_s=sip.t2_ms / 1000, t4_s=sip.t4_ms / 1000),
@@ -137,16 +158,12 @@ class PbxService(MultiService):
             make_tag=new_tag,
             user_name=self.secrets.user_name,
             has_ha1=self.secrets.has_ha1,
+            sha256_user_agents=config.registrar.sha256_user_agents,
         )
         self.registrar = Registrar(
             auth=self.auth,
             location=self.location,
-            settings=RegistrarSettings(
-                min_expires_s=config.registrar.min_expires_s,
-                max_expires_s=config.registrar.max_expires_s,
-                default_expires_s=config.registrar.default_expires_s,
-                max_contacts_per_user=config.registrar.max_contacts_per_user,
-            ),
+            settings=_registrar_settings(config),
         )
         self.dialplan = DialplanLoader()
         self._cdrs: list[tuple[object, ...]] = []
@@ -189,6 +206,11 @@ class PbxService(MultiService):
         except (OSError, StoreError) as error:
             raise SystemExit(f"{config.path}: pbx.data_dir: {error}") from None
         try:
+            self._keep_nonce_secret(data_dir / NONCE_SECRET_FILE)
+        except OSError as error:
+            self.store.close()
+            raise SystemExit(f"{config.path}: pbx.data_dir: {error}") from None
+        try:
             self.dialplan.load(config.dialplan.module)
         except DialplanError as error:
             self.store.close()
@@ -215,6 +237,41 @@ class PbxService(MultiService):
             self.store.close()
             raise
         super().privilegedStartService()
+
+    def _make_authenticator(self, secret: bytes) -> DigestAuthenticator:
+        registrar = self.config.registrar
+        return DigestAuthenticator(
+            self.config.sip.domain, secret, nonce_lifetime_s=registrar.nonce_lifetime_s,
+            algorithms=strongest_first(registrar.digest_algorithms),
+            issued_since=self.reactor.seconds())
+
+    def _keep_nonce_secret(self, path: Path) -> None:
+        """Make nonces with the secret kept in `path`, made on first start.
+
+        Nonces are checked by their MAC alone, so with the same secret the
+        nonces phones hold stay ours across a restart, answered stale (they
+        were issued before this run, `DigestAuthenticator`'s
+        ``issued_since``) rather than as unknown. Written to a temporary file and
+        renamed, so a crash never leaves a short key; 0600, since it lets
+        whoever reads it make nonces the PBX accepts.
+        """
+        try:
+            secret = path.read_bytes()
+        except FileNotFoundError:
+            secret = b""
+        if len(secret) != NONCE_SECRET_BYTES:
+            secret = os.urandom(NONCE_SECRET_BYTES)
+            temporary = path.with_name(path.name + ".new")
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(secret)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        elif path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        self.authenticator = self._make_authenticator(secret)
+        self.auth.authenticator = self.authenticator
 
     def _listen_all(self) -> None:
         sip = self.config.sip
@@ -433,10 +490,9 @@ class PbxService(MultiService):
         if path is None:
             return
         stamp = self.reactor.seconds()
-        import time
-
         line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(stamp))}Z pbx security "
-                f"{event.kind} from {event.address} user={event.user} reason={event.detail}\n")
+                f"{event.kind} from {event.address} user={_log_safe(event.user)} "
+                f"reason={_log_safe(event.detail, keep=' ')}\n")
         try:
             with path.open("a", encoding="utf-8") as file:
                 file.write(line)
@@ -448,6 +504,23 @@ class PbxService(MultiService):
 
     def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
         self.reactor.callFromThread(self.reload)
+
+    def _apply_registrar_and_security(self, new: Config) -> None:
+        """Every [registrar] and [security] key, and `RELOADED_KEYS`, changed in place
+        (see the module notes)."""
+        registrar = new.registrar
+        self.authenticator.reconfigure(
+            algorithms=strongest_first(registrar.digest_algorithms),
+            nonce_lifetime_s=registrar.nonce_lifetime_s)
+        self.auth.set_sha256_user_agents(registrar.sha256_user_agents)
+        self.registrar.settings = _registrar_settings(new)
+        self.location.max_contacts_per_aor = registrar.max_contacts_per_user
+        self.guard.settings = _guard_settings(new)
+        # [security] log_file and [sip] public_address are read from
+        # self.config where they are used.
+        self.endpoint.debug = self.force_debug or new.pbx.debug
+        self.endpoint.log_requests = new.pbx.log_requests
+        self.endpoint.server_header = new.sip.user_agent
 
     def reload(self) -> bool:
         """Re-read the config file; True when the new one was applied."""
@@ -470,20 +543,73 @@ class PbxService(MultiService):
             gone = self.location.remove_aor(extension)
             if self.writer is not None:
                 self.writer.changes.record_removals(gone)
-        unchanged = ("sip", "registrar", "security", "pbx")  # [dialplan] reloads above
-        needs_restart = [name for name in unchanged
-                         if getattr(new, name) != getattr(self.config, name)]
+        changed = _changed_keys(self.config, new)
+        applied = [key for key in changed if _reloads(key)]
+        needs_restart = {key: _restart_reason(key) for key in changed if not _reloads(key)}
+        self._apply_registrar_and_security(new)
         self.config = new
         self.log.info("Reloaded {path}: users added {added}, changed {changed}, removed "
-                      "{removed}", path=str(self.config_path), added=list(diff.added),
-                      changed=list(diff.changed), removed=list(diff.removed))
-        if needs_restart:
-            self.log.warn("Changes to [{sections}] take effect at the next restart",
-                          sections=", ".join(needs_restart))
+                      "{removed}; applied {applied}", path=str(self.config_path),
+                      added=list(diff.added), changed=list(diff.changed),
+                      removed=list(diff.removed), applied=applied)
+        for key, reason in needs_restart.items():
+            self.log.warn("Changed {key} takes effect at the next restart: {reason}",
+                          key=key, reason=reason)
         del new
         gc.collect()  # the old config's users, and what parsing the new one left
         give_back_free_memory()
         return True
+
+
+def _registrar_settings(config: Config) -> RegistrarSettings:
+    registrar = config.registrar
+    return RegistrarSettings(
+        min_expires_s=registrar.min_expires_s,
+        max_expires_s=registrar.max_expires_s,
+        default_expires_s=registrar.default_expires_s,
+        max_contacts_per_user=registrar.max_contacts_per_user,
+    )
+
+
+def _guard_settings(config: Config) -> GuardSettings:
+    security = config.security
+    return GuardSettings(
+        max_failures=security.max_auth_failures,
+        failure_window_s=security.failure_window_s,
+        cooldown_s=security.cooldown_s,
+        slowdown_after=security.slowdown_after,
+        slowdown_s=security.slowdown_s,
+    )
+
+
+def _changed_keys(old: Config, new: Config) -> list[str]:
+    """"section.key" for every key of the one-table sections whose value changed."""
+    changed: list[str] = []
+    for section in fields(old):
+        before, after = getattr(old, section.name), getattr(new, section.name)
+        if before == after or not hasattr(before, "__dataclass_fields__"):
+            continue  # users and plugins are compared on their own
+        changed += [f"{section.name}.{key.name}" for key in fields(before)
+                    if getattr(before, key.name) != getattr(after, key.name)]
+    return changed
+
+
+def _reloads(key: str) -> bool:
+    return key in RELOADED_KEYS or key.split(".", 1)[0] in RELOADED_SECTIONS
+
+
+def _restart_reason(key: str) -> str:
+    section, name = key.split(".", 1)
+    if section == "sip" and name in ("udp", "tcp", "tls", "ws", "wss"):
+        return LISTENER_REASON
+    return RESTART_REASONS.get(key, "read only at start-up")
+
+
+def _log_safe(text: str, *, keep: str = "") -> str:
+    """`text` for one line of the security log: no spaces (unless kept), quotes,
+    control characters or non-ASCII, so that what a phone sent cannot forge
+    a field or a line that fail2ban would read."""
+    return quote(text, safe="!#$&'()*+,-./:;<=>?@[]^_`{|}~" + keep)
 
 
 def _tls_errors(listener: str) -> tuple[type[Exception], ...]:

@@ -72,6 +72,12 @@ ENDPOINT_POLICY = UasPolicy(
 or transaction get the 481 they deserve (§12.2.2), not a 405."""
 
 _SECRET_HEADERS = ("authorization:", "proxy-authorization:")
+_DIGEST_RESPONSE = re.compile(r'(?i)(\bresponse\s*=\s*)("[^"]*"?|[^,\s]*)')
+"""The one secret-derived value of digest credentials: what a password guesser
+would test offline. User name, realm, nonce, uri, algorithm, qop, nc and cnonce
+are what an admin needs to see why a phone fails, and are sent in clear anyway."""
+_ALGORITHM_PARAM = re.compile(r'(?i)\balgorithm\s*=\s*"?([^",\s]+)')
+_CHALLENGE_HEADERS = {401: "www-authenticate", 407: "proxy-authenticate"}
 
 
 class Sender(Protocol):
@@ -382,8 +388,10 @@ class SipEndpoint:
         changes = outcome.changes
         if changes is not None and (changes.added or changes.removed):
             # A refresh (the bulk of all REGISTERs) is in the per-request event.
-            self.log.info("Registered {user} from {peer}: {added} added, {removed} removed",
+            self.log.info("Registered {user} from {peer} (authenticated with {algorithm}): "
+                          "{added} added, {removed} removed",
                           user=outcome.authenticated_user, peer=str(peer),
+                          algorithm=_credentials_algorithm(request) or "MD5",
                           added=[b.contact for b in changes.added],
                           removed=[b.contact for b in changes.removed])
         if outcome.delay_s > 0:
@@ -453,9 +461,30 @@ class SipEndpoint:
             self.layer.respond(transaction, response, now)
         if not self.log_requests:
             return
+        status = response.status
+        challenge = _CHALLENGE_HEADERS.get(status)
+        if challenge is not None:
+            # What the phone was offered and who it says it is: the first thing
+            # to know when a phone will not authenticate.
+            self.log.info(
+                "{method} from {peer} answered {status} {reason} offering {algorithms} "
+                "to User-Agent {user_agent!r} (call-id {call_id})",
+                method=request.method, peer=peer, status=status, reason=response.reason,
+                algorithms=",".join(_algorithms(response.headers.get_all(challenge))),
+                user_agent=request.headers.get("user-agent") or "",
+                call_id=request.call_id)
+            return
+        algorithm = _credentials_algorithm(request) if 200 <= status < 300 else None
+        if algorithm is not None:
+            self.log.info(
+                "{method} from {peer} answered {status} {reason}, authenticated with "
+                "{algorithm} (call-id {call_id})",
+                method=request.method, peer=peer, status=status, reason=response.reason,
+                algorithm=algorithm, call_id=request.call_id)
+            return
         self.log.info(
             "{method} from {peer} answered {status} {reason} (call-id {call_id})",
-            method=request.method, peer=peer, status=response.status,
+            method=request.method, peer=peer, status=status,
             reason=response.reason, call_id=request.call_id)
 
     def _security(self, event: SecurityEvent) -> None:
@@ -579,12 +608,32 @@ def _replace_top_via(request: Request, new_top: str) -> None:
 
 
 def _redacted(data: bytes) -> str:
+    """A message for the debug log, with the digest ``response`` of its credentials
+    replaced by <redacted> (`_DIGEST_RESPONSE` says why only that)."""
     text = data.decode(errors="replace")
     lines = []
     for line in text.split("\r\n"):
         if line.lower().startswith(_SECRET_HEADERS):
-            name = line.split(":", 1)[0]
-            line = f"{name}: <redacted>"
+            line = _DIGEST_RESPONSE.sub(r"\1<redacted>", line)
         lines.append(line)
     return "\r\n".join(lines)
+
+
+def _algorithms(challenges: list[str]) -> list[str]:
+    """The algorithm of each challenge, in order (MD5 where none is named, RFC 3261 §22.4)."""
+    names = []
+    for value in challenges:
+        found = _ALGORITHM_PARAM.search(value)
+        names.append(found.group(1) if found is not None else "MD5")
+    return names
+
+
+def _credentials_algorithm(request: Request) -> str | None:
+    """The algorithm of the request's digest credentials, if it carries any."""
+    for header in ("authorization", "proxy-authorization"):
+        value = request.headers.get(header)
+        if value is not None:
+            found = _ALGORITHM_PARAM.search(value)
+            return found.group(1) if found is not None else "MD5"
+    return None
 

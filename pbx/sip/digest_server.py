@@ -21,9 +21,13 @@ it and when. (As a shortcut, the last thousand nonces issued are kept by
 their text: the answer to a fresh challenge finds its nonce there and skips
 the decode and the MAC. A nonce not there is checked as above.)
 
-A nonce whose MAC fails is BAD_NONCE; one older than ``nonce_lifetime_s`` is STALE, and
-(RFC 7616 §3.3, ``stale``) only reported as such when the digest was right,
-so the phone retries with a new nonce without asking its user.
+A nonce older than ``nonce_lifetime_s`` is STALE, and one whose MAC fails
+(issued before a restart under another secret, or made up) BAD_NONCE; both
+are reported only when the digest was right (RFC 7616 §3.3, ``stale``), so
+that the phone retries with a new nonce without asking its user, and so
+that the answer never tells a guesser more than a wrong password would: a
+wrong digest is WRONG_PASSWORD whatever the nonce. The digest is computed
+over the nonce's text, so it can be checked on a nonce we cannot vouch for.
 
 Besides that shortcut, the only state is the nonce-count table that stops replays (RFC 7616 §3.4,
 ``nc``): per nonce, the highest nc accepted, in a fixed ring of
@@ -80,7 +84,8 @@ class AuthResult(Enum):
     STALE = "stale"
     """Right digest, but the nonce expired: challenge again with stale=TRUE."""
     BAD_NONCE = "bad-nonce"
-    """We did not issue this nonce (or opaque) under this secret and realm."""
+    """Right digest, on a nonce (or opaque) we did not issue under this secret and
+    realm: most often one from before a restart. Answered like STALE."""
     WRONG_PASSWORD = "wrong-password"
     """Wrong digest, or unknown user: the two are deliberately one result."""
     COPY = "copy"
@@ -149,7 +154,10 @@ class DigestAuthenticator:
     store is not this object's business. ``secret`` keys the nonce MAC: keep
     it across restarts (with a wall clock for ``now``) if nonces must survive
     them, otherwise a restart turns outstanding nonces into BAD_NONCE and
-    phones simply authenticate again.
+    phones simply authenticate again (answered ``stale=true``). A secret kept
+    across runs needs ``issued_since``, the time this run began: the replay
+    ring is not kept, so the nonces of an earlier run are refused as STALE
+    rather than counted afresh.
 
     With ``allow_no_qop`` (the default, for old phones), credentials without
     qop (RFC 2069) are accepted; they carry no nonce-count, so nothing but
@@ -170,6 +178,7 @@ class DigestAuthenticator:
         max_tracked_nonces: int = DEFAULT_TRACKED_NONCES,
         allow_no_qop: bool = True,
         random_bytes: Callable[[int], bytes] | None = None,
+        issued_since: float | None = None,
     ) -> None:
         if len(secret) < _MIN_SECRET_BYTES:
             raise ValueError(f"secret must be at least {_MIN_SECRET_BYTES} bytes")
@@ -177,23 +186,16 @@ class DigestAuthenticator:
             raise ValueError("nonce_lifetime_s must be positive")
         if max_tracked_nonces < 1:
             raise ValueError("max_tracked_nonces must be at least 1")
-        if not algorithms:
-            raise ValueError("at least one algorithm is needed")
-        try:
-            algs = [algorithm_named(a) for a in algorithms]
-        except UnsupportedDigestError as e:
-            raise ValueError(str(e)) from None
-        if len({a.name for a in algs}) != len(algs):
-            raise ValueError("an algorithm is listed twice")
         self._realm = realm
         self._realm_bytes = realm.encode("utf-8", "surrogateescape")
         self._secret = secret
-        self._lifetime_s = nonce_lifetime_s
-        self._algorithms = {a.name.upper(): a for a in algs}
-        self._offered = tuple(a.name for a in algs)
-        self._algorithms_as_named = {a.name: a for a in algs}
+        self._set_algorithms(algorithms, nonce_lifetime_s)
         self._max_tracked = max_tracked_nonces
         self._allow_no_qop = allow_no_qop
+        # Nonces made before this time were made by an earlier run under the
+        # same secret: their counts are not in this run's replay ring, so a
+        # request captured then could be replayed now. They are STALE.
+        self._issued_since = float("-inf") if issued_since is None else issued_since
         # Nonces must be unique and unforgeable (the counter and the MAC see
         # to that), not secret: a PRNG seeded once from the OS saves a system
         # call per challenge.
@@ -213,9 +215,6 @@ class DigestAuthenticator:
         self._challenge_prefix = f"Digest realm={quoted_string(realm)}, nonce=\""
         self._challenge_tail = f", opaque={opaque}, algorithm="
         self._challenge_tail_stale = f", opaque={opaque}, stale=TRUE, algorithm="
-        # A stand-in HA1 per hash, so an unknown user costs the same work.
-        dummy = hmac.digest(secret, b"dummy\x00", "sha256")
-        self._dummy_ha1 = {a.name: a.hexdigest(dummy) for a in algs}
         # The replay ring: per slot, the fingerprint of the nonce holding it
         # (0: none yet) and the highest nc accepted for it.
         self._holder = array("Q", bytes(8 * max_tracked_nonces))
@@ -231,6 +230,38 @@ class DigestAuthenticator:
         self._recent: dict[str, bytes] = {}
         self._recent_ring = [""] * _RECENT_NONCES
         self._recent_at = 0
+
+    def reconfigure(self, *, algorithms: Sequence[str], nonce_lifetime_s: float) -> None:
+        """Change the algorithms and the nonce lifetime in place (a config reload).
+
+        The secret, the nonce counter and the replay ring stay: every nonce
+        issued so far keeps verifying as before, so phones in the middle of
+        authenticating are not sent round again.
+        """
+        if not nonce_lifetime_s > 0:
+            raise ValueError("nonce_lifetime_s must be positive")
+        self._set_algorithms(algorithms, nonce_lifetime_s)
+
+    def _set_algorithms(self, names: Sequence[str], nonce_lifetime_s: float) -> None:
+        if not names:
+            raise ValueError("at least one algorithm is needed")
+        try:
+            algs = [algorithm_named(a) for a in names]
+        except UnsupportedDigestError as e:
+            raise ValueError(str(e)) from None
+        if len({a.name for a in algs}) != len(algs):
+            raise ValueError("an algorithm is listed twice")
+        self._lifetime_s = nonce_lifetime_s
+        self._algorithms = {a.name.upper(): a for a in algs}
+        self._offered = tuple(a.name for a in algs)
+        self._algorithms_as_named = {a.name: a for a in algs}
+        # A stand-in HA1 per hash, so an unknown user costs the same work.
+        dummy = hmac.digest(self._secret, b"dummy\x00", "sha256")
+        self._dummy_ha1 = {a.name: a.hexdigest(dummy) for a in algs}
+
+    @property
+    def nonce_lifetime_s(self) -> float:
+        return self._lifetime_s
 
     @property
     def realm(self) -> str:
@@ -349,10 +380,8 @@ class DigestAuthenticator:
         elif qop != "auth" and qop.lower() != "auth":
             return AuthResult.UNSUPPORTED
         body = self._nonce_body(credentials.nonce)
-        if body is None:
-            return AuthResult.BAD_NONCE
-        if credentials.opaque is not None and credentials.opaque != self._opaque:
-            return AuthResult.BAD_NONCE
+        ours = body is not None and (credentials.opaque is None
+                                     or credentials.opaque == self._opaque)
 
         # compute_response's checks are made above (qop) and by Credentials
         # (a qop comes with nc and cnonce; -sess without qop is refused above).
@@ -363,12 +392,14 @@ class DigestAuthenticator:
         matched = compare_digest(expected.encode("ascii"), given)
         if not matched or ha1 is None:
             return AuthResult.WRONG_PASSWORD
+        if not ours or body is None:
+            return AuthResult.BAD_NONCE
 
         created: float
         counter: int
         random_half: int
         created, counter, random_half = _NONCE_FIELDS.unpack_from(body)
-        if now >= created + self._lifetime_s or now < created:
+        if now >= created + self._lifetime_s or now < created or created < self._issued_since:
             return AuthResult.STALE
         if qop is None:
             return AuthResult.OK

@@ -214,7 +214,7 @@ class Pbx:
     root: Path
     sip_port: int  # UDP and TCP
     tls_port: int
-    digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
+    digest_algorithms: tuple[str, ...] | None = ("MD5", "SHA-256")  # None: the shipped default
     users: dict[str, str] = field(default_factory=lambda: dict(USERS))
     host: str = "127.0.0.1"  # where every listener binds
     netns: str | None = None  # run inside this network namespace (`Netns`)
@@ -249,7 +249,8 @@ class Pbx:
         return self.data_dir / "tls" / "pbx-selfsigned.crt"
 
     def write_config(self) -> None:
-        algorithms = ", ".join(f'"{a}"' for a in self.digest_algorithms)
+        digest = ([] if self.digest_algorithms is None else [
+            "digest_algorithms = [" + ", ".join(f'"{a}"' for a in self.digest_algorithms) + "]"])
         lines = [
             "[pbx]",
             f'data_dir = "{self.data_dir}"',
@@ -260,7 +261,7 @@ class Pbx:
             f'tcp = "{self.host}:{self.sip_port}"',
             f'tls = "{self.host}:{self.tls_port}"',
             "[registrar]",
-            f"digest_algorithms = [{algorithms}]",
+            *digest,
             "[security]",
             f'log_file = "{self.security_log}"',
         ]

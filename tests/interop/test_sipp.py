@@ -44,8 +44,8 @@ def test_wrong_password_fails_and_is_logged(pbx: Pbx, tmp_path: Path) -> None:
     assert "while expecting '200'" in run.errors
     assert "received 'SIP/2.0 401 Unauthorized" in run.errors
     pbx.stop()
-    assert "Security: auth-failure from 127.0.0.1 user=1001" in pbx.log()
-    assert "auth-failure from 127.0.0.1 user=1001" in pbx.security_log.read_text()
+    assert "Security: wrong-password from 127.0.0.1 user=1001" in pbx.log()
+    assert "wrong-password from 127.0.0.1 user=1001" in pbx.security_log.read_text()
     assert "Registered 1001" not in pbx.log()
     assert pbx.bindings() == []
 

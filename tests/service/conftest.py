@@ -51,7 +51,10 @@ def config_data(tmp_path: Path) -> dict[str, Any]:
     return {
         "pbx": {"data_dir": str(tmp_path / "data")},
         "sip": {"domain": DOMAIN, **{name: "127.0.0.1:0" for name in TRANSPORTS}},
-        "registrar": {"min_expires_s": 60, "max_expires_s": 1800, "default_expires_s": 600},
+        # Every test phone is offered SHA-256 then MD5 and answers SHA-256;
+        # test_register.py checks the shipped default (by User-Agent) itself.
+        "registrar": {"min_expires_s": 60, "max_expires_s": 1800, "default_expires_s": 600,
+                      "sha256_user_agents": ["*"]},
         "security": {
             # Generous by default: only the guard tests want to be blocked.
             "max_auth_failures": 100, "slowdown_after": 50, "slowdown_s": 0.3,

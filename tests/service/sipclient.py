@@ -562,13 +562,17 @@ class Phone:
         *,
         contacts: Sequence[str] | None = None,
         expires: int | None = 300,
-        algorithm: str | None = "SHA-256",
+        algorithm: str | None = None,
         to_user: str | None = None,
         headers: Iterable[tuple[str, str]] = (),
         username: str | None = None,
         password: str | None = None,
     ) -> Reply:
-        """REGISTER, answer the 401, return the final response to the second request."""
+        """REGISTER, answer the 401, return the final response to the second request.
+
+        Without `algorithm`, the first challenge offered, as a phone does:
+        SHA-256 where the PBX offers it to this client (tests/service/conftest.py).
+        """
         if contacts is None:
             contacts = [self.contact_uri]
         contacts = [c if c == "*" or c.startswith("<") else f"<{c}>" for c in contacts]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, formatEvent
 
-from tests.service.conftest import PASSWORDS, TRANSPORTS, ticks
+from pbx.config import RegistrarSection
+from pbx.sip.digest import Challenge, Credentials, authorization_for
+from tests.service.conftest import DOMAIN, PASSWORDS, TRANSPORTS, ticks
 from tests.service.sipclient import Phone, header_params, new_branch
 
 
@@ -17,8 +22,9 @@ def challenge_shape(reply: Any) -> list[tuple[str, tuple[str, ...], str, bool, b
             for c in reply.challenges]
 
 
-OFFER = [("pbx.test", ("auth",), "MD5", False, True),  # the default order: MD5 first
-         ("pbx.test", ("auth",), "SHA-256", False, True)]
+OFFER = [("pbx.test", ("auth",), "SHA-256", False, True),  # RFC 8760 §2.4: strongest first
+         ("pbx.test", ("auth",), "MD5", False, True)]
+"""What a phone taking SHA-256 is offered (every test phone here: see conftest.py)."""
 
 
 def contact_expires(reply: Any) -> dict[str, int]:
@@ -429,3 +435,191 @@ async def test_refresh_keeps_one_row_and_updates_it(pbx_factory: Any) -> None:
         "1002")
     assert rows[0]["cseq"] == phone.cseq
 
+
+
+# ------------------------------------------ which phones are offered SHA-256
+
+SHIPPED_SHA256_USER_AGENTS = list(RegistrarSection().sha256_user_agents)
+BARESIP = "baresip v1.0.0 (x86_64/linux)"  # what Debian's baresip 1.0 sends
+LINPHONEC = "Linphonec/5.1.65"  # what Debian's linphonec 5.1 sends
+
+
+async def request_as(phone: Phone, user_agent: str | None, method: str = "REGISTER",
+                     **kwargs: Any) -> Any:
+    """`phone.request`, with this User-Agent in place of the test client's (None: none)."""
+    data = phone.build(method, **kwargs)
+    ours = b"User-Agent: service-test\r\n"
+    assert ours in data
+    data = data.replace(ours, b"" if user_agent is None else
+                        f"User-Agent: {user_agent}\r\n".encode())
+    phone.link.send(data)
+    return await phone.link.response(5.0)
+
+
+@pytest.mark.parametrize(("user", "user_agent", "offered"), [
+    ("1001", BARESIP, ["MD5"]),
+    ("1001", None, ["MD5"]),
+    ("1001", "SIPp", ["MD5"]),
+    ("1001", LINPHONEC, ["SHA-256", "MD5"]),
+    ("1001", "LinphoneAndroid/5.2 (belle-sip/5.2)", ["SHA-256", "MD5"]),
+    ("1003", LINPHONEC, ["MD5"]),  # only an MD5 hash is stored for 1003
+])
+@pytest_twisted.ensureDeferred
+async def test_shipped_default_offers_sha256_only_to_phones_known_to_take_it(
+        pbx_factory: Any, user: str, user_agent: str | None, offered: list[str]) -> None:
+    pbx = await pbx_factory({"registrar": {"sha256_user_agents": SHIPPED_SHA256_USER_AGENTS}})
+    phone = await pbx.phone(user)
+    contact = f"<{phone.contact_uri}>"
+
+    challenge = await request_as(phone, user_agent, contacts=[contact])
+
+    assert challenge.status == 401
+    assert [c.algorithm for c in challenge.challenges] == offered
+    ok = await request_as(phone, user_agent, contacts=[contact],
+                          authorization=phone.answer(challenge))
+    assert ok.status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_sha256_credentials_are_accepted_whatever_was_offered(pbx_factory: Any) -> None:
+    pbx = await pbx_factory({"registrar": {"sha256_user_agents": []}})
+    phone = await pbx.phone("1001")
+    contact = f"<{phone.contact_uri}>"
+    challenge = await phone.request("REGISTER", contacts=[contact])
+    assert [c.algorithm for c in challenge.challenges] == ["MD5"]
+
+    # The nonce is the same whatever the algorithm: answer it with SHA-256.
+    sha256 = Challenge(realm=DOMAIN, nonce=challenge.challenges[0].nonce,
+                       algorithm="SHA-256", qop=("auth",), opaque=challenge.challenges[0].opaque)
+    credentials = authorization_for(sha256, username="1001", password=PASSWORDS["1001"],
+                                    method="REGISTER", uri=f"sip:{DOMAIN}", cnonce="c1", nc=1)
+    ok = await phone.request("REGISTER", contacts=[contact],
+                             authorization=credentials.to_header_value())
+
+    assert ok.status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_invites_are_challenged_by_the_same_rule(pbx_factory: Any) -> None:
+    pbx = await pbx_factory({"registrar": {"sha256_user_agents": SHIPPED_SHA256_USER_AGENTS}})
+    phone = await pbx.phone("1001")
+
+    for user_agent, offered in ((BARESIP, ["MD5"]), (LINPHONEC, ["SHA-256", "MD5"])):
+        challenge = await request_as(phone, user_agent, "INVITE", to_user="1002",
+                                     request_uri=f"sip:1002@{DOMAIN}",
+                                     contacts=[f"<{phone.contact_uri}>"])
+        assert challenge.status == 407
+        assert [Challenge.parse(value).algorithm
+                for value in challenge.get_all("Proxy-Authenticate")] == offered
+        phone.link.send(phone.build("ACK", to_user="1002", to_tag=challenge.to_tag,
+                                    cseq=phone.cseq, request_uri=f"sip:1002@{DOMAIN}"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_request_log_says_what_was_offered_and_what_authenticated(
+        pbx_factory: Any, log_events: EventLoggingObserver) -> None:
+    pbx = await pbx_factory({"registrar": {"sha256_user_agents": SHIPPED_SHA256_USER_AGENTS}})
+    phone = await pbx.phone("1001")
+    contact = f"<{phone.contact_uri}>"
+    challenge = await request_as(phone, LINPHONEC, contacts=[contact])
+    ok = await request_as(phone, LINPHONEC, contacts=[contact],
+                          authorization=phone.answer(challenge, algorithm="SHA-256"))
+    assert ok.status == 200
+
+    lines = [formatEvent(event) for event in log_events]
+    assert any("REGISTER from udp:127.0.0.1:" in line and "answered 401 Unauthorized "
+               f"offering SHA-256,MD5 to User-Agent '{LINPHONEC}'" in line for line in lines)
+    assert any("answered 200 OK, authenticated with SHA-256" in line for line in lines)
+    assert any(line.startswith("Registered 1001 from udp:127.0.0.1:")
+               and "(authenticated with SHA-256)" in line for line in lines)
+
+
+# ------------------------------------------------------------ SIGHUP
+
+def registrar_config(tmp_path: Path, registrar: str) -> Path:
+    """A config file with this [registrar] table, for reload tests."""
+    path = tmp_path / "pbx.toml"
+    listeners = "\n".join(f'{name} = "127.0.0.1:0"' for name in ("udp", "tcp"))
+    path.write_text(
+        f'[pbx]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[sip]\ndomain = "{DOMAIN}"\n{listeners}\n'
+        f"[registrar]\n{registrar}\n"
+        f'[security]\nlog_file = "{tmp_path / "security.log"}"\n'
+        + "".join(f'[users.{user}]\npassword = "{PASSWORDS[user]}"\n'
+                  for user in ("1001", "1002")))
+    return path
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_applies_registrar_keys_and_keeps_nonces_and_bindings(
+        pbx_factory: Any, tmp_path: Path, log_events: EventLoggingObserver) -> None:
+    path = registrar_config(tmp_path, "")  # the shipped defaults
+    pbx = await pbx_factory(from_file=path)
+    phone = await pbx.phone("1001")
+    contact = f"<{phone.contact_uri}>"
+    assert (await phone.register(algorithm="MD5")).status == 200
+    before = await request_as(phone, BARESIP, contacts=[contact])
+    assert [c.algorithm for c in before.challenges] == ["MD5"]
+
+    registrar_config(tmp_path, 'sha256_user_agents = ["baresip"]\nmin_expires_s = 120\n'
+                               'digest_algorithms = ["MD5", "SHA-256"]')
+    assert pbx.service.reload() is True
+
+    after = await request_as(phone, BARESIP, contacts=[contact], expires=300)
+    assert [c.algorithm for c in after.challenges] == ["SHA-256", "MD5"]
+    # A nonce handed out before the reload still authenticates after it.
+    too_brief = await request_as(phone, BARESIP, contacts=[contact], expires=90,
+                                 authorization=phone.answer(before))
+    assert too_brief.status == 423
+    assert too_brief.get_all("Min-Expires") == ["120"]
+    assert await pbx.rows_when(bool, "1001")  # the binding stayed
+
+    registrar_config(tmp_path, 'digest_algorithms = ["MD5"]\nsha256_user_agents = ["*"]')
+    assert pbx.service.reload() is True
+    md5_only = await request_as(phone, LINPHONEC, contacts=[contact])
+    assert [c.algorithm for c in md5_only.challenges] == ["MD5"]
+    lines = [formatEvent(event) for event in log_events]
+    assert not any("next restart" in line for line in lines)
+    assert any("; applied ['registrar.min_expires_s', 'registrar.digest_algorithms', "
+               "'registrar.sha256_user_agents']" in line for line in lines)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_names_each_key_that_needs_a_restart_and_why(
+        pbx_factory: Any, tmp_path: Path, log_events: EventLoggingObserver) -> None:
+    path = registrar_config(tmp_path, "")
+    pbx = await pbx_factory(from_file=path)
+    text = path.read_text().replace('tcp = "127.0.0.1:0"\n', "").replace(
+        "[sip]\n", "[sip]\nt1_ms = 400\n")
+    path.write_text(text)
+
+    assert pbx.service.reload() is True
+
+    warnings = [formatEvent(event) for event in log_events
+                if event.get("log_level") is LogLevel.warn]
+    assert "Changed sip.tcp takes effect at the next restart: listening sockets are opened " \
+           "at start-up" in warnings
+    assert "Changed sip.t1_ms takes effect at the next restart: the transaction timers are " \
+           "set at start-up" in warnings
+
+
+@pytest_twisted.ensureDeferred
+async def test_debug_log_shows_the_credentials_but_the_response_hash(
+        pbx_factory: Any, log_events: EventLoggingObserver) -> None:
+    pbx = await pbx_factory({"pbx": {"debug": True}})
+    phone = await pbx.phone("1001")
+    contact = f"<{phone.contact_uri}>"
+    challenge = await phone.request("REGISTER", contacts=[contact])
+    authorization = phone.answer(challenge, algorithm="SHA-256")
+    ok = await phone.request("REGISTER", contacts=[contact], authorization=authorization)
+    assert ok.status == 200
+
+    credentials = Credentials.parse(authorization)
+    logged = "\n".join(formatEvent(event) for event in log_events)
+    [line] = [line for line in logged.splitlines() if line.startswith("Authorization:")]
+    for shown in ('username="1001"', f'realm="{DOMAIN}"', f'nonce="{credentials.nonce}"',
+                  f'uri="sip:{DOMAIN}"', "algorithm=SHA-256", "qop=auth",
+                  f"nc={credentials.nc}", "response=<redacted>"):
+        assert shown in line, (shown, line)
+    assert credentials.response not in logged
+    assert PASSWORDS["1001"] not in logged

@@ -707,3 +707,21 @@ def test_digest_algorithms_order_is_kept_and_checked(tmp_path: Path) -> None:
                      str(tmp_path / "pbx.toml"))
     assert "registrar.digest_algorithms" in str(caught.value)
     assert "SHA-256" in str(caught.value)
+
+
+def test_sha256_user_agents_default_names_linphone_and_is_checked(tmp_path: Path) -> None:
+    base = '[sip]\ndomain = "pbx.test"\nudp = "127.0.0.1:0"\n[registrar]\n'
+    shipped = parse_config(tomllib.loads(base), str(tmp_path / "pbx.toml"))
+    assert shipped.registrar.sha256_user_agents == ("Linphone",)
+    assert shipped.registrar.digest_algorithms == ("SHA-256", "MD5")
+    everyone = parse_config(tomllib.loads(base + 'sha256_user_agents = ["*"]\n'),
+                            str(tmp_path / "pbx.toml"))
+    assert everyone.registrar.sha256_user_agents == ("*",)
+    nobody = parse_config(tomllib.loads(base + "sha256_user_agents = []\n"),
+                          str(tmp_path / "pbx.toml"))
+    assert nobody.registrar.sha256_user_agents == ()
+    with pytest.raises(ConfigError) as caught:
+        parse_config(tomllib.loads(base + 'sha256_user_agents = "Linphone"\n'),
+                     str(tmp_path / "pbx.toml"))
+    assert "registrar.sha256_user_agents: expected a list of User-Agent substrings" in str(
+        caught.value)

@@ -460,3 +460,42 @@ def test_nonces_of_two_runs_with_the_same_counter_keep_their_own_counts() -> Non
     assert verify(new_run, new, T0 + 1) is AuthResult.OK
     assert verify(new_run, old, T0 + 1) is AuthResult.OK  # same slot, another nonce
     assert verify(new_run, old, T0 + 1) is AuthResult.COPY
+
+
+def test_a_wrong_digest_on_a_nonce_not_ours_is_a_wrong_password() -> None:
+    """stale=true only for the right digest: otherwise the answer would tell a
+    guesser, without costing a counted failure, that the guess was right."""
+    forger = DigestAuthenticator(REALM, b"another secret, 32 bytes long!!!", random_bytes=zeros)
+    wrong = answer(forger, T0, password="a guess")
+    right = answer(forger, T0)
+
+    assert verify(make_auth(), wrong, T0 + 1) is AuthResult.WRONG_PASSWORD
+    assert verify(make_auth(), right, T0 + 1) is AuthResult.BAD_NONCE
+
+
+def test_reconfigure_changes_the_offer_and_keeps_the_nonces_issued() -> None:
+    auth = make_auth(algorithms=("SHA-256", "MD5"))
+    issued = answer(auth, T0, algorithm="MD5")
+
+    auth.reconfigure(algorithms=("MD5",), nonce_lifetime_s=600)
+
+    assert auth.offered_algorithms == ("MD5",)
+    assert verify(auth, issued, T0 + 400) is AuthResult.OK  # past the old 300 s lifetime
+    assert verify(auth, issued, T0 + 401) is AuthResult.COPY  # the ring was kept
+    assert verify(auth, answer(auth, T0 + 1, algorithm="MD5"), T0 + 2) is AuthResult.OK
+    with pytest.raises(ValueError):
+        auth.reconfigure(algorithms=(), nonce_lifetime_s=300)
+
+
+def test_nonces_of_an_earlier_run_under_the_same_secret_are_stale() -> None:
+    """The replay ring is not kept across runs: counts used then are unknown now."""
+    earlier = make_auth()
+    used = answer(earlier, T0)
+    assert verify(earlier, used, T0 + 1) is AuthResult.OK
+
+    later = make_auth(issued_since=T0 + 10)
+    for _ in range(3):
+        later.challenges(T0 + 11)  # its counter passes the used nonce's
+
+    assert verify(later, used, T0 + 12) is AuthResult.STALE
+    assert verify(later, answer(later, T0 + 12), T0 + 13) is AuthResult.OK
