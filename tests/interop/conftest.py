@@ -65,6 +65,48 @@ requires_linphone = pytest.mark.skipif(
     LINPHONEC is None, reason="linphonec not installed (apt-get install linphone-cli)")
 
 
+REQUIRE_INTEROP = os.environ.get("PBX_REQUIRE_INTEROP") == "1"
+"""Set by .ci/run: an interop test that would skip fails instead.
+
+A developer without root or SIPp gets skips that say what is missing; CI,
+whose green run must mean the PBX works with real phones, gets failures:
+a machine that cannot run these tests cannot vouch for them.
+"""
+
+
+def _required(reason: str) -> str:
+    reason = reason.removeprefix("Skipped: ")
+    return (f"PBX_REQUIRE_INTEROP=1 and this interop test would have been skipped: {reason}. "
+            "Install what it needs (make system-deps, as root) or unset PBX_REQUIRE_INTEROP.")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None],
+) -> Iterator[None]:
+    """Under PBX_REQUIRE_INTEROP, an interop test's skip (marker, fixture, twistd) is a failure."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if (REQUIRE_INTEROP and report.skipped and "interop" in item.keywords
+            and not hasattr(report, "wasxfail")):
+        reason = (report.longrepr[2] if isinstance(report.longrepr, tuple)
+                  else str(report.longrepr))
+        report.outcome = "failed"
+        report.longrepr = _required(reason)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """Likewise for a whole interop module skipped while importing (`importorskip`)."""
+    outcome = yield
+    report: pytest.CollectReport = outcome.get_result()  # type: ignore[attr-defined]
+    if REQUIRE_INTEROP and report.skipped and isinstance(collector, pytest.Module):
+        reason = (report.longrepr[2] if isinstance(report.longrepr, tuple)
+                  else str(report.longrepr))
+        report.outcome = "failed"
+        report.longrepr = _required(reason)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if TWISTD.exists():
         return
