@@ -828,7 +828,14 @@ class Phone:
             info = self.registration()
             return info if re.search(r"\sOK\s", info) else None
 
-        return str(wait_for(registered, timeout_s, f"baresip to register over {self.transport}"))
+        what = f"baresip to register over {self.transport}"
+        try:
+            return str(wait_for(registered, timeout_s, what))
+        except pytest.fail.Exception:
+            said = [line for line in _ANSI.sub("", self.output()).splitlines()
+                    if line.startswith("reg:")][-3:]
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}; baresip said:\n"
+                        + "\n".join(said))
 
     def output(self) -> str:
         path = self.root / "baresip.out"

@@ -15,6 +15,7 @@ the documentation shows is the one tested here.
 
 Audio: each phone plays its own tone (1001: 440 Hz, 1002: 880 Hz); each
 must hear the other's for most of the call, half-second by half-second.
+Linphone has no sound card here: it plays and records files (`Linphone`).
 """
 
 from __future__ import annotations
@@ -211,9 +212,13 @@ def test_linphone_calls_baresip(
     callee.wait_event("CALL_ESTABLISHED", EVENT_TIMEOUT_S)
     caller.wait_output(r"Call \d+ with \S+ connected", EVENT_TIMEOUT_S, since)
     caller.command(f"play {make_tone(tmp_path, TONES_HZ['1001'])}")
+    linphone_heard = tmp_path / "linphone-heard.wav"
+    caller.command(f"record {linphone_heard}")
     wanted = int(TALK_S * SAMPLE_RATE * 2)
     wait_for(lambda: bytes_heard(callee) >= wanted, TALK_S + 10,
              f"{TALK_S} s of audio at baresip")
+    wait_for(lambda: linphone_heard.exists() and linphone_heard.stat().st_size >= wanted,
+             TALK_S + 10, f"{TALK_S} s of audio at Linphone")
 
     since = caller.command("terminate")
     closed = callee.wait_event("CALL_CLOSED", EVENT_TIMEOUT_S)
@@ -223,5 +228,6 @@ def test_linphone_calls_baresip(
     row = the_cdr(pbx)
     assert (row["answered_by"], row["hangup_by"], row["status"]) == ("1002", "caller", 200)
     assert_heard_tone(heard(callee), "1002", TONES_HZ["1001"])
+    assert_heard_tone(linphone_heard, "1001 (Linphone)", TONES_HZ["1002"])
     assert_no_loopback_sent(callee)
     caller.stop()
