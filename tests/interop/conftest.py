@@ -974,17 +974,19 @@ class Linphone:
                             f"{self.output()}")
             time.sleep(0.2)
 
-    def stop(self) -> None:
-        """`quit`, as a user would; killed if it does not go."""
+    def stop(self) -> int | None:
+        """`quit`, as a user would: its exit status, or None if it had to be killed."""
         if self.process is None:
-            return
+            return None
         with contextlib.suppress(BrokenPipeError):
             self.command("quit")
         try:
-            self.process.wait(10)
+            code: int | None = self.process.wait(10)
         except subprocess.TimeoutExpired:
             self.kill()
+            code = None
         self.process = None
+        return code
 
     def kill(self) -> None:
         if self.process is not None:

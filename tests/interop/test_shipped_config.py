@@ -204,6 +204,8 @@ def test_linphone_calls_baresip(
     caller = make_linphone(config=linphone_config, host=PHONE_HOSTS["1001"], netns=lan)
     caller.wait_registered()
     callee.wait_registered()
+    wait_for(lambda: [row["aor"] for row in pbx.bindings()] == ["1001", "1002"], 5.0,
+             "both bindings saved")
 
     since = caller.command(f"call sip:1002@{DOMAIN}")
     incoming = callee.wait_event("CALL_INCOMING", EVENT_TIMEOUT_S)
@@ -230,4 +232,7 @@ def test_linphone_calls_baresip(
     assert_heard_tone(heard(callee), "1002", TONES_HZ["1001"])
     assert_heard_tone(linphone_heard, "1001 (Linphone)", TONES_HZ["1002"])
     assert_no_loopback_sent(callee)
-    caller.stop()
+    assert caller.stop() == 0, caller.output()
+    # Quitting unregisters: only the baresip phone is left.
+    wait_for(lambda: [row["aor"] for row in pbx.bindings()] == ["1002"], 5.0,
+             "Linphone's binding to go")
