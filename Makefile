@@ -31,7 +31,7 @@ else
 	$(PY) tools/compile.py --remove
 endif
 
-# Debian packages the PBX and its tests use (SIPp, baresip, espeak-ng, sox).
+# Debian packages the PBX and its tests use (SIPp, baresip, linphonec, espeak-ng, sox).
 system-deps:
 	@sh tools/install-system-deps.sh
 

@@ -223,6 +223,11 @@ class Store:
     def schema_version(self) -> int:
         return _schema_version(self._db)
 
+    @property
+    def busy_timeout_ms(self) -> int:
+        """How long a write waits for another process's lock, as SQLite reports it."""
+        return int(self._db.execute("PRAGMA busy_timeout").fetchone()[0])
+
     def close(self) -> None:
         """Close the file. Flush any `BindingWriter` first: pending changes are not written."""
         self._db.close()

@@ -1,13 +1,14 @@
 #!/bin/sh
 # Installs the Debian packages the PBX and its tests need, when missing:
-#   sip-tester (SIPp) and baresip-core for interop tests, espeak-ng and sox
-#   for voice prompts and audio checks.
+#   sip-tester (SIPp), baresip-core and linphone-cli (linphonec) for interop
+#   tests, espeak-ng and sox for voice prompts and audio checks.
 # As root it uses apt-get; otherwise it says what is missing and goes on
 # (the interop tests then skip with that reason).
 set -u
 missing=""
 command -v sipp >/dev/null 2>&1 || missing="$missing sip-tester"
 command -v baresip >/dev/null 2>&1 || missing="$missing baresip-core"
+command -v linphonec >/dev/null 2>&1 || missing="$missing linphone-cli"
 command -v espeak-ng >/dev/null 2>&1 || missing="$missing espeak-ng"
 command -v sox >/dev/null 2>&1 || missing="$missing sox"
 command -v ip >/dev/null 2>&1 || missing="$missing iproute2"

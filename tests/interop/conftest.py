@@ -29,20 +29,28 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = Path(__file__).parent / "scenarios"
+PHONE_EXAMPLES = REPO / "docs" / "phones"  # the set-up files docs/phones.md shows
 TWISTD = Path(sys.executable).parent / "twistd"
 SIPP = shutil.which("sipp")
 BARESIP = shutil.which("baresip")
 BARESIP_MODULES = Path("/usr/lib/baresip/modules")
+LINPHONEC = shutil.which("linphonec")
 
 DOMAIN = "pbx.test"
 USERS = {"1001": "secret-1001", "1002": "secret-1002"}
+
+SHIPPED_SIP_PORT = 5060  # etc/pbx.toml: udp and tcp
+SHIPPED_TLS_PORT = 5061
 
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 15.0
@@ -53,6 +61,50 @@ requires_sipp = pytest.mark.skipif(
 requires_baresip = pytest.mark.skipif(
     BARESIP is None or not BARESIP_MODULES.is_dir(),
     reason="baresip not installed (apt-get install baresip-core)")
+requires_linphone = pytest.mark.skipif(
+    LINPHONEC is None, reason="linphonec not installed (apt-get install linphone-cli)")
+
+
+REQUIRE_INTEROP = os.environ.get("PBX_REQUIRE_INTEROP") == "1"
+"""Set by .ci/run: an interop test that would skip fails instead.
+
+A developer without root or SIPp gets skips that say what is missing; CI,
+whose green run must mean the PBX works with real phones, gets failures:
+a machine that cannot run these tests cannot vouch for them.
+"""
+
+
+def _required(reason: str) -> str:
+    reason = reason.removeprefix("Skipped: ")
+    return (f"PBX_REQUIRE_INTEROP=1 and this interop test would have been skipped: {reason}. "
+            "Install what it needs (make system-deps, as root) or unset PBX_REQUIRE_INTEROP.")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None],
+) -> Iterator[None]:
+    """Under PBX_REQUIRE_INTEROP, an interop test's skip (marker, fixture, twistd) is a failure."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if (REQUIRE_INTEROP and report.skipped and "interop" in item.keywords
+            and not hasattr(report, "wasxfail")):
+        reason = (report.longrepr[2] if isinstance(report.longrepr, tuple)
+                  else str(report.longrepr))
+        report.outcome = "failed"
+        report.longrepr = _required(reason)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """Likewise for a whole interop module skipped while importing (`importorskip`)."""
+    outcome = yield
+    report: pytest.CollectReport = outcome.get_result()  # type: ignore[attr-defined]
+    if REQUIRE_INTEROP and report.skipped and isinstance(collector, pytest.Module):
+        reason = (report.longrepr[2] if isinstance(report.longrepr, tuple)
+                  else str(report.longrepr))
+        report.outcome = "failed"
+        report.longrepr = _required(reason)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -132,25 +184,44 @@ class Netns:
 
     name: str
     addresses: tuple[str, ...]
+    server: str | None = None
+    """A second namespace that gets v0 and the first address: the PBX's own machine.
+
+    With it, the PBX and the phones are on two hosts of one LAN, as in an
+    office: the PBX's 0.0.0.0 listeners leave the phones' ports free, and
+    the PBX must find by itself which of its addresses the phones can reach.
+    """
+
+    @property
+    def server_name(self) -> str:
+        """The namespace the first address is in (`server`, or this one)."""
+        return self.server or self.name
 
     def create(self) -> None:
         first, *others = self.addresses
+        near = self.server_name
         commands = [
             ["netns", "add", self.name],
             ["-n", self.name, "link", "set", "lo", "up"],
             ["-n", self.name, "link", "add", "v0", "type", "veth", "peer", "name", "v1"],
-            ["-n", self.name, "addr", "add", f"{first}/24", "dev", "v0"],
+            *([["netns", "add", near],
+               ["-n", near, "link", "set", "lo", "up"],
+               ["-n", self.name, "link", "set", "v0", "netns", near]]
+              if self.server else []),
+            ["-n", near, "addr", "add", f"{first}/24", "dev", "v0"],
             *(["-n", self.name, "addr", "add", f"{a}/24", "dev", "v1"] for a in others),
-            ["-n", self.name, "link", "set", "v0", "up"],
+            ["-n", near, "link", "set", "v0", "up"],
             ["-n", self.name, "link", "set", "v1", "up"],
-            ["-n", self.name, "route", "add", "default", "dev", "v0"],
+            ["-n", near, "route", "add", "default", "dev", "v0"],
+            *([["-n", self.name, "route", "add", "default", "dev", "v1"]] if self.server else []),
         ]
         for command in commands:
             subprocess.run([str(IP), *command], check=True, capture_output=True, timeout=10)
 
     def delete(self) -> None:
-        subprocess.run([str(IP), "netns", "delete", self.name], check=False,
-                       capture_output=True, timeout=10)
+        for name in (self.name, *([self.server] if self.server else [])):
+            subprocess.run([str(IP), "netns", "delete", name], check=False,
+                           capture_output=True, timeout=10)
 
     def connect(self, address: tuple[str, int], timeout_s: float) -> socket.socket:
         """A TCP connection made from inside the namespace, usable from the test.
@@ -181,19 +252,15 @@ class Netns:
         return result
 
 
-@pytest.fixture
-def netns() -> Iterator[Netns]:
-    """A fresh namespace with 10.77.0.1 (v0) and 10.77.0.2-4 (v1), deleted at teardown.
-
-    Request it before `make_pbx` and `make_phone`, so that it is made first
-    and deleted after their processes are gone.
-    """
+def _make_netns(*, two_hosts: bool) -> Iterator[Netns]:
     if os.geteuid() != 0:
         pytest.skip("needs root to create a network namespace (ip netns add); CI runs as root")
     if IP is None:
         pytest.skip("no `ip` command (apt-get install iproute2)")
-    space = Netns(name=f"pbxt-{os.getpid()}-{next(_netns_numbers)}",
-                  addresses=("10.77.0.1", "10.77.0.2", "10.77.0.3", "10.77.0.4"))
+    number = next(_netns_numbers)
+    space = Netns(name=f"pbxt-{os.getpid()}-{number}",
+                  addresses=("10.77.0.1", "10.77.0.2", "10.77.0.3", "10.77.0.4"),
+                  server=f"pbxs-{os.getpid()}-{number}" if two_hosts else None)
     try:
         space.create()
     except subprocess.CalledProcessError as error:
@@ -203,6 +270,26 @@ def netns() -> Iterator[Netns]:
         yield space
     finally:
         space.delete()
+
+
+@pytest.fixture
+def netns() -> Iterator[Netns]:
+    """A fresh namespace with 10.77.0.1 (v0) and 10.77.0.2-4 (v1), deleted at teardown.
+
+    Request it before `make_pbx` and `make_phone`, so that it is made first
+    and deleted after their processes are gone.
+    """
+    yield from _make_netns(two_hosts=False)
+
+
+@pytest.fixture
+def lan() -> Iterator[Netns]:
+    """Two namespaces joined by a veth pair: the PBX's host and the phones' LAN.
+
+    10.77.0.1 is the PBX's (run it in `server_name`), 10.77.0.2-4 the
+    phones' (in `name`). Request it before `make_pbx` and `make_phone`.
+    """
+    yield from _make_netns(two_hosts=True)
 
 
 # -------------------------------------------------------------------- PBX
@@ -354,15 +441,61 @@ class Pbx:
             return [dict(row) for row in db.execute("SELECT * FROM cdr ORDER BY id")]
 
 
+def shipped_config() -> dict[str, Any]:
+    """etc/pbx.toml as the repository ships it, parsed."""
+    with (REPO / "etc" / "pbx.toml").open("rb") as handle:
+        return tomllib.load(handle)
+
+
+@dataclass
+class ShippedPbx(Pbx):
+    """The PBX as an administrator first runs it: etc/pbx.toml and dialplans/, unchanged.
+
+    The repository's etc/ and dialplans/ folders are copied side by side
+    into `root`, so the file's relative paths (``../var``,
+    ``../dialplans/office.py``) resolve inside it. Its listeners are the
+    shipped ``0.0.0.0`` ones with no public address: run it in a network
+    namespace of its own (`lan`), where those ports are free.
+    """
+
+    sip_port: int = SHIPPED_SIP_PORT
+    tls_port: int = SHIPPED_TLS_PORT
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "etc" / "pbx.toml"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "var"
+
+    def write_config(self) -> None:
+        for folder in ("etc", "dialplans"):
+            shutil.copytree(REPO / folder, self.root / folder,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        assert self.config_path.read_bytes() == (REPO / "etc" / "pbx.toml").read_bytes()
+
+
+
 @pytest.fixture
 def make_pbx(tmp_path: Path) -> Iterator[Callable[..., Pbx]]:
-    """Start a PBX (keyword arguments as for `Pbx`); each is checked at teardown."""
+    """Start a PBX (keyword arguments as for `Pbx`); each is checked at teardown.
+
+    ``shipped=True`` starts a `ShippedPbx` instead (only `netns` applies).
+    """
     made: list[Pbx] = []
 
-    def make(*, sip_port: int = 0, tls_port: int = 0, **options: object) -> Pbx:
+    def make(*, sip_port: int = 0, tls_port: int = 0, shipped: bool = False,
+             **options: object) -> Pbx:
+        root = tmp_path / f"pbx{len(made)}"
+        if shipped:
+            server: Pbx = ShippedPbx(root=root, **options)  # type: ignore[arg-type]
+            made.append(server)
+            server.start()
+            return server
         sip_port = sip_port or free_port()
         tls_port = tls_port or free_port(avoid=(sip_port,))
-        server = Pbx(root=tmp_path / f"pbx{len(made)}", sip_port=sip_port, tls_port=tls_port,
+        server = Pbx(root=root, sip_port=sip_port, tls_port=tls_port,
                      **options)  # type: ignore[arg-type]
         made.append(server)
         server.start()
@@ -565,6 +698,7 @@ class Phone:
     record_dir: Path | None = None  # sndfile: dump-<call>-enc.wav (said), -dec.wav (heard)
     rtp_ports: str = "20000-20100"
     sip_trace: bool = False  # baresip -s: every SIP message in baresip.out
+    accounts: str | None = None  # the accounts file as given (`phone_example`), else made here
     process: subprocess.Popen[bytes] | None = None
     _control: socket.socket | None = None
     _buffer: bytes = b""
@@ -605,7 +739,8 @@ class Phone:
         (self.root / "config").write_text("\n".join(config) + "\n")
         t = self.transport
         (self.root / "accounts").write_text(
-            f"<sip:{self.extension}@{DOMAIN};transport={t}>;auth_pass={self.password};"
+            self.accounts
+            or f"<sip:{self.extension}@{DOMAIN};transport={t}>;auth_pass={self.password};"
             f'outbound="sip:{self.pbx_host}:{self.pbx_port};transport={t}";regint=120\n')
         assert BARESIP is not None
         with (self.root / "baresip.out").open("ab") as output:
@@ -694,7 +829,14 @@ class Phone:
             info = self.registration()
             return info if re.search(r"\sOK\s", info) else None
 
-        return str(wait_for(registered, timeout_s, f"baresip to register over {self.transport}"))
+        what = f"baresip to register over {self.transport}"
+        try:
+            return str(wait_for(registered, timeout_s, what))
+        except pytest.fail.Exception:
+            said = [line for line in _ANSI.sub("", self.output()).splitlines()
+                    if line.startswith("reg:")][-3:]
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}; baresip said:\n"
+                        + "\n".join(said))
 
     def output(self) -> str:
         path = self.root / "baresip.out"
@@ -718,6 +860,150 @@ def make_phone(tmp_path: Path) -> Iterator[Callable[..., Phone]]:
 
     def make(**options: object) -> Phone:
         phone = Phone(root=tmp_path / f"phone{len(phones)}", **options)  # type: ignore[arg-type]
+        phones.append(phone)
+        phone.start()
+        return phone
+
+    yield make
+    for phone in phones:
+        phone.kill()
+
+
+# ------------------------------------------------------------ phone examples
+
+def phone_example(name: str, replacements: dict[str, str]) -> str:
+    """A set-up file of docs/phones/ with its example values replaced.
+
+    The files are what docs/phones.md tells an administrator to copy; the
+    tests use them so that the documented set-up is the tested one. Each
+    value to replace must be in the file: an example that drifts from what
+    the tests expect fails here instead of silently going untested.
+    """
+    text = (PHONE_EXAMPLES / name).read_text()
+    for example, value in replacements.items():
+        assert example in text, f"docs/phones/{name} no longer contains {example!r}"
+        text = text.replace(example, value)
+    return text
+
+
+# ---------------------------------------------------------------- Linphone
+
+@dataclass
+class Linphone:
+    """Debian's console Linphone (`linphonec` 5.1), driven through its stdin.
+
+    Its settings come in two files: `config` (``-c``) is the phone's set-up
+    as docs/phones/linphonerc shows it, and a read-only factory file
+    (``-b``) holds what only this machine needs (the address and ports to
+    bind in the namespace). It has no sound card here: ``soundcard use
+    files`` makes it play `audio_source` and record to `record_path` when a
+    call is up.
+    """
+
+    root: Path
+    config: str
+    host: str
+    netns: Netns
+    audio_source: Path | None = None
+    record_path: Path | None = None
+    sip_port: int = 5060
+    rtp_port: int = 7078
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def output_path(self) -> Path:
+        return self.root / "linphonec.out"
+
+    def start(self) -> None:
+        assert LINPHONEC is not None
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / ".local" / "share" / "linphone").mkdir(parents=True, exist_ok=True)
+        (self.root / "linphonerc").write_text(self.config)
+        factory = [
+            "[sip]", f"bind_address={self.host}", f"sip_port={self.sip_port}",
+            "sip_tcp_port=-1", "sip_tls_port=-1",
+            "[rtp]", f"audio_rtp_port={self.rtp_port}",
+            "[sound]", "echocancellation=0",
+            "[video]", "capture=0", "display=0", "automatically_initiate=0",
+        ]
+        (self.root / "factory").write_text("\n".join(factory) + "\n")
+        # stdbuf: linphonec writes its events with stdio, fully buffered into a file.
+        line_buffered = ["stdbuf", "-oL"] if shutil.which("stdbuf") else []
+        with self.output_path.open("ab") as output:
+            self.process = subprocess.Popen(
+                [*in_netns(self.netns.name), *line_buffered, LINPHONEC,
+                 "-c", str(self.root / "linphonerc"), "-b", str(self.root / "factory"),
+                 "-d", "0"],
+                cwd=self.root, stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT,
+                env={**os.environ, "HOME": str(self.root)}, start_new_session=True)
+        self.command("soundcard use files")
+        self.wait_output(r"Using wav files instead of soundcard", 10.0)
+
+    def command(self, line: str) -> int:
+        """Type one command; returns where in the output its effects start."""
+        assert self.process is not None and self.process.stdin is not None
+        offset = len(self.output())
+        self.process.stdin.write(line.encode() + b"\n")
+        self.process.stdin.flush()
+        return offset
+
+    def output(self) -> str:
+        return (self.output_path.read_text(errors="replace")
+                if self.output_path.exists() else "")
+
+    def wait_output(self, pattern: str, timeout_s: float, since: int = 0) -> re.Match[str]:
+        """The first match of `pattern` in what linphonec printed after offset `since`."""
+        def seen() -> re.Match[str] | None:
+            if self.process is not None and self.process.poll() is not None:
+                pytest.fail(f"linphonec exited with {self.process.returncode}:\n{self.output()}")
+            return re.compile(pattern).search(self.output(), since)
+
+        match = wait_for(seen, timeout_s, f"linphonec to print {pattern!r}")
+        assert isinstance(match, re.Match)
+        return match
+
+    def wait_registered(self, timeout_s: float = 15.0) -> str:
+        """Ask ``status register`` until the answer names the registered identity."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            since = self.command("status register")
+            answer = self.wait_output(r"unregistered|\bregistered[=,][^\n]*", 5.0, since)[0]
+            if answer.startswith("registered, identity="):
+                return answer
+            if time.monotonic() > deadline:
+                pytest.fail(f"linphonec not registered after {timeout_s} s: {answer}\n"
+                            f"{self.output()}")
+            time.sleep(0.2)
+
+    def stop(self) -> int | None:
+        """`quit`, as a user would: its exit status, or None if it had to be killed."""
+        if self.process is None:
+            return None
+        with contextlib.suppress(BrokenPipeError):
+            self.command("quit")
+        try:
+            code: int | None = self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = None
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+def make_linphone(tmp_path: Path) -> Iterator[Callable[..., Linphone]]:
+    """Start linphonec phones (keyword arguments as for `Linphone`); killed at teardown."""
+    phones: list[Linphone] = []
+
+    def make(**options: object) -> Linphone:
+        phone = Linphone(root=tmp_path / f"linphone{len(phones)}", **options)  # type: ignore[arg-type]
         phones.append(phone)
         phone.start()
         return phone

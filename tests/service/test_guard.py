@@ -1,4 +1,11 @@
-"""Password guessing: slowed down, then refused, and every event in the security log."""
+"""Password guessing: slowed down, then refused, and every event in the security log.
+
+These run on the real reactor, where a reply can be late for reasons of the
+machine's own: they check only what cannot be (a slowed answer arriving
+before its slowdown). Which answers come at once and which exactly
+slowdown_s late is checked on an injected clock in
+tests/unit/test_guard_timing.py.
+"""
 
 from __future__ import annotations
 
@@ -31,9 +38,8 @@ async def test_wrong_passwords_are_slowed_down_then_refused(pbx_factory: Any) ->
     challenge, _ = await timed(phone)
     assert challenge.status == 401
 
-    first, took = await timed(phone, authorization=phone.answer(challenge, password="guess1"))
+    first, _ = await timed(phone, authorization=phone.answer(challenge, password="guess1"))
     assert first.status == 401
-    assert took < SLOWDOWN_S
 
     # From the second failure on, each challenge is answered late.
     second, took = await timed(phone, authorization=phone.answer(first, password="guess2"))
@@ -50,10 +56,9 @@ async def test_wrong_passwords_are_slowed_down_then_refused(pbx_factory: Any) ->
     assert "www-authenticate" not in fourth
 
     # Even the right password is now refused, at once, for the cool-down.
-    blocked, took = await timed(phone, authorization=phone.answer(third))
+    blocked, _ = await timed(phone, authorization=phone.answer(third))
     assert blocked.status == 403
     assert "www-authenticate" not in blocked
-    assert took < SLOWDOWN_S
     await pbx.rows_when(lambda rows: rows == [], "1001", timeout=0.5)
 
     # A phone at another address is not affected.
@@ -95,11 +100,13 @@ async def test_success_clears_the_count(pbx_factory: Any) -> None:
     assert typo.status == 401
     assert (await timed(phone, authorization=phone.answer(typo)))[0].status == 200
 
-    # Two more failures would have been slowed down had the first one counted.
-    challenge, _ = await timed(phone)
-    again, took = await timed(phone, authorization=phone.answer(challenge, password="typo"))
-    assert again.status == 401
-    assert took < SLOWDOWN_S
+    # Three more failures, the most that max_auth_failures (4) allows without a
+    # block: had the first one still counted, the third would be refused.
+    reply, _ = await timed(phone)
+    for guess in ("typo2", "typo3", "typo4"):
+        reply, _ = await timed(phone, authorization=phone.answer(reply, password=guess))
+        assert reply.status == 401, guess
+    assert "blocked" not in pbx.security_log.read_text()
 
 
 @pytest_twisted.ensureDeferred

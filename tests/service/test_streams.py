@@ -242,8 +242,9 @@ async def test_half_a_message_is_closed_after_the_stall_timeout(
     link.send(HALF)
     await link.closed_within(IDLE_S)
 
-    took = reactor.seconds() - sent
-    assert STALL_S - 0.01 <= took < IDLE_S
+    # Never before its time; that it is the stall timeout and not the idle
+    # one, to the millisecond, is tests/unit/test_stream_timeouts.py's.
+    assert reactor.seconds() - sent >= STALL_S - 0.01
     await ticks(reactor, 0)
     assert sink.messages == []
     assert len(sink.closed) == 1

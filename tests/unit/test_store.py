@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,14 @@ from typing import Any
 import pytest
 
 from pbx.core.location import Binding, LocationService
-from pbx.store import DATABASE_FILENAME, MIGRATIONS, BindingWriter, Store, StoreError
+from pbx.store import (
+    BUSY_TIMEOUT_MS,
+    DATABASE_FILENAME,
+    MIGRATIONS,
+    BindingWriter,
+    Store,
+    StoreError,
+)
 
 NOW = 1_000.0
 
@@ -149,11 +155,10 @@ def test_a_failed_flush_keeps_its_changes_for_the_next(db_path: Path) -> None:
         other = sqlite3.connect(db_path, isolation_level=None)
         try:
             other.execute("BEGIN IMMEDIATE")  # someone holds the write lock
-            started = time.perf_counter()
             with pytest.raises(sqlite3.OperationalError, match="locked"):
                 writer.flush()
-            # The reactor thread waited the short busy timeout, not seconds.
-            assert time.perf_counter() - started < 1.0
+            # The reactor thread waits the short busy timeout, not SQLite's 5 s.
+            assert store.busy_timeout_ms == BUSY_TIMEOUT_MS < 1000
             assert writer.pending == 1
             other.execute("ROLLBACK")
         finally:
@@ -162,30 +167,20 @@ def test_a_failed_flush_keeps_its_changes_for_the_next(db_path: Path) -> None:
         assert store.load_bindings() == [make_binding()]
 
 
-def test_flush_of_5000_upserts_is_fast(db_path: Path) -> None:
-    """One transaction of executemany: 20-45 ms for 5,000 rows on a shared 2-core VM.
+def test_flush_of_5000_upserts_keeps_the_latest_of_each(db_path: Path) -> None:
+    """One flush of 5,000 inserts, then three of updates: the rows end at the last.
 
-    sqlite-utils' ``upsert_all`` took 55-100 ms for the same rows (an INSERT
-    OR IGNORE plus an UPDATE per row, a transaction per batch), which is why
-    the hot path does not use it. The bound is on the best of four rounds
-    (one of inserts, three of updates) so that a busy neighbour does not
-    fail the test; every figure is printed.
+    How long such a flush takes is measured by bench/store_flush.py.
     """
     with Store.open(db_path) as store:
         writer = BindingWriter(store)
-        timings = []
         for round_number in range(4):
             for i in range(5000):
                 writer.changes.record_update(make_binding(
                     aor=f"{10000 + i}", contact=f"sip:{10000 + i}@10.1.{i >> 8}.{i & 255}:5060",
                     call_id=f"{i:032x}@10.1.0.1", cseq=round_number + 1,
                     user_agent="Yealink SIP-T46S 66.86.0.15"))
-            started = time.perf_counter()
             assert writer.flush() == 5000
-            timings.append(time.perf_counter() - started)
-        print("flush of 5,000 upserts (insert, then updates):",
-              ", ".join(f"{t * 1000:.1f} ms" for t in timings))
-        assert min(timings) < 0.1
         stored = store.load_bindings()
         assert len(stored) == 5000
         assert {binding.cseq for binding in stored} == {4}
