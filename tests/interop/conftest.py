@@ -903,7 +903,7 @@ class Linphone:
     root: Path
     config: str
     host: str
-    netns: Netns
+    netns: Netns | None = None  # None: on this machine's loopback, as it is
     audio_source: Path | None = None
     record_path: Path | None = None
     sip_port: int = 5060
@@ -931,7 +931,7 @@ class Linphone:
         line_buffered = ["stdbuf", "-oL"] if shutil.which("stdbuf") else []
         with self.output_path.open("ab") as output:
             self.process = subprocess.Popen(
-                [*in_netns(self.netns.name), *line_buffered, LINPHONEC,
+                [*in_netns(self.netns.name if self.netns else None), *line_buffered, LINPHONEC,
                  "-c", str(self.root / "linphonerc"), "-b", str(self.root / "factory"),
                  "-d", "0"],
                 cwd=self.root, stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT,

@@ -22,14 +22,8 @@ So by default Linphone is offered SHA-256 then MD5 and everyone else MD5.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import shutil
-import signal
-import subprocess
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,75 +31,19 @@ import pytest
 from tests.interop.conftest import (
     DOMAIN,
     USERS,
+    Linphone,
     Pbx,
     Phone,
     free_port,
+    phone_example,
     requires_baresip,
+    requires_linphone,
     requires_sipp,
     run_sipp,
     wait_for,
 )
 
 pytestmark = pytest.mark.interop
-
-LINPHONEC = shutil.which("linphonec")
-requires_linphonec = pytest.mark.skipif(LINPHONEC is None, reason="linphonec is not installed")
-
-
-@dataclass
-class Linphonec:
-    """A headless linphonec registering one account over UDP on 127.0.0.1."""
-
-    root: Path
-    extension: str
-    password: str
-    pbx_port: int
-    sip_port: int = 0
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / ".local" / "share" / "linphone").mkdir(parents=True, exist_ok=True)
-        self.sip_port = self.sip_port or free_port(avoid=(self.pbx_port,))
-        rc = self.root / "linphonerc"
-        rc.write_text(
-            f"[sip]\nsip_port={self.sip_port}\nsip_tcp_port=0\nsip_tls_port=0\n"
-            "default_proxy=0\n"
-            f"[proxy_0]\nreg_proxy=<sip:127.0.0.1:{self.pbx_port};transport=udp>\n"
-            f"reg_identity=sip:{self.extension}@{DOMAIN}\nreg_sendregister=1\n"
-            "reg_expires=120\n"
-            f"[auth_info_0]\nusername={self.extension}\npasswd={self.password}\n"
-            f"realm={DOMAIN}\n")
-        assert LINPHONEC is not None
-        with (self.root / "linphonec.out").open("ab") as output:
-            # stdin stays open (a pipe): linphonec quits at end of input.
-            self.process = subprocess.Popen(
-                [LINPHONEC, "-c", str(rc)], cwd=self.root, stdin=subprocess.PIPE,
-                stdout=output, stderr=subprocess.STDOUT,
-                env={**os.environ, "HOME": str(self.root)}, start_new_session=True)
-
-    def kill(self) -> None:
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-            self.process = None
-
-
-@pytest.fixture
-def make_linphonec(tmp_path: Path) -> Iterator[Callable[..., Linphonec]]:
-    made: list[Linphonec] = []
-
-    def make(**options: object) -> Linphonec:
-        phone = Linphonec(root=tmp_path / f"linphonec{len(made)}", **options)  # type: ignore[arg-type]
-        made.append(phone)
-        phone.start()
-        return phone
-
-    yield make
-    for phone in made:
-        phone.kill()
-
 
 def registered_line(pbx: Pbx, extension: str, port: int) -> str:
     """The PBX's log line for the first registration from 127.0.0.1:`port`."""
@@ -141,14 +79,20 @@ def test_baresip_registers_with_the_default_and_is_offered_md5(
     assert not re.search(r'response="?[0-9a-f]{32}', log)
 
 
-@requires_linphonec
+@requires_linphone
 def test_linphonec_registers_with_the_default_using_sha256(
-    make_pbx: Callable[..., Pbx], make_linphonec: Callable[..., Linphonec]
+    make_pbx: Callable[..., Pbx], make_linphone: Callable[..., Linphone]
 ) -> None:
     pbx = make_pbx(digest_algorithms=None)
-    phone = make_linphonec(extension="1002", password=USERS["1002"], pbx_port=pbx.sip_port)
+    port = free_port(avoid=(pbx.sip_port,))
+    # Set up as docs/phones/linphonerc shows, as extension 1002, the PBX on loopback.
+    config = phone_example("linphonerc", {
+        "192.0.2.10:5060": f"127.0.0.1:{pbx.sip_port}", "1001": "1002",
+        "alice-change-me": USERS["1002"]})
+    make_linphone(config=config, host="127.0.0.1", sip_port=port,
+                  rtp_port=free_port(avoid=(pbx.sip_port, port)))
 
-    line = registered_line(pbx, "1002", phone.sip_port)
+    line = registered_line(pbx, "1002", port)
 
     assert "(authenticated with SHA-256)" in line
     assert re.search(r"answered 401 Unauthorized offering SHA-256,MD5 to User-Agent "
