@@ -6,9 +6,9 @@ Theory of operation
 has been checked (`pbx.config`); then, in `privilegedStartService` (before
 the reactor runs, while twistd may still hold privileges), it opens the
 SQLite store, loads the bindings saved by the last run, and binds every
-listener. If any listener cannot be bound, the ones already bound are
-closed and start-up stops with the file, the key and the reason: nothing
-runs half-configured.
+listener. If any listener cannot be bound, or the TLS certificate or key
+is unusable, the ones already bound are closed and start-up stops with the
+file, the key and the reason: nothing runs half-configured.
 
 While running, three periodic jobs keep the tables bounded and the disk in
 step: binding changes are flushed to SQLite every 0.2 s (so a crash loses
@@ -276,7 +276,7 @@ class PbxService(MultiService):
     def _listen_all(self) -> None:
         sip = self.config.sip
         path = self.config.path
-        cert_key: tuple[Path, Path] | None = None
+        context: Any = None
         if sip.needs_tls:
             if sip.tls_cert is not None and sip.tls_key is not None:
                 cert_key = (sip.tls_cert, sip.tls_key)
@@ -289,21 +289,30 @@ class PbxService(MultiService):
                     "No tls_cert configured: {made} self-signed certificate {cert} for "
                     "{domain}; phones must be told to trust it",
                     made="made a" if created else "using the", cert=str(cert), domain=sip.domain)
-        for name, listen in sip.listeners.items():
-            refused: tuple[type[Exception], ...] = (OSError, ValueError, *_tls_errors(name))
+            from OpenSSL import SSL
+
+            from pbx.transport.tls import TlsFileError, server_context
+
             try:
-                self.ports[name] = self._listen(name, listen, cert_key)
+                context = server_context(*cert_key)
+            except TlsFileError as error:
+                raise SystemExit(f"{path}: sip.{error.key}: {error}") from None
+            except SSL.Error as error:
+                raise SystemExit(f"{path}: sip.tls_cert, sip.tls_key: {cert_key[0]}, "
+                                 f"{cert_key[1]}: OpenSSL refused them: {error}") from None
+        for name, listen in sip.listeners.items():
+            try:
+                self.ports[name] = self._listen(name, listen, context)
             except CannotListenError as error:
                 raise SystemExit(
                     f"{path}: sip.{name}: cannot listen on {listen}: "
                     f"{error.socketError}") from None
-            except refused as error:
+            except (OSError, ValueError) as error:
                 raise SystemExit(f"{path}: sip.{name}: {error}") from None
             self.log.info("Listening for SIP over {transport} on {address}",
                           transport=name.upper(), address=str(self.bound(name)))
 
-    def _listen(self, name: str, listen: Listen, cert_key: tuple[Path, Path] | None
-                ) -> IListeningPort:
+    def _listen(self, name: str, listen: Listen, context: Any) -> IListeningPort:
         reactor = self.reactor
         host = listen.host
         if name == "udp":
@@ -319,10 +328,7 @@ class PbxService(MultiService):
 
             factory = SipWebSocketFactory(name, self.endpoint, self.connections)
         if name in ("tls", "wss"):
-            from pbx.transport.tls import server_context
-
-            assert cert_key is not None
-            context = server_context(*cert_key)
+            assert context is not None
             port = reactor.listenSSL(listen.port, factory, context, interface=host)
             if name == "tls":
                 self.connections.connectors["tls"] = self._connect_tls
@@ -610,15 +616,6 @@ def _log_safe(text: str, *, keep: str = "") -> str:
     control characters or non-ASCII, so that what a phone sent cannot forge
     a field or a line that fail2ban would read."""
     return quote(text, safe="!#$&'()*+,-./:;<=>?@[]^_`{|}~" + keep)
-
-
-def _tls_errors(listener: str) -> tuple[type[Exception], ...]:
-    """pyOpenSSL's error, for listeners that use it (others may run without it loaded)."""
-    if listener not in ("tls", "wss"):
-        return ()
-    from OpenSSL import SSL
-
-    return (SSL.Error,)
 
 
 def _tune_garbage_collector() -> None:
