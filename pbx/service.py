@@ -143,6 +143,7 @@ class PbxService(MultiService):
         self.connections = Connections()
         self.location = LocationService(
             max_contacts_per_aor=config.registrar.max_contacts_per_user)
+        self.connections.carries_flow = self._carries_flow
         self.guard = AuthGuard(_guard_settings(config))
         # A stand-in secret until start-up reads the kept one (`_keep_nonce_secret`).
         self.authenticator = self._make_authenticator(os.urandom(NONCE_SECRET_BYTES))
@@ -272,6 +273,10 @@ class PbxService(MultiService):
             path.chmod(0o600)
         self.authenticator = self._make_authenticator(secret)
         self.auth.authenticator = self.authenticator
+
+    def _carries_flow(self, connection_id: int) -> bool:
+        """Whether a registration arrived over this connection: the phone's only way in."""
+        return bool(self.location.bindings_by_connection(connection_id))
 
     def _listen_all(self) -> None:
         sip = self.config.sip

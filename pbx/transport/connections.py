@@ -42,6 +42,10 @@ class Connector(Protocol):
                  on_failure: Callable[[], None] | None) -> None: ...
 
 
+def _no_flow(connection_id: int) -> bool:
+    return False
+
+
 class Connections:
     """Open stream connections by id and by (transport, host, port). Bounded."""
 
@@ -54,6 +58,8 @@ class Connections:
         self.max_connections = max_connections
         self.udp_send: Callable[[bytes, str, int], None] | None = None
         self.connectors: dict[str, Connector] = {}
+        self.carries_flow: Callable[[int], bool] = _no_flow
+        """Whether a binding rides on the connection of this id (set by the service)."""
 
     def next_id(self) -> int:
         return next(self._ids)
