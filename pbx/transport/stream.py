@@ -25,7 +25,9 @@ One timer per connection guards it, against the deadline that applies now:
   at the last activity and sleeps again for what is left.
 
 TLS is this same protocol under Twisted's TLS wrapper; the transport name
-("tcp" or "tls") comes from the factory.
+("tcp" or "tls") comes from the factory. Whether the connection may stay at
+all (per-source and total limits) is decided before this protocol is built
+(`pbx.transport.connections.AdmittingFactory`).
 """
 
 from __future__ import annotations
@@ -100,13 +102,9 @@ class SipStreamProtocol(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        if self.connections.is_full():
-            self.log.warn("Refused {transport} connection: connection table full",
-                          transport=self.transport_name)
-            self.transport.loseConnection()
-            return
         host, port = _host_port(self.transport.getPeer())
         self.sip_peer = Peer(self.transport_name, host, port, self.connection_id)
+        self.connections.opened(self)
         self.connections.add(self)
         self._registered = True
         self.last_activity = self.clock.seconds()
@@ -124,6 +122,7 @@ class SipStreamProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         now = self.clock.seconds()
         self.last_activity = now
+        self.connections.touched(self)
         completed = False
         for event in self.framer.feed(data):
             if isinstance(event, FramedMessage):
@@ -182,6 +181,7 @@ class SipStreamProtocol(Protocol):
         if self._registered:
             self._registered = False
             self.connections.remove(self)
+            self.connections.closed(self)
             self.sink.connection_closed(self.sip_peer)
 
     def send_message(self, data: bytes) -> None:

@@ -265,3 +265,45 @@ async def test_silent_connection_is_closed_after_the_idle_timeout(
     assert sink.messages == [whole]
 
 
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+@pytest_twisted.ensureDeferred
+async def test_a_sender_trickling_bytes_is_closed_at_its_message_deadline(
+        pbx_factory: Any, reactor: Any, transport: str) -> None:
+    # A byte every 50 ms kept the connection (and its buffer) for ever: each
+    # byte pushed the deadline back. Others are served meanwhile.
+    pbx = await pbx_factory({"sip": {"message_timeout_s": 0.5}})
+    slow = await pbx.phone("1001", transport)
+    other = await pbx.phone("1002", transport)
+    request = slow.build("OPTIONS")
+
+    started = reactor.seconds()
+    for byte in request[:-1]:
+        if slow.link.is_closed:
+            break
+        slow.link.send(bytes([byte]))
+        await ticks(reactor, 0.05)
+    closed_after_s = reactor.seconds() - started
+
+    assert slow.link.is_closed
+    assert closed_after_s >= 0.5
+    assert not slow.link.frames.pending  # nothing was answered: the message never came whole
+    assert (await other.request("OPTIONS")).status == 200
+
+
+@pytest.mark.parametrize("transport", ["tls", "wss", "ws"])
+@pytest_twisted.ensureDeferred
+async def test_a_silent_handshake_is_closed_at_its_deadline(
+        pbx_factory: Any, reactor: Any, transport: str) -> None:
+    # A client that connects to the TLS port and never starts the handshake
+    # was held 600 s; a WebSocket that never asks to upgrade, 5 s.
+    pbx = await pbx_factory({"sip": {"handshake_timeout_s": 0.3}})
+    silent = await StreamLink.open(reactor, "tcp", pbx.address(transport))
+    pbx.links.append(silent)
+    opened = reactor.seconds()
+
+    await silent.closed_within(3.0)
+
+    assert reactor.seconds() - opened >= 0.3 - 0.01
+    # A phone that does shake hands is served.
+    assert (await (await pbx.phone("1001", transport)).request("OPTIONS")).status == 200
