@@ -139,9 +139,10 @@ class SipStreamProtocol(Protocol):
             if self._message_started_at is None or completed:
                 self._message_started_at = now
                 self._arm(self.timeouts.message_s)
-        elif self._message_started_at is not None:
+        else:
+            # The timer stays at the finished message's deadline; firing with
+            # nothing pending, it finds the idle deadline further on and sleeps.
             self._message_started_at = None
-            self._arm(self.timeouts.idle_s)
 
     def _arm(self, seconds: float) -> None:
         """Point the connection's one timer `seconds` from now."""
