@@ -136,6 +136,12 @@ class SipSection:
     t2_ms: int = 4000  # RFC 3261 §17.1.2.2: cap on non-INVITE retransmit interval
     t4_ms: int = 5000  # RFC 3261 §17.1.2.2: how long a message lingers in the network
     max_transactions: int = 100_000  # bound on the transaction table
+    # Stream connections (TCP, TLS, WS, WSS); see pbx.transport.stream and .connections.
+    message_timeout_s: float = 30.0  # a message must arrive whole this long after its first byte
+    idle_timeout_s: float = 600.0  # a connection with no binding riding on it, silent this long
+    handshake_timeout_s: float = 10.0  # a TLS handshake or WebSocket upgrade, from the accept
+    max_connections: int = 10_000  # open at once; lowered at start-up to fit the open-file limit
+    max_connections_per_source: int = 256  # from one address (an office NAT: 100+ phones)
 
     @property
     def listeners(self) -> Mapping[str, Listen]:
@@ -405,6 +411,14 @@ def _read_sip(t: _Table) -> SipSection:
     if t.ok("t1_ms", "t2_ms") and t2_ms <= t1_ms:
         t.error("t2_ms", f"expected more than sip.t1_ms ({t1_ms}), got {t2_ms}")
     max_transactions = t.integer("max_transactions", _SIP.max_transactions, minimum=1)
+    # A deadline under 0.1 s would close healthy connections on a busy machine.
+    message_timeout_s = t.number("message_timeout_s", _SIP.message_timeout_s, minimum=0.1)
+    idle_timeout_s = t.number("idle_timeout_s", _SIP.idle_timeout_s, minimum=0.1)
+    handshake_timeout_s = t.number("handshake_timeout_s", _SIP.handshake_timeout_s,
+                                   minimum=0.1)
+    max_connections = t.integer("max_connections", _SIP.max_connections, minimum=1)
+    max_per_source = t.integer("max_connections_per_source",
+                               _SIP.max_connections_per_source, minimum=1)
     t.finish()
     return SipSection(
         domain=domain or "",
@@ -417,6 +431,11 @@ def _read_sip(t: _Table) -> SipSection:
         t2_ms=t2_ms,
         t4_ms=t4_ms,
         max_transactions=max_transactions,
+        message_timeout_s=message_timeout_s,
+        idle_timeout_s=idle_timeout_s,
+        handshake_timeout_s=handshake_timeout_s,
+        max_connections=max_connections,
+        max_connections_per_source=max_per_source,
     )
 
 

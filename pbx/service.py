@@ -5,10 +5,13 @@ Theory of operation
 `PbxService` is a `MultiService`. Nothing is started until the whole config
 has been checked (`pbx.config`); then, in `privilegedStartService` (before
 the reactor runs, while twistd may still hold privileges), it opens the
-SQLite store, loads the bindings saved by the last run, and binds every
-listener. If any listener cannot be bound, the ones already bound are
-closed and start-up stops with the file, the key and the reason: nothing
-runs half-configured.
+SQLite store, loads the bindings saved by the last run, raises the soft
+open-file limit to the hard one and sizes the connection table below it,
+and binds every listener (each stream listener asks `Connections.admit` at
+every accept: per-source and total limits). If any listener cannot be
+bound, or the TLS certificate or key is unusable, the ones already bound
+are closed and start-up stops with the file, the key and the reason:
+nothing runs half-configured.
 
 While running, three periodic jobs keep the tables bounded and the disk in
 step: binding changes are flushed to SQLite every 0.2 s (so a crash loses
@@ -68,8 +71,8 @@ from pbx.sip.peer import Peer
 from pbx.sip.timers import TimerSettings
 from pbx.sip.transaction import TransactionLayer
 from pbx.store import BindingWriter, Store, StoreError
-from pbx.transport.connections import Connections
-from pbx.transport.stream import SipStreamClientFactory, SipStreamFactory
+from pbx.transport.connections import AdmittingFactory, Connections
+from pbx.transport.stream import SipStreamClientFactory, SipStreamFactory, StreamTimeouts
 from pbx.transport.udp import SipDatagramProtocol, listen_udp
 
 FLUSH_INTERVAL_S = 0.2
@@ -92,6 +95,11 @@ RESTART_REASONS: Mapping[str, str] = {
     "sip.max_transactions": "the transaction table is sized at start-up",
     "sip.tls_cert": "the TLS listeners load it at start-up",
     "sip.tls_key": "the TLS listeners load it at start-up",
+    "sip.message_timeout_s": "the stream listeners are set up with it at start-up",
+    "sip.idle_timeout_s": "the stream listeners are set up with it at start-up",
+    "sip.handshake_timeout_s": "the stream listeners are set up with it at start-up",
+    "sip.max_connections": "the connection table is fitted to the open-file limit at start-up",
+    "sip.max_connections_per_source": "the connection table is set up at start-up",
 }
 """Why a changed key waits for a restart; a listener's reason is `LISTENER_REASON`."""
 LISTENER_REASON = "listening sockets are opened at start-up"
@@ -100,6 +108,13 @@ RELOADED_SECTIONS = ("registrar", "security", "dialplan")
 RELOADED_KEYS = ("pbx.debug", "pbx.log_requests", "sip.public_address", "sip.user_agent")
 """Keys of other sections a reload applies."""
 HOUSEKEEPING_INTERVAL_S = 1.0
+FILES_KEPT_FREE = 100
+"""Descriptors kept out of the connection count: listeners, the SQLite files (database,
+WAL, shared memory), logs, the reactor's own, outbound connections being opened, and
+connections closed to make room whose sockets are not shut yet (at most
+`pbx.transport.connections.MAX_EVICTIONS_IN_FLIGHT`). Never more than half the limit."""
+UNLIMITED_FILES = 1 << 20
+"""What an unlimited open-file limit is taken for: Linux's default fs.nr_open."""
 TRIM_AFTER_PEAK = 5_000
 """Transactions held (live and tombstones) that count as a burst worth trimming after.
 
@@ -140,13 +155,19 @@ class PbxService(MultiService):
         self.secrets = UserSecrets(config.users, config.sip.domain)
         self._held_peak = 0  # transactions held at the top of the last burst
         self._gc_pauses = CollectionPauses(self._report_gc_pause)
-        self.connections = Connections()
+        sip = config.sip
+        # max_connections is lowered at start-up to what the open-file limit allows.
+        self.connections = Connections(max_connections=sip.max_connections,
+                                       max_per_source=sip.max_connections_per_source)
+        self.stream_timeouts = StreamTimeouts(idle_s=sip.idle_timeout_s,
+                                              message_s=sip.message_timeout_s,
+                                              handshake_s=sip.handshake_timeout_s)
         self.location = LocationService(
             max_contacts_per_aor=config.registrar.max_contacts_per_user)
+        self.connections.carries_flow = self._carries_flow
         self.guard = AuthGuard(_guard_settings(config))
         # A stand-in secret until start-up reads the kept one (`_keep_nonce_secret`).
         self.authenticator = self._make_authenticator(os.urandom(NONCE_SECRET_BYTES))
-        sip = config.sip
         self.layer: TransactionLayer[Peer] = TransactionLayer(
             TimerSettings(t1_s=sip.t1_ms / 1000, t2_s=sip.t2_ms / 1000, t4_s=sip.t4_ms / 1000),
             max_transactions=sip.max_transactions)
@@ -228,6 +249,7 @@ class PbxService(MultiService):
         self.writer.changes.record_removals(dropped)
         self.log.info("Loaded {count} binding(s) from {path}", count=len(self.location),
                       path=str(self.store.path))
+        self._fit_connections_to_file_limit()
         try:
             self._listen_all()
         except SystemExit:
@@ -273,10 +295,57 @@ class PbxService(MultiService):
         self.authenticator = self._make_authenticator(secret)
         self.auth.authenticator = self.authenticator
 
+    def _fit_connections_to_file_limit(self) -> None:
+        """Raise the soft open-file limit to the hard one, and hold no more connections than fit.
+
+        Each connection is a descriptor. Distributions start services with a
+        soft limit of 1,024 (a leftover of select()) and a hard one far
+        higher, which a process may raise itself to. Below that limit
+        `Connections` keeps ``FILES_KEPT_FREE`` descriptors spare, so the
+        kernel never refuses an accept (EMFILE): a full table closes its
+        oldest idle connection or refuses the newcomer, once, cleanly.
+        """
+        try:
+            import resource
+        except ImportError:  # not a POSIX system: nothing to raise
+            return
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        raised_from: int | None = None
+        if soft != hard:
+            target = hard if hard != resource.RLIM_INFINITY else max(soft, UNLIMITED_FILES)
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            except (ValueError, OSError) as error:
+                self.log.warn("Could not raise the open-file limit from {soft} to {hard}: "
+                              "{error}", soft=soft, hard=target, error=str(error))
+            else:
+                raised_from, soft = soft, target
+        if soft == resource.RLIM_INFINITY:
+            soft = UNLIMITED_FILES
+        configured = self.config.sip.max_connections
+        allowed = max(1, soft - min(FILES_KEPT_FREE, soft // 2))
+        self.connections.max_connections = min(configured, allowed)
+        connections = self.connections.max_connections
+        if raised_from is None:
+            self.log.info("Open-file limit {limit}: at most {connections} stream connections "
+                          "at once", limit=soft, connections=connections)
+        else:
+            self.log.info("Open-file limit raised from {before} to {limit}: at most "
+                          "{connections} stream connections at once", before=raised_from,
+                          limit=soft, connections=connections)
+        if allowed < configured:
+            self.log.info("sip.max_connections is {configured}: raise the hard open-file limit "
+                          "(ulimit -Hn, systemd's LimitNOFILE=) to hold that many",
+                          configured=configured)
+
+    def _carries_flow(self, connection_id: int) -> bool:
+        """Whether a registration arrived over this connection: the phone's only way in."""
+        return bool(self.location.bindings_by_connection(connection_id))
+
     def _listen_all(self) -> None:
         sip = self.config.sip
         path = self.config.path
-        cert_key: tuple[Path, Path] | None = None
+        context: Any = None
         if sip.needs_tls:
             if sip.tls_cert is not None and sip.tls_key is not None:
                 cert_key = (sip.tls_cert, sip.tls_key)
@@ -289,59 +358,76 @@ class PbxService(MultiService):
                     "No tls_cert configured: {made} self-signed certificate {cert} for "
                     "{domain}; phones must be told to trust it",
                     made="made a" if created else "using the", cert=str(cert), domain=sip.domain)
-        for name, listen in sip.listeners.items():
-            refused: tuple[type[Exception], ...] = (OSError, ValueError, *_tls_errors(name))
+            from OpenSSL import SSL
+
+            from pbx.transport.tls import TlsFileError, server_context
+
             try:
-                self.ports[name] = self._listen(name, listen, cert_key)
+                context = server_context(*cert_key)
+            except TlsFileError as error:
+                raise SystemExit(f"{path}: sip.{error.key}: {error}") from None
+            except SSL.Error as error:
+                raise SystemExit(f"{path}: sip.tls_cert, sip.tls_key: {cert_key[0]}, "
+                                 f"{cert_key[1]}: OpenSSL refused them: {error}") from None
+        for name, listen in sip.listeners.items():
+            try:
+                self.ports[name] = self._listen(name, listen, context)
             except CannotListenError as error:
                 raise SystemExit(
                     f"{path}: sip.{name}: cannot listen on {listen}: "
                     f"{error.socketError}") from None
-            except refused as error:
+            except (OSError, ValueError) as error:
                 raise SystemExit(f"{path}: sip.{name}: {error}") from None
             self.log.info("Listening for SIP over {transport} on {address}",
                           transport=name.upper(), address=str(self.bound(name)))
 
-    def _listen(self, name: str, listen: Listen, cert_key: tuple[Path, Path] | None
-                ) -> IListeningPort:
+    def _listen(self, name: str, listen: Listen, context: Any) -> IListeningPort:
+        """Bind listener `name`; a stream listener asks `Connections.admit` at each accept."""
         reactor = self.reactor
         host = listen.host
         if name == "udp":
             protocol = SipDatagramProtocol(self.endpoint, self.connections)
             port: IListeningPort = listen_udp(reactor, listen.port, protocol, interface=host)
             return port
+        factory: Any
         if name in ("tcp", "tls"):
-            factory: Any = SipStreamFactory(name, self.endpoint, self.connections, reactor)
+            factory = SipStreamFactory(name, self.endpoint, self.connections, reactor,
+                                       self.stream_timeouts)
         else:
             # autobahn (and, for TLS, cryptography) cost memory every process
             # pays once imported: a PBX without these listeners never loads them.
             from pbx.transport.ws import SipWebSocketFactory
 
-            factory = SipWebSocketFactory(name, self.endpoint, self.connections)
+            factory = SipWebSocketFactory(
+                name, self.endpoint, self.connections, reactor,
+                handshake_timeout_s=self.stream_timeouts.handshake_s)
         if name in ("tls", "wss"):
-            from pbx.transport.tls import server_context
+            # What listenSSL does, with the admission check outside the TLS
+            # wrapper (which cannot refuse a connection itself).
+            from twisted.protocols.tls import TLSMemoryBIOFactory
 
-            assert cert_key is not None
-            context = server_context(*cert_key)
-            port = reactor.listenSSL(listen.port, factory, context, interface=host)
+            assert context is not None
+            factory = TLSMemoryBIOFactory(context, False, factory)
             if name == "tls":
                 self.connections.connectors["tls"] = self._connect_tls
-            return port
-        port = reactor.listenTCP(listen.port, factory, interface=host)
-        if name == "tcp":
+        elif name == "tcp":
             self.connections.connectors["tcp"] = self._connect_tcp
+        port = reactor.listenTCP(listen.port, AdmittingFactory(factory, self.connections, reactor),
+                                 interface=host)
         return port
 
     def _connect_tcp(self, peer: Peer, data: bytes,
                      on_failure: Callable[[], None] | None) -> None:
         factory = SipStreamClientFactory(peer, data, self.endpoint, self.connections,
-                                         self.reactor, on_failure=on_failure)
+                                         self.reactor, self.stream_timeouts,
+                                         on_failure=on_failure)
         self.reactor.connectTCP(peer.host, peer.port, factory, timeout=10)
 
     def _connect_tls(self, peer: Peer, data: bytes,
                      on_failure: Callable[[], None] | None) -> None:
         factory = SipStreamClientFactory(peer, data, self.endpoint, self.connections,
-                                         self.reactor, on_failure=on_failure)
+                                         self.reactor, self.stream_timeouts,
+                                         on_failure=on_failure)
         from pbx.transport.tls import client_context
 
         self.reactor.connectSSL(peer.host, peer.port, factory, client_context(peer.host),
@@ -610,15 +696,6 @@ def _log_safe(text: str, *, keep: str = "") -> str:
     control characters or non-ASCII, so that what a phone sent cannot forge
     a field or a line that fail2ban would read."""
     return quote(text, safe="!#$&'()*+,-./:;<=>?@[]^_`{|}~" + keep)
-
-
-def _tls_errors(listener: str) -> tuple[type[Exception], ...]:
-    """pyOpenSSL's error, for listeners that use it (others may run without it loaded)."""
-    if listener not in ("tls", "wss"):
-        return ()
-    from OpenSSL import SSL
-
-    return (SSL.Error,)
 
 
 def _tune_garbage_collector() -> None:

@@ -65,8 +65,20 @@ class StreamFramer:
 
     @property
     def buffered(self) -> int:
-        """Bytes received that do not yet form a whole message (for stall checks)."""
+        """Bytes received that do not yet form a whole message."""
         return len(self._buffer)
+
+    @property
+    def message_pending(self) -> bool:
+        """Whether part of a message waits for the rest (its deadline runs in the shell).
+
+        The CRs and LFs of a keep-alive that has not fully arrived do not
+        count: a phone sending lone CRLFs between messages is idle, not
+        slow. After `feed` the buffer holds either such a prefix (at most
+        three bytes, all CR or LF) or the start of a message.
+        """
+        buffer = self._buffer
+        return len(buffer) > 3 or (len(buffer) > 0 and buffer[0] not in b"\r\n")
 
     def feed(self, data: bytes) -> list[FramingEvent]:
         if self._broken:

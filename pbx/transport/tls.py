@@ -5,6 +5,12 @@ config names no certificate a self-signed one is made in the data directory
 on first start (and reused after), and the log says so: phones must then be
 told to accept it. Outbound TLS verifies the peer's name with
 service-identity through `optionsForClientTLS`.
+
+The certificate and key are read and checked here before OpenSSL loads
+them (`check_pair`), because OpenSSL's own errors name neither the file
+nor the mistake (``[('DECODER routines', '', 'unsupported')]`` for a key
+file holding a certificate): `TlsFileError` says which file and what is
+wrong with it, for the start-up message.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import datetime
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -52,6 +59,55 @@ def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path, bool
     return cert_path, key_path, True
 
 
+class TlsFileError(Exception):
+    """A certificate or key file the PBX cannot use; ``key`` is the config key naming it."""
+
+    def __init__(self, key: str, path: Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.key = key
+        self.path = path
+
+
+def _read(key: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        reason = (error.strerror or str(error)).lower()
+        raise TlsFileError(key, path, f"unreadable: {reason}") from None
+
+
+def check_pair(cert_path: Path, key_path: Path) -> None:
+    """Raise `TlsFileError` unless the files hold PEM certificates and the matching key."""
+    cert_pem = _read("tls_cert", cert_path)
+    try:
+        certificates = x509.load_pem_x509_certificates(cert_pem)
+    except ValueError:
+        problem = "not a PEM certificate"
+        if b"PRIVATE KEY-----" in cert_pem:
+            problem += " (it holds a private key: are tls_cert and tls_key swapped?)"
+        raise TlsFileError("tls_cert", cert_path, problem) from None
+    key_pem = _read("tls_key", key_path)
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:
+        raise TlsFileError("tls_key", key_path,
+                           "the private key is encrypted with a passphrase, which the PBX "
+                           "cannot ask for: store it unencrypted, readable only by the PBX"
+                           ) from None
+    except UnsupportedAlgorithm as error:
+        raise TlsFileError("tls_key", key_path,
+                           f"a private key of a type not supported: {error}") from None
+    except ValueError:
+        problem = "not a PEM private key"
+        if b"-----BEGIN CERTIFICATE-----" in key_pem:
+            problem += " (it holds a certificate)"
+        raise TlsFileError("tls_key", key_path, problem) from None
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*spki) != certificates[0].public_key().public_bytes(*spki):
+        raise TlsFileError("tls_key", key_path,
+                           f"does not match the certificate {cert_path} (the first in it)")
+
+
 @implementer(IOpenSSLContextFactory)
 class ServerContextFactory:
     """A server TLS context read straight from PEM files by OpenSSL.
@@ -73,7 +129,11 @@ class ServerContextFactory:
 
 
 def server_context(cert_path: Path, key_path: Path) -> ServerContextFactory:
-    """Server TLS from PEM files; raises OpenSSL.SSL.Error for a bad pair."""
+    """Server TLS from PEM files; raises `TlsFileError` for a bad pair.
+
+    OpenSSL.SSL.Error is left for what the checks above cannot foresee.
+    """
+    check_pair(cert_path, key_path)
     return ServerContextFactory(cert_path, key_path)
 
 

@@ -178,7 +178,7 @@ async def test_websocket_frame_is_one_message(pbx_factory: Any) -> None:
     assert (await phone.link.response()).status == 200
 
 
-# ------------------------------------------------- idle and stall timeouts
+# ------------------------------------------------- idle and message deadlines
 
 
 class RecordingSink:
@@ -200,16 +200,16 @@ class RecordingSink:
 
 
 IDLE_S = 0.6
-STALL_S = 0.2
+MESSAGE_S = 0.2
 
 
 @pytest_twisted.async_yield_fixture
 async def bare_stream(reactor: Any) -> AsyncIterator[Any]:
-    """A SipStreamFactory with tiny timeouts on its own port, and a way to connect."""
+    """A SipStreamFactory with tiny deadlines on its own port, and a way to connect."""
     baseline = set(reactor.getDelayedCalls())
     sink = RecordingSink()
     factory = SipStreamFactory("tcp", sink, Connections(), reactor,
-                               StreamTimeouts(idle_s=IDLE_S, stall_s=STALL_S))
+                               StreamTimeouts(idle_s=IDLE_S, message_s=MESSAGE_S))
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     links: list[StreamLink] = []
 
@@ -233,7 +233,7 @@ HALF = b"OPTIONS sip:pbx.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch=z9h
 
 
 @pytest_twisted.ensureDeferred
-async def test_half_a_message_is_closed_after_the_stall_timeout(
+async def test_half_a_message_is_closed_at_its_deadline(
         bare_stream: Any, reactor: Any) -> None:
     sink, connect = bare_stream
     link = await connect()
@@ -242,9 +242,9 @@ async def test_half_a_message_is_closed_after_the_stall_timeout(
     link.send(HALF)
     await link.closed_within(IDLE_S)
 
-    # Never before its time; that it is the stall timeout and not the idle
+    # Never before its time; that it is the message deadline and not the idle
     # one, to the millisecond, is tests/unit/test_stream_timeouts.py's.
-    assert reactor.seconds() - sent >= STALL_S - 0.01
+    assert reactor.seconds() - sent >= MESSAGE_S - 0.01
     await ticks(reactor, 0)
     assert sink.messages == []
     assert len(sink.closed) == 1
@@ -261,6 +261,49 @@ async def test_silent_connection_is_closed_after_the_idle_timeout(
 
     await link.closed_within(IDLE_S + 0.5)
 
-    assert reactor.seconds() - opened >= IDLE_S - 0.01  # idle, not the stall timeout
+    assert reactor.seconds() - opened >= IDLE_S - 0.01  # idle, not the message deadline
     assert sink.messages == [whole]
 
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+@pytest_twisted.ensureDeferred
+async def test_a_sender_trickling_bytes_is_closed_at_its_message_deadline(
+        pbx_factory: Any, reactor: Any, transport: str) -> None:
+    # A byte every 50 ms kept the connection (and its buffer) for ever: each
+    # byte pushed the deadline back. Others are served meanwhile.
+    pbx = await pbx_factory({"sip": {"message_timeout_s": 0.5}})
+    slow = await pbx.phone("1001", transport)
+    other = await pbx.phone("1002", transport)
+    request = slow.build("OPTIONS")
+
+    started = reactor.seconds()
+    for byte in request[:-1]:
+        if slow.link.is_closed:
+            break
+        slow.link.send(bytes([byte]))
+        await ticks(reactor, 0.05)
+    closed_after_s = reactor.seconds() - started
+
+    assert slow.link.is_closed
+    assert closed_after_s >= 0.5
+    assert not slow.link.frames.pending  # nothing was answered: the message never came whole
+    assert (await other.request("OPTIONS")).status == 200
+
+
+@pytest.mark.parametrize("transport", ["tls", "wss", "ws"])
+@pytest_twisted.ensureDeferred
+async def test_a_silent_handshake_is_closed_at_its_deadline(
+        pbx_factory: Any, reactor: Any, transport: str) -> None:
+    # A client that connects to the TLS port and never starts the handshake
+    # was held 600 s; a WebSocket that never asks to upgrade, 5 s.
+    pbx = await pbx_factory({"sip": {"handshake_timeout_s": 0.3}})
+    silent = await StreamLink.open(reactor, "tcp", pbx.address(transport))
+    pbx.links.append(silent)
+    opened = reactor.seconds()
+
+    await silent.closed_within(3.0)
+
+    assert reactor.seconds() - opened >= 0.3 - 0.01
+    # A phone that does shake hands is served.
+    assert (await (await pbx.phone("1001", transport)).request("OPTIONS")).status == 200
