@@ -58,6 +58,7 @@ from pbx.core.calls import CallManager
 from pbx.core.endpoint import SipEndpoint, new_tag
 from pbx.core.guard import AuthGuard, GuardSettings
 from pbx.core.location import LocationService
+from pbx.core.pike import SourceLimiter, SourceLimits
 from pbx.core.plugins import PluginError, PluginHost
 from pbx.core.registrar import Registrar, RegistrarSettings
 from pbx.core.router import DialplanError, DialplanLoader
@@ -144,6 +145,7 @@ class PbxService(MultiService):
         self.location = LocationService(
             max_contacts_per_aor=config.registrar.max_contacts_per_user)
         self.guard = AuthGuard(_guard_settings(config))
+        self.limiter = SourceLimiter(_source_limits(config))
         # A stand-in secret until start-up reads the kept one (`_keep_nonce_secret`).
         self.authenticator = self._make_authenticator(os.urandom(NONCE_SECRET_BYTES))
         sip = config.sip
@@ -193,6 +195,7 @@ class PbxService(MultiService):
             debug=force_debug or config.pbx.debug,
             log_requests=config.pbx.log_requests,
             on_security_event=self._write_security_event,
+            limiter=self.limiter,
         )
 
     # -------------------------------------------------------- lifecycle
@@ -516,6 +519,7 @@ class PbxService(MultiService):
         self.registrar.settings = _registrar_settings(new)
         self.location.max_contacts_per_aor = registrar.max_contacts_per_user
         self.guard.settings = _guard_settings(new)
+        self.limiter.limits = _source_limits(new)
         # [security] log_file and [sip] public_address are read from
         # self.config where they are used.
         self.endpoint.debug = self.force_debug or new.pbx.debug
@@ -569,6 +573,12 @@ def _registrar_settings(config: Config) -> RegistrarSettings:
         default_expires_s=registrar.default_expires_s,
         max_contacts_per_user=registrar.max_contacts_per_user,
     )
+
+
+def _source_limits(config: Config) -> SourceLimits:
+    security = config.security
+    return SourceLimits(max_messages=security.max_messages_per_source,
+                        window_s=security.source_window_s, block_s=security.source_block_s)
 
 
 def _guard_settings(config: Config) -> GuardSettings:
