@@ -140,6 +140,8 @@ class PbxService(MultiService):
         # compiled code; the realm in force is the one the service started with.
         self.secrets = UserSecrets(config.users, config.sip.domain)
         self._held_peak = 0  # transactions held at the top of the last burst
+        self._dropped_seen = 0  # the source limit's drop count at the last housekeeping
+        self._flood_dropped = 0  # dropped since the flood began
         self._gc_pauses = CollectionPauses(self._report_gc_pause)
         self.connections = Connections()
         self.location = LocationService(
@@ -478,7 +480,23 @@ class PbxService(MultiService):
                       ms=seconds * 1000, collected=collected)
 
     def _trim_after_burst(self) -> None:
-        """Give memory back once a burst's transactions are gone (`TRIM_AFTER_PEAK`)."""
+        """Give memory back once a burst's transactions are gone (`TRIM_AFTER_PEAK`),
+        or a flood the source limit was dropping has stopped.
+
+        A flood from one address is mostly dropped unread, so it leaves few
+        transactions to count; what it costs is the socket's and the
+        parser's garbage. It is over when a housekeeping second passes with
+        nothing dropped.
+        """
+        dropped = self.limiter.dropped
+        if dropped != self._dropped_seen:
+            self._flood_dropped += dropped - self._dropped_seen
+            self._dropped_seen = dropped
+        elif self._flood_dropped:
+            give_back_free_memory()
+            self.log.info("Flood over: {dropped} messages from blocked addresses dropped; "
+                          "memory handed back", dropped=self._flood_dropped)
+            self._flood_dropped = 0
         held = len(self.layer) + self.layer.tombstones
         if held > self._held_peak:
             self._held_peak = held

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 
 from pbx.config import parse_config
 from pbx.core.pike import SourceLimiter, SourceLimits
@@ -155,3 +156,26 @@ def test_zero_turns_the_limit_off() -> None:
     limiter = SourceLimiter(SourceLimits(max_messages=0))
     assert all(limiter.allow("a", 0.0) for _ in range(100_000))
     assert len(limiter) == 0
+
+
+def test_memory_is_handed_back_once_a_flood_has_stopped(tmp_path: Path) -> None:
+    """Housekeeping (each second) says so once, after a second with nothing dropped."""
+    wire = Wire(tmp_path)
+    events: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        wire.send(FLOODER, 10 * LIMIT)
+        wire.service._housekeeping()  # still dropping: not over
+        wire.clock.advance(1.0)
+        wire.send(FLOODER, 10 * LIMIT)
+        wire.service._housekeeping()
+        assert not [e for e in events if "Flood over" in str(e.get("log_format"))]
+        wire.clock.advance(1.0)
+        wire.service._housekeeping()  # a second with nothing dropped
+        wire.clock.advance(1.0)
+        wire.service._housekeeping()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    over = [e for e in events if "Flood over" in str(e.get("log_format"))]
+    assert len(over) == 1
+    assert over[0]["dropped"] == 20 * LIMIT - LIMIT
