@@ -37,7 +37,7 @@ PBX's log is searched for garbage-collection pauses (it reports those of
 100 ms or more) and the flood's security lines.
 
     .venv/bin/python bench/flood.py [--quick] [--only pbx|kamailio] [--step-s 30]
-        [--rates 0,1000,2000,5000,10000,20000] [--after-s 60]
+        [--rates 0,1000,2000,5000,10000,20000] [--after-s 60] [--pbx-source-limit N]
 
 Needs sipp (sip-tester) and `apt-get install -y kamailio
 kamailio-sqlite-modules`. Every process it starts is in its own process
@@ -159,6 +159,10 @@ def send_flood(port: int, rate: int, seconds: float) -> dict[str, int]:
 
 # --------------------------------------------------------------- servers
 
+SOURCE_LIMIT: int | None = None
+"""The PBX's [security] max_messages_per_source; set from --pbx-source-limit (None: default)."""
+
+
 class Pbx(Server):
     name = "pbx"
 
@@ -170,8 +174,10 @@ class Pbx(Server):
             "[sip]", f'domain = "{DOMAIN}"', f'udp = "127.0.0.1:{self.port}"',
             # SIPp answers only the first challenge, and only MD5.
             "[registrar]", 'digest_algorithms = ["MD5", "SHA-256"]',
-            # [security] as shipped: the limit per source is what is measured.
+            # [security] as shipped (unless --pbx-source-limit says otherwise).
             "[security]", f'log_file = "{self.workdir / "security.log"}"',
+            *([f"max_messages_per_source = {SOURCE_LIMIT}"] if SOURCE_LIMIT is not None
+              else []),
         ]
         for user, password in self.users:
             lines.append(f'[users.{user}]\npassword = "{password}"')
@@ -184,7 +190,9 @@ class Pbx(Server):
                 "--logfile", str(self.log), "pbx", "--config", str(self.config)]
 
     def notes(self) -> list[str]:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        # twistd rotates its log file every megabyte: read them all.
+        text = "".join(path.read_text(errors="replace")
+                       for path in sorted(self.workdir.glob(f"{self.log.name}*")))
         pauses = [line for line in text.splitlines() if "Garbage collection" in line]
         security = self.workdir / "security.log"
         floods = ([line for line in security.read_text().splitlines() if " flood " in line]
@@ -194,6 +202,8 @@ class Pbx(Server):
         return [f"hot path: {mode}",
                 f"garbage-collection pauses of 100 ms or more logged: {len(pauses)}"
                 + "".join(f"\n    {line}" for line in pauses[:5]),
+                f"'Flood over' (memory handed back) logged: "
+                f"{text.count('Flood over')} times",
                 f"flood lines in the security log: {len(floods)}"
                 + "".join(f"\n    {line}" for line in floods[:3])]
 
@@ -421,6 +431,9 @@ def main() -> None:
     parser.add_argument("--call-rate", type=int, default=10, help="second client's calls/s")
     parser.add_argument("--register-rate", type=int, default=20,
                         help="second client's registrations/s")
+    parser.add_argument("--pbx-source-limit", type=int,
+                        help="the PBX's max_messages_per_source (0: off, to see what the "
+                             "stateless 407 alone does); default: as shipped")
     parser.add_argument("--send-flood", help=argparse.SUPPRESS)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
@@ -428,6 +441,8 @@ def main() -> None:
         port, rate, seconds = args.send_flood.split(",")
         print(json.dumps(send_flood(int(port), int(rate), float(seconds))), flush=True)
         return
+    global SOURCE_LIMIT
+    SOURCE_LIMIT = args.pbx_source_limit
     rates = (tuple(int(r) for r in args.rates.split(",")) if args.rates
              else QUICK_RATES if args.quick else RATES)
     seconds = 5.0 if args.quick and args.step_s == 30.0 else args.step_s
@@ -439,6 +454,8 @@ def main() -> None:
     say(f"bench/flood.py {' '.join(sys.argv[1:])}")
     say(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine_note()}; "
         f"{load_note()}; {version_of(['kamailio', '-v'])}; work in {work}")
+    if SOURCE_LIMIT is not None:
+        say(f"the PBX's [security] max_messages_per_source = {SOURCE_LIMIT}")
     say(f"flood rates {', '.join(map(str, rates))}/s, {seconds:g} s each; second client "
         f"{args.call_rate} calls/s + {args.register_rate} registrations/s; memory "
         f"{after_s:g} s after")

@@ -537,6 +537,7 @@ class SipEndpoint:
         until new traffic made it sweep itself.
         """
         self.merged.sweep(now)
+        self.layer.sweep(now)
         if self.limiter is not None:
             self.limiter.sweep(now)
 
