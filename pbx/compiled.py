@@ -56,6 +56,7 @@ MODULES: tuple[str, ...] = (
     "pbx.sip.transaction_client",
     "pbx.sip.transaction",
     "pbx.core.guard",
+    "pbx.core.pike",
     "pbx.core.uas",
     "pbx.core.user_secrets",
     "pbx.core.auth",

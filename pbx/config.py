@@ -181,7 +181,7 @@ class RegistrarSection:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SecuritySection:
-    """[security]: answers to password guessing."""
+    """[security]: answers to password guessing, and what one source address may send."""
 
     max_auth_failures: int = 10  # failures within the window before a cooldown
     failure_window_s: int = 60
@@ -189,6 +189,11 @@ class SecuritySection:
     slowdown_after: int = 3  # failures after which answers are delayed
     slowdown_s: float = 1.0  # the delay; 0 turns slowing down off
     log_file: Path | None = None  # one line per security event, for fail2ban
+    # Messages one source address may send within source_window_s before all
+    # it sends is dropped for source_block_s (pbx.core.pike); 0: no limit.
+    max_messages_per_source: int = 2000
+    source_window_s: float = 2.0
+    source_block_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -516,6 +521,10 @@ def _read_security(t: _Table) -> SecuritySection:
         slowdown_after=t.integer("slowdown_after", d.slowdown_after, minimum=1),
         slowdown_s=t.number("slowdown_s", d.slowdown_s, minimum=0.0),
         log_file=t.path("log_file"),
+        max_messages_per_source=t.integer("max_messages_per_source",
+                                          d.max_messages_per_source, minimum=0),
+        source_window_s=t.number("source_window_s", d.source_window_s, minimum=0.001),
+        source_block_s=t.number("source_block_s", d.source_block_s, minimum=0.0),
     )
     t.finish()
     return section

@@ -61,6 +61,7 @@ from pbx.core.calls import CallManager
 from pbx.core.endpoint import SipEndpoint, new_tag
 from pbx.core.guard import AuthGuard, GuardSettings
 from pbx.core.location import LocationService
+from pbx.core.pike import SourceLimiter, SourceLimits
 from pbx.core.plugins import PluginError, PluginHost
 from pbx.core.registrar import Registrar, RegistrarSettings
 from pbx.core.router import DialplanError, DialplanLoader
@@ -154,6 +155,8 @@ class PbxService(MultiService):
         # compiled code; the realm in force is the one the service started with.
         self.secrets = UserSecrets(config.users, config.sip.domain)
         self._held_peak = 0  # transactions held at the top of the last burst
+        self._dropped_seen = 0  # the source limit's drop count at the last housekeeping
+        self._flood_dropped = 0  # dropped since the flood began
         self._gc_pauses = CollectionPauses(self._report_gc_pause)
         sip = config.sip
         # max_connections is lowered at start-up to what the open-file limit allows.
@@ -166,6 +169,7 @@ class PbxService(MultiService):
             max_contacts_per_aor=config.registrar.max_contacts_per_user)
         self.connections.carries_flow = self._carries_flow
         self.guard = AuthGuard(_guard_settings(config))
+        self.limiter = SourceLimiter(_source_limits(config))
         # A stand-in secret until start-up reads the kept one (`_keep_nonce_secret`).
         self.authenticator = self._make_authenticator(os.urandom(NONCE_SECRET_BYTES))
         self.layer: TransactionLayer[Peer] = TransactionLayer(
@@ -214,6 +218,7 @@ class PbxService(MultiService):
             debug=force_debug or config.pbx.debug,
             log_requests=config.pbx.log_requests,
             on_security_event=self._write_security_event,
+            limiter=self.limiter,
         )
 
     # -------------------------------------------------------- lifecycle
@@ -561,7 +566,23 @@ class PbxService(MultiService):
                       ms=seconds * 1000, collected=collected)
 
     def _trim_after_burst(self) -> None:
-        """Give memory back once a burst's transactions are gone (`TRIM_AFTER_PEAK`)."""
+        """Give memory back once a burst's transactions are gone (`TRIM_AFTER_PEAK`),
+        or a flood the source limit was dropping has stopped.
+
+        A flood from one address is mostly dropped unread, so it leaves few
+        transactions to count; what it costs is the socket's and the
+        parser's garbage. It is over when a housekeeping second passes with
+        nothing dropped.
+        """
+        dropped = self.limiter.dropped
+        if dropped != self._dropped_seen:
+            self._flood_dropped += dropped - self._dropped_seen
+            self._dropped_seen = dropped
+        elif self._flood_dropped:
+            give_back_free_memory()
+            self.log.info("Flood over: {dropped} messages from blocked addresses dropped; "
+                          "memory handed back", dropped=self._flood_dropped)
+            self._flood_dropped = 0
         held = len(self.layer) + self.layer.tombstones
         if held > self._held_peak:
             self._held_peak = held
@@ -602,6 +623,7 @@ class PbxService(MultiService):
         self.registrar.settings = _registrar_settings(new)
         self.location.max_contacts_per_aor = registrar.max_contacts_per_user
         self.guard.settings = _guard_settings(new)
+        self.limiter.limits = _source_limits(new)
         # [security] log_file and [sip] public_address are read from
         # self.config where they are used.
         self.endpoint.debug = self.force_debug or new.pbx.debug
@@ -655,6 +677,12 @@ def _registrar_settings(config: Config) -> RegistrarSettings:
         default_expires_s=registrar.default_expires_s,
         max_contacts_per_user=registrar.max_contacts_per_user,
     )
+
+
+def _source_limits(config: Config) -> SourceLimits:
+    security = config.security
+    return SourceLimits(max_messages=security.max_messages_per_source,
+                        window_s=security.source_window_s, block_s=security.source_block_s)
 
 
 def _guard_settings(config: Config) -> GuardSettings:

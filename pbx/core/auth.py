@@ -204,7 +204,7 @@ class RequestAuthenticator:
         if verdict.blocked:
             # Logged once, when the block began: a blocked address sending at
             # packet rate must not write the security log at packet rate.
-            return Denied(response=self.respond(request, 403, "Too many failed attempts"))
+            return self._refused(request)
         credentials = self._our_credentials(request, scheme)
         if credentials is None:
             return self._challenge(request, scheme, now, claimed_user, stale=False,
@@ -256,12 +256,12 @@ class RequestAuthenticator:
             limit = self.guard.settings.max_failures
             window = self.guard.settings.failure_window_s
             if failure.blocked:
-                return Denied(
-                    response=self.respond(request, 403, "Too many failed attempts"),
-                    security_event=SecurityEvent(
-                        kind="blocked", address=peer.host, user=user,
-                        detail=f"{limit} wrong passwords within {window:g} s; refused until "
-                               f"{failure.blocked_until:.0f}"))
+                refused = self._refused(request)
+                refused.security_event = SecurityEvent(
+                    kind="blocked", address=peer.host, user=user,
+                    detail=f"{limit} wrong passwords within {window:g} s; refused until "
+                           f"{failure.blocked_until:.0f}")
+                return refused
             denied = self._challenge(request, scheme, now, claimed_user, stale=False,
                                      delay_s=failure.delay_s)
             denied.security_event = SecurityEvent(
@@ -317,6 +317,17 @@ class RequestAuthenticator:
         response = make_response(request, scheme.status, to_tag=stateless_tag(request),
                                  headers=headers)
         return Denied(response=response, delay_s=delay_s, stateless=stateless)
+
+    def _refused(self, request: Request) -> Denied:
+        """403 to an address the guard has blocked, answered statelessly.
+
+        As good when sent again as a challenge: kept in a transaction, an
+        INVITE's 403 would be re-sent eleven times over 32 s to an address
+        that is, by then, most likely sending at packet rate.
+        """
+        response = make_response(request, 403, "Too many failed attempts",
+                                 to_tag=stateless_tag(request))
+        return Denied(response=response, stateless=True)
 
     def respond(
         self, request: Request, status: int, reason: str | None = None,

@@ -241,15 +241,21 @@ class CallManager:
     # ------------------------------------------------------------ entry points
 
     def new_invite(self, transaction: ServerTransaction[Peer], request: Request,
-                   peer: Peer, now: float) -> Response | None:
-        """An INVITE outside any dialog; the response now, or None (the call answers)."""
+                   peer: Peer, now: float) -> Response | Denied | None:
+        """An INVITE outside any dialog; the response now, or None (the call answers).
+
+        A `Denied` (a challenge, or a refusal of a blocked address) goes back
+        to the endpoint as it is: a plain challenge is answered statelessly
+        there, so that an INVITE without credentials costs no transaction and
+        no retransmissions of its 407 (see `pbx.core.endpoint`).
+        """
         claimed = request.from_addr.sip_user
         user = self.auth.authenticate(request, peer, now, scheme=PROXY_AUTH,
                                       claimed_user=claimed)
         if isinstance(user, Denied):
             if user.security_event is not None:
                 self.on_security_event(user.security_event)
-            return user.response
+            return user
         if claimed != user:
             # Caller ID is what the PBX vouches for: no calling as someone else.
             return make_response(request, 403, "From does not match the authenticated user",

@@ -35,6 +35,7 @@ from pbx.core.auth import PROXY_AUTH, Denied, SecurityEvent
 from pbx.core.calls import CallManager
 from pbx.core.merged_requests import MergedRequests
 from pbx.core.pending_bindings import PendingBindings
+from pbx.core.pike import SourceLimiter
 from pbx.core.registrar import RegisterOutcome, Registrar
 from pbx.core.uas import UasPolicy, check_request
 from pbx.dialplan import IncomingRequest, Reject, RequestHandler
@@ -143,8 +144,13 @@ class SipEndpoint:
         debug: bool = False,
         log_requests: bool = True,
         on_security_event: Callable[[SecurityEvent], None] | None = None,
+        limiter: SourceLimiter | None = None,
     ) -> None:
         self.clock = clock
+        self.limiter = limiter
+        """Counts every message against its source before parsing (`pbx.core.pike`)."""
+        if limiter is not None:
+            limiter.on_block = self._flood_blocked
         self.connections = connections
         self.layer = layer
         self.registrar = registrar
@@ -195,6 +201,9 @@ class SipEndpoint:
 
     def receive_data(self, data: bytes, peer: Peer, *, datagram: bool) -> None:
         now = self.clock.seconds()
+        limiter = self.limiter
+        if limiter is not None and not limiter.allow(peer.host, now):
+            return  # a flooding source: dropped unparsed, unanswered (reported once)
         if self.debug:
             self.wire.debug("Got from {peer}:\n{message}", peer=str(peer), message=_redacted(data))
         # A retransmission of a request still matched is answered unparsed: past
@@ -325,17 +334,34 @@ class SipEndpoint:
         self, transaction: ServerTransaction[Peer], request: Request, peer: Peer, now: float
     ) -> None:
         try:
-            response = self._answer(transaction, request, peer, now)
+            answer = self._answer(transaction, request, peer, now)
         except SipParseError as error:
             # A header the early checks did not need turned out malformed.
-            response = make_response(request, error.status, error.reason, to_tag=new_tag())
-        if response is not None:
-            self._respond(transaction, request, peer, response, now)
+            answer = make_response(request, error.status, error.reason, to_tag=new_tag())
+        if answer is None:
+            return
+        if isinstance(answer, Denied):
+            # A challenge (or a blocked address's 403) to a call or a plugin's
+            # request: as good when sent again, so answered without keeping
+            # the transaction (RFC 3261 §8.2.7), as the registrar's 401s are.
+            # Kept, an INVITE's 407 was re-sent 11 times over 32 s to a caller
+            # that never ACKs: with a spoofed source, a reflection amplifier,
+            # and ~6.5 KB held per INVITE. Retransmissions of the INVITE get
+            # the same bytes from the layer's echo; the ACK to the 407 finds no
+            # transaction and no dialog, and is dropped without an answer.
+            self._respond(transaction, request, peer, answer.response, now,
+                          stateless=answer.stateless and answer.delay_s <= 0)
+            return
+        self._respond(transaction, request, peer, answer, now)
 
     def _answer(
         self, transaction: ServerTransaction[Peer], request: Request, peer: Peer, now: float
-    ) -> Response | None:
-        """The response to a new request, or None when it will come later."""
+    ) -> Response | Denied | None:
+        """The response to a new request, or None when it will come later.
+
+        A `Denied` is a refusal to authenticate (407, or 403 to a blocked
+        address): `_handle_request` answers it statelessly when it says so.
+        """
         # The PBX reads the bodies of what it answers itself and of new
         # INVITEs (their SDP offer); in-dialog requests are relayed as they
         # are, and plugins judge the bodies they are given.
@@ -405,14 +431,14 @@ class SipEndpoint:
 
     def _to_plugin(self, handler: RequestHandler, transaction: ServerTransaction[Peer],
                    request: Request, peer: Peer, now: float, calls: CallManager
-                   ) -> Response | None:
+                   ) -> Response | Denied | None:
         """Authenticate like a call (407), then let the plugin decide the status."""
         sender = calls.auth.authenticate(request, peer, now, scheme=PROXY_AUTH,
                                          claimed_user=request.from_addr.sip_user)
         if isinstance(sender, Denied):
             if sender.security_event is not None:
                 self._security(sender.security_event)
-            return sender.response
+            return sender
         content_type = request.content_type
         incoming = IncomingRequest(
             method=request.method, sender=sender, sender_uri=request.from_addr.uri_text,
@@ -494,6 +520,16 @@ class SipEndpoint:
         if self.on_security_event is not None:
             self.on_security_event(event)
 
+    def _flood_blocked(self, address: str, messages: float, until: float) -> None:
+        """The limiter blocked `address`: one security event per block, never per message."""
+        assert self.limiter is not None  # only the limiter calls this
+        limits = self.limiter.limits
+        self._security(SecurityEvent(
+            kind="flood", address=address, user="-",
+            detail=f"{messages:.0f} messages within {limits.window_s:g} s (limit "
+                   f"{limits.max_messages}); everything it sends is dropped for "
+                   f"{until - self.clock.seconds():g} s"))
+
     def sweep(self, now: float) -> None:
         """Forget what has outlived its time (the service's housekeeping calls this).
 
@@ -501,6 +537,9 @@ class SipEndpoint:
         until new traffic made it sweep itself.
         """
         self.merged.sweep(now)
+        self.layer.sweep(now)
+        if self.limiter is not None:
+            self.limiter.sweep(now)
 
     # ------------------------------------------------------------- timers
 

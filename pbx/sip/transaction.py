@@ -542,6 +542,25 @@ class TransactionLayer(Generic[A]):
                     deadline = first
         return deadline
 
+    def sweep(self, now: float) -> None:
+        """Let the remembered datagrams of past windows go (housekeeping calls this).
+
+        A generation of the datagram table ends when a new request arrives
+        after its window; after a flood nothing may arrive, and the two
+        generations (up to 2 x `MAX_REMEMBERED_DATAGRAMS` entries, some
+        25 MB) would be held until something does. Swept each second, they
+        are gone two windows after the last request.
+        """
+        if now >= self._datagrams_until and (self._datagrams or self._datagrams_old):
+            self._datagrams_old = self._datagrams
+            self._datagrams = {}
+            self._datagrams_until = now + self.stateless_echo_s
+
+    @property
+    def remembered_datagrams(self) -> int:
+        """Request datagrams whose exact copies `absorb_datagram` would recognise."""
+        return len(self._datagrams) + len(self._datagrams_old)
+
     @property
     def tombstones(self) -> int:
         """Answered non-INVITE server transactions still absorbing retransmissions."""

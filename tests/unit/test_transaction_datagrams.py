@@ -191,3 +191,18 @@ def test_a_broken_datagram_repeated_is_still_answered_each_time(tmp_path: Path) 
     assert [s[:11] for s in sent] == [b"SIP/2.0 400", b"SIP/2.0 400"]
     assert service.endpoint.layer.datagrams_absorbed == 0
 
+
+
+def test_the_remembered_datagrams_go_two_windows_after_the_last_request() -> None:
+    """After a flood nothing may arrive to end a generation: housekeeping's sweep does."""
+    layer: TransactionLayer[str] = TransactionLayer()
+    for index in range(100):
+        request = make_request(branch=f"z9hG4bK-sweep-{index}")
+        receive(layer, request, 0.0, raw=request.to_bytes())
+    assert layer.remembered_datagrams == 100
+    layer.sweep(ECHO_S - 0.01)
+    assert layer.remembered_datagrams == 100  # still in their window
+    layer.sweep(ECHO_S)
+    assert layer.remembered_datagrams == 100  # the previous generation now
+    layer.sweep(2 * ECHO_S + 0.01)
+    assert layer.remembered_datagrams == 0
