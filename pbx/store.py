@@ -28,9 +28,9 @@ kept only if the change is on disk when the answer leaves, so the changes are
 written by `GroupCommit`: the first change recorded schedules a commit
 `GROUP_COMMIT_WINDOW_S` later, everything recorded meanwhile rides in the
 same transaction, and the answers held for it (`GroupCommit.after_commit`)
-are sent right after the COMMIT returns. One transaction every couple of
-milliseconds costs a few per cent of a core at thousands of REGISTERs a
-second, where a transaction per REGISTER would cost a large share of it.
+are sent right after the COMMIT returns. Under load one commit is shared
+by every REGISTER of its window instead of each paying for its own (what it
+costs: docs/benchmarks.md, "Group commit").
 
 What a COMMIT guarantees is WAL with ``synchronous=NORMAL``: once COMMIT has
 returned, the transaction is in the operating system's copy of the WAL file,
@@ -61,10 +61,12 @@ changes, and a failing disk is reported once for all of them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import os
 import sqlite3
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from operator import attrgetter
 from pathlib import Path
@@ -256,6 +258,7 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"{path}: cannot create its directory: {exc}") from exc
+        _check_writable(path)
         try:
             db = Database(sqlite3.connect(path), execute_plugins=False)
         except sqlite3.Error as exc:
@@ -265,6 +268,7 @@ class Store:
             db.enable_wal()
             db.execute("PRAGMA synchronous=NORMAL")
             _migrate(db, path)
+            _check_can_commit(db, path)
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         except sqlite3.Error as exc:
             db.close()
@@ -329,20 +333,16 @@ class Store:
                 if participant.pending:
                     participant.write(conn)
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.rollback()
-            raise StoreError(f"{self.path}: {exc}") from exc
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{self.path}: {exc}") from exc
+            raise
         for participant in participants:
             if participant.pending:
                 participant.written()
-
-    def write_cdrs(self, rows: Sequence[Sequence[object]]) -> None:
-        """Append call detail records (tuples in `CDR_COLUMNS` order), in one transaction."""
-        queue = RowQueue(INSERT_CDR)
-        queue.rows.extend(rows)
-        self.write([queue])
 
     def cdrs(self) -> list[dict[str, object]]:
         """Every call detail record, oldest first (for the admin and for tests)."""
@@ -364,6 +364,62 @@ INSERT_CDR: Final = (
     f"VALUES ({', '.join('?' for _ in CDR_COLUMNS)})"
 )
 """Inserts one call detail record, a tuple in `CDR_COLUMNS` order (`RowQueue`)."""
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse, with the reason an administrator can act on, a folder or file we cannot write.
+
+    SQLite opens a file it may not write read-only without a word, and in
+    WAL mode it also needs to create ``-wal`` and ``-shm`` files beside it;
+    either way the PBX would answer every REGISTER and save nothing, or fail
+    to read a healthy file and call it unusable. Asking the file system
+    first names the real problem (and leaves the database alone: it is
+    fine, only its place is not).
+    """
+    folder = path.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".pbx-write-check-"):
+            pass
+    except OSError as exc:
+        raise StoreError(
+            f"{path}: the folder {folder} is not writable ({_reason(exc)}); SQLite must create "
+            f"{path.name}-wal and {path.name}-shm beside the database. The database is left "
+            "as it is: make the folder writable for the user the PBX runs as, or move "
+            "data_dir somewhere writable") from exc
+    if not path.exists():
+        return
+    try:
+        descriptor = os.open(path, os.O_RDWR)
+    except OSError as exc:
+        raise StoreError(
+            f"{path}: the database file is read-only ({_reason(exc)}). It is left as it is: "
+            "make it writable for the user the PBX runs as") from exc
+    os.close(descriptor)
+
+
+def _reason(error: OSError) -> str:
+    """"read-only file system", "permission denied": what the operating system said."""
+    if error.errno is not None and error.strerror:
+        return f"{error.strerror.lower()}, {errno.errorcode.get(error.errno, error.errno)}"
+    return str(error)
+
+
+def _check_can_commit(db: Database, path: Path) -> None:
+    """Commit one row unchanged, so that a database we cannot write stops start-up now.
+
+    What the file system allows (`_check_writable`) is not all: a full disk
+    or a file SQLite opened read-only show only when a transaction commits.
+    """
+    conn = db.conn
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("UPDATE schema_version SET version = version")
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.rollback()
+        raise StoreError(f"{path}: cannot write to the database: {exc}") from exc
 
 
 def _check_is_ours(db: Database, path: Path) -> None:
@@ -632,6 +688,12 @@ class GroupCommit:
             except StoreError as error:
                 stored = False
                 self._failed(error)
+            except Exception as error:
+                # A fault of ours, not the disk's: logged with its traceback, and
+                # the held answers are still released (as not stored).
+                self.log.failure("Writing to the database failed unexpectedly")
+                stored = False
+                self._failed(StoreError(f"{self.store.path}: {error!r}"))
             else:
                 self.commits += 1
                 if self._failing_since is not None:
