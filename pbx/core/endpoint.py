@@ -72,9 +72,9 @@ ENDPOINT_POLICY = UasPolicy(
 or transaction get the 481 they deserve (§12.2.2), not a 405."""
 
 NOT_STORED_RETRY_AFTER_S = 5
-"""Retry-After of the 503 to a REGISTER whose change could not be written: the store
-retries every half second, so a phone coming back after this finds it working again
-unless the disk is out for longer."""
+"""Retry-After of the 503 to a REGISTER whose change could not be written. The store
+retries far more often (`pbx.store.RETRY_INTERVAL_S`), so a phone coming back after
+this finds it working again unless the disk stays out for longer."""
 
 _SECRET_HEADERS = ("authorization:", "proxy-authorization:")
 _DIGEST_RESPONSE = re.compile(r'(?i)(\bresponse\s*=\s*)("[^"]*"?|[^,\s]*)')
