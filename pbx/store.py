@@ -116,6 +116,18 @@ and is retried (`RETRY_INTERVAL_S`), which is better than stalling every call
 for the 5 s default while someone holds the file open in a shell.
 """
 
+WAL_AUTOCHECKPOINT_PAGES: Final = 16_384
+"""Pages (4 KiB) the WAL may hold before a commit also copies them into the database.
+
+That copy (a checkpoint) ends with an fsync, which holds the reactor thread
+for milliseconds to tens of them; with a commit every couple of milliseconds
+the WAL passes SQLite's default of 1,000 pages several times a second under
+load, and the stalls cost retransmitted REGISTERs (docs/benchmarks.md, "Group
+commit"). A checkpoint copies each page once however often it was written,
+so checkpointing rarely costs little more each time. The WAL file grows to
+about 64 MiB and stays that size; after a crash SQLite reads it back at
+start-up."""
+
 GROUP_COMMIT_WINDOW_S: Final = 0.002
 """From the first change of a group to its commit: what a held 200 waits at most, besides
 the commit itself. Everything recorded meanwhile shares the transaction."""
@@ -270,6 +282,7 @@ class Store:
             _migrate(db, path)
             _check_can_commit(db, path)
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         except sqlite3.Error as exc:
             db.close()
             raise StoreError(f"{path}: {exc}") from exc
@@ -286,6 +299,11 @@ class Store:
     def busy_timeout_ms(self) -> int:
         """How long a write waits for another process's lock, as SQLite reports it."""
         return int(self._db.execute("PRAGMA busy_timeout").fetchone()[0])
+
+    @property
+    def wal_autocheckpoint_pages(self) -> int:
+        """WAL pages before a commit checkpoints, as SQLite reports it."""
+        return int(self._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
 
     def close(self) -> None:
         """Close the file. Flush any `BindingWriter` first: pending changes are not written."""
@@ -755,6 +773,7 @@ __all__ = [
     "INSERT_CDR",
     "MIGRATIONS",
     "RETRY_INTERVAL_S",
+    "WAL_AUTOCHECKPOINT_PAGES",
     "BindingWriter",
     "GroupCommit",
     "Migration",
