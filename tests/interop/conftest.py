@@ -431,8 +431,9 @@ class Pbx:
     def cdrs(self) -> list[dict[str, object]]:
         """The call detail records written so far, oldest first (read-only).
 
-        The PBX writes them in batches (every 0.2 s) and at a clean stop:
-        poll with `wait_for` while it runs.
+        The PBX writes a call's record before it answers the BYE that ended
+        it 200 (a group commit), a call it ended itself within milliseconds:
+        poll with `wait_for` for those.
         """
         if not self.database.exists():
             return []
