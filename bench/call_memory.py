@@ -299,7 +299,7 @@ def main() -> None:
             harness.bye_all()
             harness.advance(SETTLE_S)
             assert len(harness.service.calls) == 0
-            harness.service._cdrs.clear()  # written to SQLite every 0.2 s by the service
+            harness.service.cdr_queue.rows.clear()  # written to SQLite by the service
             ended = _snapshot(keep_caches=keep)
         # Printing reads source lines into linecache: only after the snapshots.
         print(f"{args.calls} answered calls held open, {SETTLE_S:.0f} s after set-up"

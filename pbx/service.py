@@ -13,11 +13,17 @@ bound, or the TLS certificate or key is unusable, the ones already bound
 are closed and start-up stops with the file, the key and the reason:
 nothing runs half-configured.
 
-While running, three periodic jobs keep the tables bounded and the disk in
-step: binding changes are flushed to SQLite every 0.2 s (so a crash loses
-at most that much; phones repair it at their next refresh), expired
-bindings are removed as their time comes, and the authentication guard and
-nonce table are swept. A clean stop stops listening, then flushes.
+Binding changes and call records are written by the store's group commit
+(`pbx.store.GroupCommit`): a transaction a couple of milliseconds after the
+first change, and the 200s to REGISTER and BYE that report them are sent
+only once it is committed, so what was answered 200 survives ``kill -9``.
+A write that fails keeps everything in memory and is retried; the failure
+is logged when it starts, while it lasts and when it ends, and REGISTERs
+that could not be stored are answered 503. Periodic jobs keep the tables
+bounded: expired bindings are removed as their time comes, and the
+authentication guard and nonce table are swept. A clean stop ends the
+calls, commits (sending the answers that waited for it), stops listening,
+and commits what is left.
 
 ``SIGHUP`` re-reads the config file. A config that no longer validates is
 refused with every problem logged, and the running one stays. Otherwise the
@@ -71,12 +77,16 @@ from pbx.sip.digest_server import DigestAuthenticator
 from pbx.sip.peer import Peer
 from pbx.sip.timers import TimerSettings
 from pbx.sip.transaction import TransactionLayer
-from pbx.store import BindingWriter, Store, StoreError
+from pbx.store import INSERT_CDR, BindingWriter, GroupCommit, RowQueue, Store, StoreError
 from pbx.transport.connections import AdmittingFactory, Connections
 from pbx.transport.stream import SipStreamClientFactory, SipStreamFactory, StreamTimeouts
 from pbx.transport.udp import SipDatagramProtocol, listen_udp
 
 FLUSH_INTERVAL_S = 0.2
+"""How often the service checks that nothing pending is left without a commit scheduled.
+
+Every change schedules its own commit (`GroupCommit.schedule`); this is the
+safety net, and costs a sum of a few lengths."""
 YOUNG_GENERATION_THRESHOLD = 20_000
 """Allocations between young-generation collections (CPython's default is 700).
 
@@ -146,6 +156,10 @@ class PbxService(MultiService):
         self.ports: dict[str, IListeningPort] = {}
         self.store: Store | None = None
         self.writer: BindingWriter | None = None
+        self.group: GroupCommit | None = None
+        """The store's group commit, from start-up (`pbx.store`)."""
+        self.cdr_queue = RowQueue(INSERT_CDR)
+        """Call records of ended calls, written in the next group commit."""
         self._loops: list[LoopingCall] = []
         self._previous_sighup: Any = None
         self._json_log: IO[str] | None = None
@@ -191,7 +205,6 @@ class PbxService(MultiService):
             settings=_registrar_settings(config),
         )
         self.dialplan = DialplanLoader()
-        self._cdrs: list[tuple[object, ...]] = []
         self._route_sources: dict[str, str] = {}
         self.calls = CallManager(
             clock=self.reactor,
@@ -203,7 +216,7 @@ class PbxService(MultiService):
             domain=sip.domain,
             local_address=self.local_address,
             dialplan=self.dialplan,
-            record_cdr=self._cdrs.append,
+            record_cdr=self.cdr_queue.append,
             on_security_event=self._write_security_event,
         )
         self.plugins = PluginHost(_UserDirectory(self), self.calls.actions)
@@ -247,11 +260,13 @@ class PbxService(MultiService):
             self.store.close()
             raise SystemExit(f"{config.path}: plugins: {error}") from None
         self.endpoint.request_handlers = self.plugins.request_handlers
-        self.writer = BindingWriter(self.store)
-        self.endpoint.writer = self.writer.changes  # recorded into in compiled code
+        self._start_saving(self.store)
+        assert self.writer is not None and self.group is not None
         dropped = self.location.load(self.store.load_bindings(self.secrets.user_name),
                                      self.reactor.seconds())
-        self.writer.changes.record_removals(dropped)
+        if dropped:
+            self.writer.changes.record_removals(dropped)
+            self.group.schedule()
         self.log.info("Loaded {count} binding(s) from {path}", count=len(self.location),
                       path=str(self.store.path))
         self._fit_connections_to_file_limit()
@@ -264,6 +279,18 @@ class PbxService(MultiService):
             self.store.close()
             raise
         super().privilegedStartService()
+
+    def _start_saving(self, store: Store) -> None:
+        """Write bindings and call records to `store` in group commits, and hold the
+        answers that report them (REGISTER's and BYE's 200) until they are on disk."""
+        self.writer = BindingWriter(store)
+        self.group = group = GroupCommit(store, self.reactor)
+        group.join(self.writer)
+        group.join(self.cdr_queue)
+        self.cdr_queue.on_append = group.schedule
+        self.endpoint.writer = self.writer.changes  # recorded into in compiled code
+        self.endpoint.commits = group
+        self.calls.commits = group
 
     def _make_authenticator(self, secret: bytes) -> DigestAuthenticator:
         registrar = self.config.registrar
@@ -517,15 +544,26 @@ class PbxService(MultiService):
                 loop.stop()
         self._loops.clear()
         self.calls.hangup_all()
+        # While the sockets are open: the answers waiting for it go out.
+        self._commit_now()
         self.endpoint.stop()
         self.connections.close_all()
         stopping = [port.stopListening() for port in self.ports.values()]
         self.ports.clear()
-        self._flush()
+        saved = self._commit_now()
+        unsaved = 0
+        if self.group is not None:
+            unsaved = self.group.pending
+            self.group.close()
         if self.store is not None:
             self.store.close()
             self.store = None
-        self.log.info("Stopped; bindings saved")
+        if saved:
+            self.log.info("Stopped; bindings saved")
+        else:
+            self.log.error("Stopped; {unsaved} change(s) to bindings and call records could "
+                           "NOT be saved (see the errors above): they are lost",
+                           unsaved=unsaved)
         self._stop_json_log()
         super().stopService()
         stopping.append(self.plugins.stop_all())
@@ -534,25 +572,23 @@ class PbxService(MultiService):
     # ------------------------------------------------------ periodic work
 
     def _flush(self) -> None:
-        if self._cdrs and self.store is not None:
-            rows, self._cdrs[:] = list(self._cdrs), []
-            try:
-                self.store.write_cdrs(rows)
-            except StoreError as error:
-                self._cdrs[:0] = rows[-10_000:]  # retried next time; bounded
-                self.log.warn("Could not save call records yet: {error}", error=str(error))
-        if self.writer is None or not self.writer.pending:
-            return
-        try:
-            self.writer.flush()
-        except StoreError as error:
-            self.log.warn("Could not save bindings yet: {error}", error=str(error))
+        """Make sure whatever is pending has a commit scheduled (`FLUSH_INTERVAL_S`)."""
+        group = self.group
+        if group is not None and group.pending:
+            group.schedule()
+
+    def _commit_now(self) -> bool:
+        """Write what is pending at once (on stop); True when nothing is left unsaved."""
+        group = self.group
+        return True if group is None else group.commit()
 
     def _housekeeping(self) -> None:
         now = self.reactor.seconds()
         expired = self.location.expire(now, limit=10_000)
         if expired and self.writer is not None:
             self.writer.changes.record_removals(expired)
+            if self.group is not None:
+                self.group.schedule()
             for binding in expired:
                 self.log.info("Registration of {user} at {contact} expired",
                               user=binding.aor, contact=binding.contact)
@@ -651,6 +687,8 @@ class PbxService(MultiService):
             gone = self.location.remove_aor(extension)
             if self.writer is not None:
                 self.writer.changes.record_removals(gone)
+        if diff.removed and self.group is not None:
+            self.group.schedule()
         changed = _changed_keys(self.config, new)
         applied = [key for key in changed if _reloads(key)]
         needs_restart = {key: _restart_reason(key) for key in changed if not _reloads(key)}

@@ -18,21 +18,63 @@ SQL in the project, so a schema change is reviewed in one place.
 * Writes happen in the reactor thread, so each must be small. The location
   service changes bindings on every REGISTER; `PendingBindings` collects those
   changes in memory, keyed by (aor, contact) so that repeated refreshes of
-  one phone coalesce into one row, and the service flushes them in one
-  transaction every fraction of a second. A crash loses what was pending;
-  phones re-register anyway.
+  one phone coalesce into one row.
+
+Group commit: an answer that reports a stored change is sent after the commit
+-----------------------------------------------------------------------------
+A 200 to REGISTER tells the phone it is registered until its expiry; a 200
+to BYE ends a call whose record the office bills from. Either promise is
+kept only if the change is on disk when the answer leaves, so the changes are
+written by `GroupCommit`: the first change recorded schedules a commit
+`GROUP_COMMIT_WINDOW_S` later, everything recorded meanwhile rides in the
+same transaction, and the answers held for it (`GroupCommit.after_commit`)
+are sent right after the COMMIT returns. Under load one commit is shared
+by every REGISTER of its window instead of each paying for its own (what it
+costs: docs/benchmarks.md, "Group commit").
+
+What a COMMIT guarantees is WAL with ``synchronous=NORMAL``: once COMMIT has
+returned, the transaction is in the operating system's copy of the WAL file,
+so the process may be killed at any moment (``kill -9``, a crash, the OOM
+killer) without losing it. A power cut or a kernel crash may lose the last
+commits before the next checkpoint (never the file): the price of not
+waiting for the disk on every commit.
+
+When a write fails (another program holds the write lock, the disk is full,
+the file or its folder became read-only), nothing pending is forgotten: the
+changes stay in memory and are retried every `RETRY_INTERVAL_S`; the held
+answers are told the commit failed (the registrar answers 503 with
+Retry-After instead of 200); the failure is logged once when it starts,
+again every `FAILURE_REPORT_INTERVAL_S` while it lasts, and once when
+saving works again. The bindings in memory keep the change: the phone is
+there and can be called, and it registers again after the Retry-After; what
+the promise needs is that no 200 was sent for what is not on disk.
+
+Stores added later (a plugin's messages, the voicemail index) join the same
+group commit rather than writing on their own: a `RowQueue` (rows inserted
+with one statement, as call records are) from `GroupCommit.rows`, or any
+`Participant` passed to `GroupCommit.join`; an answer that reports such a
+change waits for `GroupCommit.when_stored` (a Deferred) or
+`GroupCommit.after_commit`. One transaction then carries every table's
+changes, and a failing disk is reported once for all of them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import os
 import sqlite3
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from operator import attrgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 
 from pbx.core.location import Binding
 from pbx.core.pending_bindings import PendingBindings
@@ -69,10 +111,37 @@ DATABASE_FILENAME: Final = "pbx.sqlite3"
 BUSY_TIMEOUT_MS: Final = 100
 """How long a write may wait for another process's lock before failing.
 
-Writes run in the reactor thread; a failed flush keeps its changes pending
-and is retried on the next tick, which is better than stalling every call
+Writes run in the reactor thread; a failed commit keeps its changes pending
+and is retried (`RETRY_INTERVAL_S`), which is better than stalling every call
 for the 5 s default while someone holds the file open in a shell.
 """
+
+WAL_AUTOCHECKPOINT_PAGES: Final = 16_384
+"""Pages (4 KiB) the WAL may hold before a commit also copies them into the database.
+
+That copy (a checkpoint) ends with an fsync, which holds the reactor thread
+for milliseconds to tens of them; with a commit every couple of milliseconds
+the WAL passes SQLite's default of 1,000 pages several times a second under
+load, and the stalls cost retransmitted REGISTERs (docs/benchmarks.md, "Group
+commit"). A checkpoint copies each page once however often it was written,
+so checkpointing rarely costs little more each time. The WAL file grows to
+about 64 MiB and stays that size; after a crash SQLite reads it back at
+start-up."""
+
+GROUP_COMMIT_WINDOW_S: Final = 0.002
+"""From the first change of a group to its commit: what a held 200 waits at most, besides
+the commit itself. Everything recorded meanwhile shares the transaction."""
+
+RETRY_INTERVAL_S: Final = 0.5
+"""Between attempts while writing fails. Answers held meanwhile wait for the next attempt,
+so a lock held for a moment delays them rather than failing them."""
+
+FAILURE_REPORT_INTERVAL_S: Final = 60.0
+"""While writing keeps failing, how often the failure is logged again."""
+
+MAX_QUEUED_ROWS: Final = 10_000
+"""Rows a `RowQueue` keeps while writing fails; past it the oldest are dropped (and logged),
+so a disk that stays full costs bounded memory."""
 
 Migration = Callable[[Database], None]
 """A schema step: runs inside the transaction that also records it as applied."""
@@ -201,6 +270,7 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"{path}: cannot create its directory: {exc}") from exc
+        _check_writable(path)
         try:
             db = Database(sqlite3.connect(path), execute_plugins=False)
         except sqlite3.Error as exc:
@@ -210,7 +280,9 @@ class Store:
             db.enable_wal()
             db.execute("PRAGMA synchronous=NORMAL")
             _migrate(db, path)
+            _check_can_commit(db, path)
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         except sqlite3.Error as exc:
             db.close()
             raise StoreError(f"{path}: {exc}") from exc
@@ -227,6 +299,11 @@ class Store:
     def busy_timeout_ms(self) -> int:
         """How long a write waits for another process's lock, as SQLite reports it."""
         return int(self._db.execute("PRAGMA busy_timeout").fetchone()[0])
+
+    @property
+    def wal_autocheckpoint_pages(self) -> int:
+        """WAL pages before a commit checkpoints, as SQLite reports it."""
+        return int(self._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
 
     def close(self) -> None:
         """Close the file. Flush any `BindingWriter` first: pending changes are not written."""
@@ -257,10 +334,33 @@ class Store:
                 raise StoreError(f"{self.path}: bad row in bindings {row!r}: {exc}") from exc
         return bindings
 
-    def write_cdrs(self, rows: Sequence[Sequence[object]]) -> None:
-        """Append call detail records (tuples in `_CDR_COLUMNS` order), in one transaction."""
-        with self._db.atomic():
-            self._db.conn.executemany(_INSERT_CDR, rows)
+    def write(self, participants: Sequence[Participant]) -> None:
+        """Write every participant's pending changes in one transaction: all or none.
+
+        Any SQLite error (locked, disk full, read-only, I/O error) is raised
+        as `StoreError` naming the file, after the transaction is rolled
+        back; the participants keep their changes (`Participant.written` is
+        called only after the COMMIT returned).
+        """
+        conn = self._db.conn
+        try:
+            if conn.in_transaction:
+                conn.rollback()  # never commit the leftovers of a failed attempt
+            conn.execute("BEGIN IMMEDIATE")
+            for participant in participants:
+                if participant.pending:
+                    participant.write(conn)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{self.path}: {exc}") from exc
+            raise
+        for participant in participants:
+            if participant.pending:
+                participant.written()
 
     def cdrs(self) -> list[dict[str, object]]:
         """Every call detail record, oldest first (for the admin and for tests)."""
@@ -270,22 +370,74 @@ class Store:
         self, upserts: Sequence[Binding], removals: Sequence[tuple[str, str]]
     ) -> None:
         """Apply a batch of binding changes in one transaction: all or none."""
-        with self._db.atomic():
-            conn = self._db.conn
-            if upserts:
-                conn.executemany(_UPSERT_BINDING, map(_binding_row, upserts))
-            if removals:
-                conn.executemany(_DELETE_BINDING, removals)
+        self.write([_BindingBatch(upserts, removals)])
 
 
-_CDR_COLUMNS: Final = (
+CDR_COLUMNS: Final = (
     "call_id", "caller", "caller_name", "dialed", "targets", "answered_by", "started_at",
     "answered_at", "ended_at", "duration_s", "hangup_by", "status", "reason",
 )
-_INSERT_CDR: Final = (
-    f"INSERT INTO cdr ({', '.join(_CDR_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in _CDR_COLUMNS)})"
+INSERT_CDR: Final = (
+    f"INSERT INTO cdr ({', '.join(CDR_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in CDR_COLUMNS)})"
 )
+"""Inserts one call detail record, a tuple in `CDR_COLUMNS` order (`RowQueue`)."""
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse, with the reason an administrator can act on, a folder or file we cannot write.
+
+    SQLite opens a file it may not write read-only without a word, and in
+    WAL mode it also needs to create ``-wal`` and ``-shm`` files beside it;
+    either way the PBX would answer every REGISTER and save nothing, or fail
+    to read a healthy file and call it unusable. Asking the file system
+    first names the real problem (and leaves the database alone: it is
+    fine, only its place is not).
+    """
+    folder = path.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".pbx-write-check-"):
+            pass
+    except OSError as exc:
+        raise StoreError(
+            f"{path}: the folder {folder} is not writable ({_reason(exc)}); SQLite must create "
+            f"{path.name}-wal and {path.name}-shm beside the database. The database is left "
+            "as it is: make the folder writable for the user the PBX runs as, or move "
+            "data_dir somewhere writable") from exc
+    if not path.exists():
+        return
+    try:
+        descriptor = os.open(path, os.O_RDWR)
+    except OSError as exc:
+        raise StoreError(
+            f"{path}: the database file is read-only ({_reason(exc)}). It is left as it is: "
+            "make it writable for the user the PBX runs as") from exc
+    os.close(descriptor)
+
+
+def _reason(error: OSError) -> str:
+    """"read-only file system", "permission denied": what the operating system said."""
+    if error.errno is not None and error.strerror:
+        return f"{error.strerror.lower()}, {errno.errorcode.get(error.errno, error.errno)}"
+    return str(error)
+
+
+def _check_can_commit(db: Database, path: Path) -> None:
+    """Commit one row unchanged, so that a database we cannot write stops start-up now.
+
+    What the file system allows (`_check_writable`) is not all: a full disk
+    or a file SQLite opened read-only show only when a transaction commits.
+    """
+    conn = db.conn
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("UPDATE schema_version SET version = version")
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.rollback()
+        raise StoreError(f"{path}: cannot write to the database: {exc}") from exc
 
 
 def _check_is_ours(db: Database, path: Path) -> None:
@@ -330,12 +482,52 @@ def _migrate(db: Database, path: Path) -> None:
 
 # -- batched writes -----------------------------------------------------------------
 
+class Participant(Protocol):
+    """Changes written in the group's transaction (`GroupCommit.join`, `Store.write`)."""
+
+    @property
+    def pending(self) -> int:
+        """How many changes wait; 0 leaves the participant out of the transaction."""
+
+    def write(self, connection: sqlite3.Connection) -> None:
+        """Execute the statements for what is pending (inside the transaction; no COMMIT).
+
+        May raise `sqlite3.Error`: the transaction is then rolled back and
+        the changes must still be pending for the next attempt.
+        """
+
+    def written(self) -> None:
+        """The transaction that `write` joined is committed: forget what it wrote."""
+
+
+class _BindingBatch:
+    """Binding changes given as lists (`Store.write_bindings`), as a `Participant`."""
+
+    def __init__(self, upserts: Sequence[Binding], removals: Sequence[tuple[str, str]]) -> None:
+        self.upserts = upserts
+        self.removals = removals
+
+    @property
+    def pending(self) -> int:
+        return len(self.upserts) + len(self.removals)
+
+    def write(self, connection: sqlite3.Connection) -> None:
+        if self.upserts:
+            connection.executemany(_UPSERT_BINDING, map(_binding_row, self.upserts))
+        if self.removals:
+            connection.executemany(_DELETE_BINDING, self.removals)
+
+    def written(self) -> None:
+        pass
+
+
 class BindingWriter:
-    """Writes the binding changes recorded in ``changes`` to the store, a batch at a time.
+    """Writes the binding changes recorded in ``changes`` to the store (a `Participant`).
 
     The REGISTER path, the service's expiry sweep and reloads record into
     ``changes`` (`PendingBindings`, compiled, coalesced per (aor, contact));
-    `flush` writes the net effect in one transaction.
+    the group commit writes the net effect in its transaction, and `flush`
+    writes it alone.
     """
 
     def __init__(self, store: Store) -> None:
@@ -344,29 +536,249 @@ class BindingWriter:
 
     @property
     def pending(self) -> int:
-        """Rows the next flush will write."""
+        """Rows the next commit will write."""
         return len(self.changes)
 
-    def flush(self) -> int:
-        """Write everything pending in one transaction; returns the rows written.
-
-        If the write fails (disk full, file locked), nothing is lost from
-        memory: the changes stay pending for the next flush, and the error
-        goes to the caller to log.
-        """
-        if not len(self.changes):
-            return 0
+    def write(self, connection: sqlite3.Connection) -> None:
         upserts, removals = self.changes.peek()
-        self._store.write_bindings(upserts, removals)
+        if upserts:
+            connection.executemany(_UPSERT_BINDING, map(_binding_row, upserts))
+        if removals:
+            connection.executemany(_DELETE_BINDING, removals)
+
+    def written(self) -> None:
         self.changes.clear()
-        return len(upserts) + len(removals)
+
+    def flush(self) -> int:
+        """Write everything pending in one transaction of its own; returns the rows written.
+
+        If the write fails (disk full, file locked) it raises `StoreError`,
+        and nothing is lost from memory: the changes stay pending.
+        """
+        count = len(self.changes)
+        if count:
+            self._store.write([self])
+        return count
+
+
+class RowQueue:
+    """Rows inserted by one statement, written in the group's transaction (a `Participant`).
+
+    Call detail records go this way, and so can a plugin's own log-like
+    table (`GroupCommit.rows`). While writing fails the rows are kept, up
+    to ``limit``; past it the oldest are dropped, each drop counted and
+    logged, so a disk that stays full costs bounded memory.
+    """
+
+    log = Logger(namespace="pbx.store")
+
+    def __init__(self, statement: str, *, limit: int = MAX_QUEUED_ROWS,
+                 on_append: Callable[[], None] | None = None) -> None:
+        self.statement = statement
+        self.limit = limit
+        self.rows: list[Sequence[object]] = []
+        self.dropped = 0
+        self.on_append = on_append
+        """Told of every row appended (the group commit schedules its transaction)."""
+
+    @property
+    def pending(self) -> int:
+        return len(self.rows)
+
+    def append(self, row: Sequence[object]) -> None:
+        rows = self.rows
+        if len(rows) >= self.limit:
+            del rows[0]
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                self.log.error("Dropped {dropped} unsaved row(s) for {statement!r}: more than "
+                               "{limit} waited while the database could not be written",
+                               dropped=self.dropped, statement=self.statement[:40],
+                               limit=self.limit)
+        rows.append(row)
+        if self.on_append is not None:
+            self.on_append()
+
+    def write(self, connection: sqlite3.Connection) -> None:
+        connection.executemany(self.statement, self.rows)
+
+    def written(self) -> None:
+        self.rows.clear()
+
+
+class GroupCommit:
+    """Every change recorded within a few milliseconds, in one transaction; then the answers.
+
+    See the module's notes ("Group commit"). The REGISTER path and the
+    call's BYE hold their answers with `after_commit`; what has no answer
+    to hold (an expired binding, a call the PBX ended) calls `schedule`.
+    Times come from ``clock`` (the reactor, or a `twisted.internet.task.Clock`
+    in tests).
+    """
+
+    log = Logger(namespace="pbx.store")
+
+    def __init__(self, store: Store, clock: IReactorTime, *,
+                 window_s: float = GROUP_COMMIT_WINDOW_S,
+                 retry_s: float = RETRY_INTERVAL_S,
+                 report_every_s: float = FAILURE_REPORT_INTERVAL_S) -> None:
+        self.store = store
+        self.clock = clock
+        self.window_s = window_s
+        self.retry_s = retry_s
+        self.report_every_s = report_every_s
+        self.participants: list[Participant] = []
+        self.commits = 0
+        """Transactions committed (for benchmarks and the admin)."""
+        self._waiting: list[Callable[[bool], None]] = []
+        self._timer: IDelayedCall | None = None
+        self._closed = False
+        self._failing_since: float | None = None
+        self._failed_attempts = 0
+        self._last_report = 0.0
+        self._last_error = ""
+
+    def join(self, participant: Participant) -> None:
+        """Write `participant`'s changes in every transaction from now on."""
+        self.participants.append(participant)
+
+    def rows(self, statement: str, *, limit: int = MAX_QUEUED_ROWS) -> RowQueue:
+        """A queue of rows for `statement` that joins the group and schedules it on append."""
+        queue = RowQueue(statement, limit=limit, on_append=self.schedule)
+        self.join(queue)
+        return queue
+
+    @property
+    def pending(self) -> int:
+        return sum(participant.pending for participant in self.participants)
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last attempt to write failed (and writing has not worked since)."""
+        return self._failing_since is not None
+
+    def schedule(self) -> None:
+        """A change was recorded: commit within the window (or at the next retry while failing)."""
+        if self._timer is None and not self._closed:
+            delay = self.retry_s if self._failing_since is not None else self.window_s
+            self._timer = self.clock.callLater(delay, self._on_timer)
+
+    def after_commit(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(stored)`` after the next commit: True once it is on disk, else False."""
+        if self._closed:
+            callback(False)
+            return
+        self._waiting.append(callback)
+        self.schedule()
+
+    def when_stored(self) -> Deferred[None]:
+        """A Deferred that fires once what was recorded so far is committed.
+
+        It fails with `StoreError` if that commit fails (the changes stay
+        pending and are retried; the answer that waited should say so).
+        """
+        stored: Deferred[None] = Deferred()
+
+        def done(ok: bool) -> None:
+            if ok:
+                stored.callback(None)
+            else:
+                stored.errback(StoreError(f"{self.store.path}: not written ({self._last_error})"))
+
+        self.after_commit(done)
+        return stored
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.commit()
+
+    def commit(self) -> bool:
+        """Write everything pending now, then release the held answers; True when stored."""
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        waiting, self._waiting = self._waiting, []
+        stored = True
+        if not self._closed and self.pending:
+            try:
+                self.store.write(self.participants)
+            except StoreError as error:
+                stored = False
+                self._failed(error)
+            except Exception as error:
+                # A fault of ours, not the disk's: logged with its traceback, and
+                # the held answers are still released (as not stored).
+                self.log.failure("Writing to the database failed unexpectedly")
+                stored = False
+                self._failed(StoreError(f"{self.store.path}: {error!r}"))
+            else:
+                self.commits += 1
+                if self._failing_since is not None:
+                    self._recovered()
+        for callback in waiting:
+            try:
+                callback(stored)
+            except Exception:
+                self.log.failure("An answer waiting for the commit failed")
+        if not stored:
+            self.schedule()  # the retry
+        return stored
+
+    def close(self) -> None:
+        """Stop scheduling (the store is about to close); held answers are told False."""
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        self._closed = True
+        waiting, self._waiting = self._waiting, []
+        for callback in waiting:
+            callback(False)
+
+    def _failed(self, error: StoreError) -> None:
+        now = self.clock.seconds()
+        self._failed_attempts += 1
+        self._last_error = str(error)
+        if self._failing_since is None:
+            self._failing_since = self._last_report = now
+            self.log.error(
+                "Cannot save to the database: {error}. {pending} change(s) are kept in memory "
+                "and retried every {retry_s} s; until saving works, REGISTERs that change "
+                "a binding are answered 503", error=str(error), pending=self.pending,
+                retry_s=self.retry_s)
+        elif now - self._last_report >= self.report_every_s:
+            self._last_report = now
+            self.log.error(
+                "Still cannot save to the database, for {seconds:.0f} s now ({attempts} "
+                "attempts): {error}. {pending} change(s) wait in memory",
+                seconds=now - self._failing_since, attempts=self._failed_attempts,
+                error=str(error), pending=self.pending)
+
+    def _recovered(self) -> None:
+        assert self._failing_since is not None
+        self.log.warn("Saving to {path} works again after {seconds:.1f} s and {attempts} failed "
+                      "attempt(s); everything kept in memory is written",
+                      path=str(self.store.path),
+                      seconds=self.clock.seconds() - self._failing_since,
+                      attempts=self._failed_attempts)
+        self._failing_since = None
+        self._failed_attempts = 0
 
 
 __all__ = [
+    "CDR_COLUMNS",
     "DATABASE_FILENAME",
+    "GROUP_COMMIT_WINDOW_S",
+    "INSERT_CDR",
     "MIGRATIONS",
+    "RETRY_INTERVAL_S",
+    "WAL_AUTOCHECKPOINT_PAGES",
     "BindingWriter",
+    "GroupCommit",
     "Migration",
+    "Participant",
+    "RowQueue",
     "Store",
     "StoreError",
 ]

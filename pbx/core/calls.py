@@ -20,6 +20,13 @@ It also implements `CallServices`: sending through the transaction layer,
 timers on the reactor, our Via and Contact per transport, tags and
 Call-IDs. Every table is bounded by the calls in progress, and `max_calls`
 bounds those: past it, a new INVITE gets 503.
+
+A call's record (CDR) is handed to ``record_cdr`` when it ends, and the
+store writes it in its next group commit (`pbx.store.GroupCommit`). The 200
+to the BYE that ended the call waits for that commit (`respond`): a BYE
+answered 200 means the call is on record, even if the PBX is killed right
+after. If the commit fails the 200 is sent all the same (the call is over
+whatever the disk says) and the record stays queued for the retry.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from pbx.core.call import (
     display_name,
 )
 from pbx.core.location import LocationService
+from pbx.core.pending_bindings import CommitGate
 from pbx.core.router import DialplanLoader, run_dialplan
 from pbx.dialplan import Party, Users
 from pbx.sip.dialog import Dialog, DialogId, dialog_id_of_request
@@ -222,6 +230,9 @@ class CallManager:
         self.local_address = local_address
         self.dialplan = dialplan
         self.record_cdr = record_cdr
+        self.commits: CommitGate | None = None
+        """The store's group commit, which the 200 to a call-ending BYE waits for."""
+        self._unstored_byes: list[tuple[ServerTransaction[Peer], Response]] = []
         self.on_security_event = on_security_event
         self.max_calls = max_calls
         self.actions: dict[str, Callable[..., Any]] = {}
@@ -369,6 +380,25 @@ class CallManager:
         return self.clock.seconds()
 
     def respond(self, transaction: ServerTransaction[Peer], response: Response) -> None:
+        commits = self.commits
+        if (commits is not None and response.status == 200
+                and transaction.request.method == "BYE"):
+            # The call records its end right after answering; the 200 leaves
+            # once the commit holding that record is done.
+            held = self._unstored_byes
+            if not held:
+                commits.after_commit(self._answer_byes)
+            held.append((transaction, response))
+            return
+        self._send_response(transaction, response)
+
+    def _answer_byes(self, stored: bool) -> None:
+        """The BYEs' 200s, now that their calls' records are committed (or could not be)."""
+        held, self._unstored_byes = self._unstored_byes, []
+        for transaction, response in held:
+            self._send_response(transaction, response)
+
+    def _send_response(self, transaction: ServerTransaction[Peer], response: Response) -> None:
         try:
             self.layer.respond(transaction, response, self.now())
         except Exception as error:

@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from pbx.core.auth import PROXY_AUTH, Denied, SecurityEvent
 from pbx.core.calls import CallManager
 from pbx.core.merged_requests import MergedRequests
-from pbx.core.pending_bindings import PendingBindings
+from pbx.core.pending_bindings import CommitGate, PendingBindings
 from pbx.core.pike import SourceLimiter
 from pbx.core.registrar import RegisterOutcome, Registrar
 from pbx.core.uas import UasPolicy, check_request
@@ -71,6 +71,11 @@ ENDPOINT_POLICY = UasPolicy(
 )
 """What the PBX takes. BYE, CANCEL, UPDATE, INFO and PRACK outside any dialog
 or transaction get the 481 they deserve (§12.2.2), not a 405."""
+
+NOT_STORED_RETRY_AFTER_S = 5
+"""Retry-After of the 503 to a REGISTER whose change could not be written. The store
+retries far more often (`pbx.store.RETRY_INTERVAL_S`), so a phone coming back after
+this finds it working again unless the disk stays out for longer."""
 
 _SECRET_HEADERS = ("authorization:", "proxy-authorization:")
 _DIGEST_RESPONSE = re.compile(r'(?i)(\bresponse\s*=\s*)("[^"]*"?|[^,\s]*)')
@@ -158,6 +163,10 @@ class SipEndpoint:
         if calls is not None:
             calls.pump = lambda: self._pump(self.clock.seconds())
         self.writer = writer
+        self.commits: CommitGate | None = None
+        """The store's group commit: a REGISTER's 200 that reports a change waits for it."""
+        self._unstored: list[tuple[ServerTransaction[Peer], Request, Peer, Response]] = []
+        """REGISTERs whose changes are recorded, answered once the commit has them."""
         self._pumping = False
         self.server_header = server_header
         self.debug = debug
@@ -425,9 +434,37 @@ class SipEndpoint:
                                                  transaction, request, peer, outcome.response))
             return None
         if outcome.stateless:
+            commits = self.commits
+            if changes is not None and commits is not None:
+                # Answered 200 means stored: the 200 waits for the group commit.
+                held = self._unstored
+                if not held:
+                    commits.after_commit(self._answer_unstored)
+                held.append((transaction, request, peer, outcome.response))
+                return None
             self._respond(transaction, request, peer, outcome.response, now, stateless=True)
             return None
         return outcome.response
+
+    def _answer_unstored(self, stored: bool) -> None:
+        """Send the 200s that waited for the commit; a 503 each if it failed.
+
+        The bindings in memory keep the change (see `pbx.store`): the 503
+        tells the phone it is not registered as far as a restart is
+        concerned, and it registers again after Retry-After.
+        """
+        held, self._unstored = self._unstored, []
+        now = self.clock.seconds()
+        for transaction, request, peer, response in held:
+            if transaction.state is TransactionState.TERMINATED:
+                continue
+            if stored:
+                self._respond(transaction, request, peer, response, now, stateless=True)
+            else:
+                self._respond(transaction, request, peer, make_response(
+                    request, 503, "Registration not stored", to_tag=new_tag(),
+                    headers=[("Retry-After", str(NOT_STORED_RETRY_AFTER_S))]), now)
+        self._pump(now)
 
     def _to_plugin(self, handler: RequestHandler, transaction: ServerTransaction[Peer],
                    request: Request, peer: Peer, now: float, calls: CallManager

@@ -1,8 +1,9 @@
 """Binding changes waiting to be written to the store, coalesced per (AOR, contact).
 
 Every accepted REGISTER records what it changed here, on the request path,
-and `pbx.store.BindingWriter` writes the net effect in one SQLite
-transaction a few times a second. Recording is a dictionary store or three;
+and `pbx.store.BindingWriter` writes the net effect in the store's next
+group commit, a couple of milliseconds later (`CommitGate`), before the
+REGISTER's 200 is sent. Recording is a dictionary store or three;
 it lives in this compiled module (`pbx.compiled`) because, as a method of the
 interpreted store module, the call alone cost about as much again.
 
@@ -13,9 +14,22 @@ the REGISTER rate. Implements `pbx.core.location.BindingRecorder`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from pbx.core.location import Binding, UpdateResult
+
+
+class CommitGate(Protocol):
+    """Where an answer that reports a recorded change waits for it to be on disk.
+
+    Implemented by `pbx.store.GroupCommit`; the endpoint and the calls see
+    only this, so the core does not import the store.
+    """
+
+    def after_commit(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(stored)`` once what was recorded so far is committed (True)
+        or its commit failed (False)."""
 
 
 class PendingBindings:

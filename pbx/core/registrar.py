@@ -30,6 +30,11 @@ with the current bindings without applying it again (through
 not a second update, and cheap next to parsing a fresh registration.
 Refusals (403, 423, 500, 503) keep their transaction: they are rare, and
 a phone must see the same one again.
+
+A 200 that reports changed bindings leaves only after the store has
+committed them (the endpoint holds it for the group commit, `pbx.store`):
+answered 200 means on disk. If that commit fails, the endpoint answers 503
+with Retry-After instead.
 """
 
 from __future__ import annotations
@@ -60,7 +65,9 @@ class RegisterOutcome:
     response: Response
     delay_s: float = 0.0
     changes: UpdateResult | None = None
-    """Binding changes for the store (`PendingBindings.record_result`)."""
+    """Binding changes for the store (`PendingBindings.record_result`). A 200 that
+    carries them is sent only once they are committed (`pbx.store`, group commit);
+    one without (a query, a copy) reports nothing new and goes at once."""
     security_event: SecurityEvent | None = None
     authenticated_user: str | None = None
     stateless: bool = False

@@ -307,6 +307,7 @@ class Pbx:
     netns: str | None = None  # run inside this network namespace (`Netns`)
     debug: bool = False  # [pbx] debug: every SIP message in the log
     dialplan: str | None = None  # source of a dialplan file; None: the built-in default
+    command_prefix: tuple[str, ...] = ()  # runs twistd, e.g. in a mount namespace of its own
     process: subprocess.Popen[bytes] | None = None
     exit_codes: list[int] = field(default_factory=list)
 
@@ -368,7 +369,7 @@ class Pbx:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with (self.root / "twistd.out").open("ab") as output:
             self.process = subprocess.Popen(
-                [*in_netns(self.netns),
+                [*in_netns(self.netns), *self.command_prefix,
                  str(TWISTD), "-n", "--pidfile", str(self.root / "twistd.pid"),
                  "--logfile", str(self.log_path), "pbx", "--config", str(self.config_path)],
                 cwd=self.root, stdin=subprocess.DEVNULL, stdout=output,
@@ -430,8 +431,9 @@ class Pbx:
     def cdrs(self) -> list[dict[str, object]]:
         """The call detail records written so far, oldest first (read-only).
 
-        The PBX writes them in batches (every 0.2 s) and at a clean stop:
-        poll with `wait_for` while it runs.
+        The PBX writes a call's record before it answers the BYE that ended
+        it 200 (a group commit), a call it ended itself within milliseconds:
+        poll with `wait_for` for those.
         """
         if not self.database.exists():
             return []

@@ -270,7 +270,7 @@ def test_an_ended_call_is_freed_without_the_cyclic_collector(
         call = _the_call(office)
         ending(office)
         assert len(office.calls) == 0
-        (record,) = office.service._cdrs
+        (record,) = office.service.cdr_queue.rows
         assert record[0] == "call-1@127.0.0.1"
         office.wait(LINGER_S)  # its transactions are over too
 
