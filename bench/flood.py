@@ -86,9 +86,7 @@ from register import (
     say,
     version_of,
 )
-
-sys.path.insert(0, str(REPO / "bench/kamailio"))
-from make_db import make_db
+from register import Kamailio as RegistrarKamailio
 
 KAMAILIO_CFG = REPO / "bench/kamailio/kamailio-proxy.cfg"
 FLOOD_HOST = "127.0.0.2"
@@ -208,20 +206,10 @@ class Pbx(Server):
                 + "".join(f"\n    {line}" for line in floods[:3])]
 
 
-class Kamailio(Server):
-    name = "kamailio"
+class Kamailio(RegistrarKamailio):
+    """bench/register.py's Kamailio, run as an authenticating proxy with pike."""
 
-    def prepare(self) -> None:
-        self.port = free_port()
-        self.database = self.workdir / "kamailio.sqlite3"
-        make_db(self.database, DOMAIN, self.users)
-        self.rundir = self.workdir / "kamailio-run"
-        self.rundir.mkdir(exist_ok=True)
-
-    def command(self) -> list[str]:
-        return ["kamailio", "-f", str(KAMAILIO_CFG), "-DD", "-E",
-                "-l", f"udp:127.0.0.1:{self.port}", "-Y", str(self.rundir),
-                "-m", "512", "-M", "16", "-A", f'DBURL="sqlite://{self.database}"']
+    config = KAMAILIO_CFG
 
     def notes(self) -> list[str]:
         return []

@@ -333,6 +333,8 @@ class Pbx(Server):
 
 class Kamailio(Server):
     name = "kamailio"
+    config: Path | None = None
+    """The .cfg to run; None: the one --kamailio-setup chose (KAMAILIO_CFG)."""
 
     def prepare(self) -> None:
         self.port = free_port()
@@ -342,7 +344,7 @@ class Kamailio(Server):
         self.rundir.mkdir(exist_ok=True)
 
     def command(self) -> list[str]:
-        return ["kamailio", "-f", str(KAMAILIO_CFG), "-DD", "-E",
+        return ["kamailio", "-f", str(self.config or KAMAILIO_CFG), "-DD", "-E",
                 "-l", f"udp:127.0.0.1:{self.port}", "-Y", str(self.rundir),
                 "-m", "512", "-M", "16", "-A", f'DBURL="sqlite://{self.database}"']
 
