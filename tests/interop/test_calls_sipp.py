@@ -86,19 +86,26 @@ def sipp_stumbles(run: SippRun) -> list[str] | None:
     Each entry of its error log must be "Aborting call on unexpected message
     for Call-Id ...", and the message named must be one SIPp had received
     before in that call (same start line, Call-ID and CSeq: a resend the
-    scenario could not place). Then the list of those aborts; None when
-    any entry is something else (a timeout, an unexpected message that was
-    no resend, a failure with nothing logged), which is not retried.
+    scenario could not place), or an ACK for a 200 that SIPp itself sent
+    more than once in that call (the PBX must ACK every retransmitted 2xx,
+    RFC 3261 §13.2.2.4, and the copy lands while the scenario pauses). Then
+    the list of those aborts; None when any entry is something else (a
+    timeout, an unexpected message that was no resend, a failure with
+    nothing logged), which is not retried.
     """
     entries = [entry for entry in _ERROR_ENTRY.split(run.errors) if entry.strip()]
     if not entries:
         return None
     received: dict[tuple[str, str, str], int] = collections.Counter()
+    sent_2xx: dict[tuple[str, str], int] = collections.Counter()  # (Call-ID, CSeq number)
     pieces = _TRACED_MESSAGE.split(run.messages)
     for direction, message in zip(pieces[2::3], pieces[3::3], strict=True):
+        start_line = message.split("\n", 1)[0].strip()
+        call_id, cseq = _header(message, "Call-ID"), _header(message, "CSeq")
         if direction == "received":
-            start_line = message.split("\n", 1)[0].strip()
-            received[(start_line, _header(message, "Call-ID"), _header(message, "CSeq"))] += 1
+            received[(start_line, call_id, cseq)] += 1
+        elif start_line.startswith("SIP/2.0 2") and cseq.endswith(" INVITE"):
+            sent_2xx[(call_id, cseq.split()[0])] += 1
     stumbles = []
     for entry in entries:
         aborted = _ABORTED_ON_UNEXPECTED.match(entry)
@@ -106,7 +113,9 @@ def sipp_stumbles(run: SippRun) -> list[str] | None:
             return None
         call_id, start_line = aborted.group(1), aborted.group(2).strip()
         key = (start_line, call_id, _header(entry, "CSeq"))
-        if received[key] < 2:  # the unexpected copy and one before it
+        acked_resent_2xx = (start_line.startswith("ACK ")
+                            and sent_2xx[(call_id, key[2].split(" ")[0])] >= 2)
+        if received[key] < 2 and not acked_resent_2xx:  # the copy and one before it
             return None
         stumbles.append(f"{call_id}: {start_line} ({key[2]}) resent")
     return stumbles
@@ -240,6 +249,38 @@ def test_an_abort_on_a_resent_invite_is_sipps_own_fault() -> None:
     run = sipp_run(aborted_on(_INVITE), traced(_INVITE, _INVITE))
     assert sipp_stumbles(run) == [
         "call-1@pbx.test: INVITE sip:1002@127.0.0.1:5070;transport=UDP SIP/2.0 (1 INVITE) resent"]
+
+
+_OK = """SIP/2.0 200 OK
+Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1
+Call-ID: call-1@pbx.test
+CSeq: 1 INVITE
+Content-Length: 0
+"""
+_ACK = """ACK sip:1002@127.0.0.1:5070;transport=udp SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK3
+Call-ID: call-1@pbx.test
+CSeq: 1 ACK
+Content-Length: 0
+"""
+
+
+def sent(*messages: str) -> str:
+    """Like `traced`, for messages SIPp sent."""
+    return "".join(f"----------------------------------------------- 2026-12-07 21:04:24.2\n"
+                   f"UDP message sent ({len(m)} bytes):\n\n{m}\n" for m in messages)
+
+
+def test_an_abort_on_the_ack_of_a_resent_200_is_sipps_own_fault() -> None:
+    """The answering SIPp resent its 200 (lost), the PBX ACKed each copy, as it must."""
+    run = sipp_run(aborted_on(_ACK), traced(_INVITE) + sent(_OK, _OK) + traced(_ACK))
+    assert sipp_stumbles(run) == [
+        "call-1@pbx.test: ACK sip:1002@127.0.0.1:5070;transport=udp SIP/2.0 (1 ACK) resent"]
+
+
+def test_an_abort_on_an_ack_after_a_single_200_is_not() -> None:
+    run = sipp_run(aborted_on(_ACK), traced(_INVITE) + sent(_OK) + traced(_ACK))
+    assert sipp_stumbles(run) is None
 
 
 def test_an_abort_on_a_message_seen_once_is_not() -> None:
