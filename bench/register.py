@@ -37,10 +37,13 @@ plain passwords loaded once into an htable and checked with
 pv_www_authenticate, usrloc in memory, children=1, tcp_children=1),
 `-m 512 -M 16`; `--kamailio-setup auth_db` runs bench/kamailio/kamailio.cfg
 instead (auth_db: one SQLite query per REGISTER, the peer of the runs
-before the evening of 2026-12-07).
+before the evening of 2026-12-07); `--kamailio-setup htable_durable` runs
+the htable set-up with every binding written through to SQLite in WAL mode
+before the 200 (usrloc db_mode 1): the promise the PBX makes since its group
+commit (a 200 means stored), which memory-only Kamailio does not make.
 
     .venv/bin/python bench/register.py [--quick] [--only pbx|kamailio] [--rounds 3]
-        [--kamailio-setup htable|auth_db]
+        [--kamailio-setup htable|auth_db|htable_durable]
     .venv/bin/python bench/register.py --bindings 100000 [--bindings-rate 1000]
 
 Needs sipp (sip-tester) and, for the peer, `apt-get install -y kamailio
@@ -79,8 +82,15 @@ KAMAILIO_CFGS = {
     # auth_db: one SQLite query per authenticated REGISTER (the runs before
     # 2026-12-07 evening measured against this one).
     "auth_db": REPO / "bench/kamailio/kamailio.cfg",
+    # htable, and every binding written through to SQLite (WAL) before the
+    # 200 (usrloc db_mode 1): the same promise as the PBX's group commit.
+    "htable_durable": REPO / "bench/kamailio/kamailio-htable.cfg",
 }
 KAMAILIO_CFG = KAMAILIO_CFGS["htable"]
+KAMAILIO_DURABLE = False
+"""Whether --kamailio-setup htable_durable: usrloc writes every binding through."""
+USRLOC_SCHEMA = Path("/usr/share/kamailio/db_sqlite/usrloc-create.sql")
+"""Debian's kamailio-sqlite-modules' own DDL for the location table (version 9)."""
 TWISTD = Path(sys.executable).parent / "twistd"
 DOMAIN = "pbx.test"
 SERVER_CPU = 1
@@ -336,17 +346,34 @@ class Kamailio(Server):
     config: Path | None = None
     """The .cfg to run; None: the one --kamailio-setup chose (KAMAILIO_CFG)."""
 
+    @property
+    def durable(self) -> bool:
+        return self.config is None and KAMAILIO_DURABLE
+
     def prepare(self) -> None:
         self.port = free_port()
         self.database = self.workdir / "kamailio.sqlite3"
         make_db(self.database, DOMAIN, self.users)
+        if self.durable:
+            with contextlib.closing(sqlite3.connect(self.database)) as db:
+                db.executescript(USRLOC_SCHEMA.read_text())
+                db.commit()
         self.rundir = self.workdir / "kamailio-run"
         self.rundir.mkdir(exist_ok=True)
 
     def command(self) -> list[str]:
         return ["kamailio", "-f", str(self.config or KAMAILIO_CFG), "-DD", "-E",
                 "-l", f"udp:127.0.0.1:{self.port}", "-Y", str(self.rundir),
-                "-m", "512", "-M", "16", "-A", f'DBURL="sqlite://{self.database}"']
+                "-m", "512", "-M", "16", "-A", f'DBURL="sqlite://{self.database}"',
+                *self.durable_flags()]
+
+    def durable_flags(self) -> list[str]:
+        if not self.durable:
+            return []
+        # db_sqlite keys its journal mode by the URL's path without the leading
+        # slash (checked: with the slash the database stays in rollback mode).
+        return ["-A", "DURABLE", "-A",
+                f'DB_JOURNAL="{str(self.database).lstrip("/")}=WAL;"']
 
 
 # ------------------------------------------------------------------ load
@@ -707,9 +734,10 @@ def main() -> None:
                         help="run the PBX under twistd's cProfile (slows it about twofold: "
                              "for where its time goes, not for figures) and print the top")
     args = parser.parse_args()
-    global LOG_REQUESTS, PROFILE, KAMAILIO_CFG
+    global LOG_REQUESTS, PROFILE, KAMAILIO_CFG, KAMAILIO_DURABLE
     LOG_REQUESTS = args.log_requests == "on"
     KAMAILIO_CFG = KAMAILIO_CFGS[args.kamailio_setup]
+    KAMAILIO_DURABLE = args.kamailio_setup == "htable_durable"
 
     missing = [tool for tool in ("sipp", "taskset") if shutil.which(tool) is None]
     if missing:

@@ -116,8 +116,20 @@ and is retried (`RETRY_INTERVAL_S`), which is better than stalling every call
 for the 5 s default while someone holds the file open in a shell.
 """
 
-WAL_AUTOCHECKPOINT_PAGES: Final = 16_384
-"""Pages (4 KiB) the WAL may hold before a commit also copies them into the database.
+PAGE_SIZE: Final = 1024
+"""Bytes per database page of a database this PBX creates (SQLite's default is 4,096).
+
+Every commit appends each page it changed, whole, to the WAL. A refreshed
+binding changes a row of about 200 bytes in a random place of the table, so
+with a commit every couple of milliseconds nearly every row written costs a
+page of its own: with 1 KiB pages a registration writes a quarter of the bytes
+(and SQLite checksums a quarter), which took the cost of saving one from
+about 14 to 10 µs (docs/benchmarks.md, "Group commit"). A database created
+before keeps its page size: changing it means rewriting the whole file
+(``VACUUM`` outside WAL mode), not something to do at every start."""
+
+WAL_AUTOCHECKPOINT_BYTES: Final = 64 * 1024 * 1024
+"""How big the WAL may grow before a commit also copies it into the database.
 
 That copy (a checkpoint) ends with an fsync, which holds the reactor thread
 for milliseconds to tens of them; with a commit every couple of milliseconds
@@ -125,8 +137,14 @@ the WAL passes SQLite's default of 1,000 pages several times a second under
 load, and the stalls cost retransmitted REGISTERs (docs/benchmarks.md, "Group
 commit"). A checkpoint copies each page once however often it was written,
 so checkpointing rarely costs little more each time. The WAL file grows to
-about 64 MiB and stays that size; after a crash SQLite reads it back at
-start-up."""
+about this size and stays that size; after a crash SQLite reads it back at
+start-up. SQLite counts the limit in pages (`wal_autocheckpoint_pages_for`)."""
+
+
+def wal_autocheckpoint_pages_for(page_size: int) -> int:
+    """The ``wal_autocheckpoint`` (in pages) that lets the WAL reach `WAL_AUTOCHECKPOINT_BYTES`."""
+    return WAL_AUTOCHECKPOINT_BYTES // page_size
+
 
 GROUP_COMMIT_WINDOW_S: Final = 0.002
 """From the first change of a group to its commit: what a held 200 waits at most, besides
@@ -277,12 +295,17 @@ class Store:
             raise StoreError(f"{path}: cannot open the database: {exc}") from exc
         try:
             _check_is_ours(db, path)
+            if not db.table_names():
+                # A new file: the page size can only be chosen before the first
+                # table is made and before the journal becomes a WAL.
+                db.execute(f"PRAGMA page_size={PAGE_SIZE}")
             db.enable_wal()
             db.execute("PRAGMA synchronous=NORMAL")
             _migrate(db, path)
             _check_can_commit(db, path)
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+            db.execute(f"PRAGMA wal_autocheckpoint={wal_autocheckpoint_pages_for(page_size)}")
         except sqlite3.Error as exc:
             db.close()
             raise StoreError(f"{path}: {exc}") from exc
@@ -772,8 +795,9 @@ __all__ = [
     "GROUP_COMMIT_WINDOW_S",
     "INSERT_CDR",
     "MIGRATIONS",
+    "PAGE_SIZE",
     "RETRY_INTERVAL_S",
-    "WAL_AUTOCHECKPOINT_PAGES",
+    "WAL_AUTOCHECKPOINT_BYTES",
     "BindingWriter",
     "GroupCommit",
     "Migration",
@@ -781,4 +805,5 @@ __all__ = [
     "RowQueue",
     "Store",
     "StoreError",
+    "wal_autocheckpoint_pages_for",
 ]

@@ -14,7 +14,8 @@ from pbx.store import (
     BUSY_TIMEOUT_MS,
     DATABASE_FILENAME,
     MIGRATIONS,
-    WAL_AUTOCHECKPOINT_PAGES,
+    PAGE_SIZE,
+    WAL_AUTOCHECKPOINT_BYTES,
     BindingWriter,
     Store,
     StoreError,
@@ -255,4 +256,32 @@ def test_the_wal_is_checkpointed_rarely(db_path: Path) -> None:
     """A checkpoint ends with an fsync that holds the reactor; with a group commit every
     few milliseconds SQLite's default (1,000 pages) made them several a second."""
     with Store.open(db_path) as store:
-        assert store.wal_autocheckpoint_pages == WAL_AUTOCHECKPOINT_PAGES > 1000
+        pages = store.wal_autocheckpoint_pages
+        assert pages * PAGE_SIZE == WAL_AUTOCHECKPOINT_BYTES
+        assert pages > 1000
+
+
+def test_a_new_database_has_small_pages(db_path: Path) -> None:
+    """Each commit writes every page it changed, whole: small pages, fewer bytes a binding."""
+    with Store.open(db_path):
+        pass
+    raw = sqlite3.connect(db_path)
+    assert raw.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 1024
+    raw.close()
+
+
+def test_an_existing_database_keeps_its_page_size(db_path: Path) -> None:
+    """Changing it would mean rewriting the whole file; the WAL limit follows the page size."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    raw = sqlite3.connect(db_path)
+    raw.execute("PRAGMA page_size=4096")
+    raw.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    raw.execute("INSERT INTO schema_version (version) VALUES (0)")
+    raw.commit()
+    raw.close()
+    with Store.open(db_path) as store:
+        assert store.schema_version == len(MIGRATIONS)
+        assert store.wal_autocheckpoint_pages * 4096 == WAL_AUTOCHECKPOINT_BYTES
+    raw = sqlite3.connect(db_path)
+    assert raw.execute("PRAGMA page_size").fetchone()[0] == 4096
+    raw.close()
