@@ -110,8 +110,9 @@ class PbxSection:
 
     data_dir: Path  # absolute: SQLite database, voicemail, prompts, generated TLS
     debug: bool = False  # log whole SIP messages (under pbx.sip.wire)
-    # One event per request answered (method, peer, status, Call-ID). Lifecycle
-    # events (registered, call started/ended, expired) are logged regardless.
+    # One event per request answered (method, peer, status, Call-ID), routine
+    # ones once an hour per phone (`pbx.core.request_log`). Lifecycle events
+    # (registered, call started/ended, expired) are logged regardless.
     log_requests: bool = True
     log_format: LogFormat = "text"
 

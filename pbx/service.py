@@ -663,7 +663,8 @@ class PbxService(MultiService):
         # [security] log_file and [sip] public_address are read from
         # self.config where they are used.
         self.endpoint.debug = self.force_debug or new.pbx.debug
-        self.endpoint.log_requests = new.pbx.log_requests
+        self.endpoint.request_log.debug = self.endpoint.debug
+        self.endpoint.request_log.enabled = new.pbx.log_requests
         self.endpoint.server_header = new.sip.user_agent
 
     def reload(self) -> bool:

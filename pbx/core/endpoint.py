@@ -37,6 +37,7 @@ from pbx.core.merged_requests import MergedRequests
 from pbx.core.pending_bindings import CommitGate, PendingBindings
 from pbx.core.pike import SourceLimiter
 from pbx.core.registrar import RegisterOutcome, Registrar
+from pbx.core.request_log import RequestLog, credentials_algorithm
 from pbx.core.uas import UasPolicy, check_request
 from pbx.dialplan import IncomingRequest, Reject, RequestHandler
 from pbx.sip.errors import SipParseError
@@ -82,8 +83,6 @@ _DIGEST_RESPONSE = re.compile(r'(?i)(\bresponse\s*=\s*)("[^"]*"?|[^,\s]*)')
 """The one secret-derived value of digest credentials: what a password guesser
 would test offline. User name, realm, nonce, uri, algorithm, qop, nc and cnonce
 are what an admin needs to see why a phone fails, and are sent in clear anyway."""
-_ALGORITHM_PARAM = re.compile(r'(?i)\balgorithm\s*=\s*"?([^",\s]+)')
-_CHALLENGE_HEADERS = {401: "www-authenticate", 407: "proxy-authenticate"}
 
 
 class Sender(Protocol):
@@ -176,7 +175,8 @@ class SipEndpoint:
         # under the class's name, not pbx.sip.wire) but not compiled ones.
         self.log = Logger(namespace="pbx.core.endpoint.SipEndpoint")
         self.wire = Logger(namespace="pbx.sip.wire")
-        self.log_requests = log_requests
+        self.request_log = RequestLog(self.log, enabled=log_requests, debug=debug)
+        """The line per answered request (`pbx.core.request_log`)."""
         self.on_security_event = on_security_event
         self.request_handlers: dict[str, RequestHandler] = {}
         self._policy_methods: tuple[str, ...] = ()
@@ -426,7 +426,7 @@ class SipEndpoint:
             self.log.info("Registered {user} from {peer} (authenticated with {algorithm}): "
                           "{added} added, {removed} removed",
                           user=outcome.authenticated_user, peer=str(peer),
-                          algorithm=_credentials_algorithm(request) or "MD5",
+                          algorithm=credentials_algorithm(request) or "MD5",
                           added=[b.contact for b in changes.added],
                           removed=[b.contact for b in changes.removed])
         if outcome.delay_s > 0:
@@ -522,33 +522,7 @@ class SipEndpoint:
             self.layer.respond_statelessly(transaction, response, now)
         else:
             self.layer.respond(transaction, response, now)
-        if not self.log_requests:
-            return
-        status = response.status
-        challenge = _CHALLENGE_HEADERS.get(status)
-        if challenge is not None:
-            # What the phone was offered and who it says it is: the first thing
-            # to know when a phone will not authenticate.
-            self.log.info(
-                "{method} from {peer} answered {status} {reason} offering {algorithms} "
-                "to User-Agent {user_agent!r} (call-id {call_id})",
-                method=request.method, peer=peer, status=status, reason=response.reason,
-                algorithms=",".join(_algorithms(response.headers.get_all(challenge))),
-                user_agent=request.headers.get("user-agent") or "",
-                call_id=request.call_id)
-            return
-        algorithm = _credentials_algorithm(request) if 200 <= status < 300 else None
-        if algorithm is not None:
-            self.log.info(
-                "{method} from {peer} answered {status} {reason}, authenticated with "
-                "{algorithm} (call-id {call_id})",
-                method=request.method, peer=peer, status=status, reason=response.reason,
-                algorithm=algorithm, call_id=request.call_id)
-            return
-        self.log.info(
-            "{method} from {peer} answered {status} {reason} (call-id {call_id})",
-            method=request.method, peer=peer, status=status,
-            reason=response.reason, call_id=request.call_id)
+        self.request_log.answered(request, peer, response, now)
 
     def _security(self, event: SecurityEvent) -> None:
         self.log.warn("Security: {kind} from {address} user={user} ({detail})",
@@ -693,23 +667,4 @@ def _redacted(data: bytes) -> str:
             line = _DIGEST_RESPONSE.sub(r"\1<redacted>", line)
         lines.append(line)
     return "\r\n".join(lines)
-
-
-def _algorithms(challenges: list[str]) -> list[str]:
-    """The algorithm of each challenge, in order (MD5 where none is named, RFC 3261 §22.4)."""
-    names = []
-    for value in challenges:
-        found = _ALGORITHM_PARAM.search(value)
-        names.append(found.group(1) if found is not None else "MD5")
-    return names
-
-
-def _credentials_algorithm(request: Request) -> str | None:
-    """The algorithm of the request's digest credentials, if it carries any."""
-    for header in ("authorization", "proxy-authorization"):
-        value = request.headers.get(header)
-        if value is not None:
-            found = _ALGORITHM_PARAM.search(value)
-            return found.group(1) if found is not None else "MD5"
-    return None
 
