@@ -34,7 +34,7 @@ second client's answered share and 99th-percentile answer time. After
 the last step, the flood stops and the server's memory is read again
 ``--after-s`` later, beside its idle memory before the first step. The
 PBX's log is searched for garbage-collection pauses (it reports those of
-100 ms or more) and the flood's security lines.
+50 ms or more, `pbx.memory.GC_PAUSE_REPORTED_S`) and the flood's security lines.
 
     .venv/bin/python bench/flood.py [--quick] [--only pbx|kamailio] [--step-s 30]
         [--rates 0,1000,2000,5000,10000,20000] [--after-s 60] [--pbx-source-limit N]
@@ -198,7 +198,7 @@ class Pbx(Server):
         mode = next((line.split("SIP core and registrar: ", 1)[1] for line in text.splitlines()
                      if "SIP core and registrar: " in line), "unknown")
         return [f"hot path: {mode}",
-                f"garbage-collection pauses of 100 ms or more logged: {len(pauses)}"
+                f"garbage-collection pauses of 50 ms or more logged: {len(pauses)}"
                 + "".join(f"\n    {line}" for line in pauses[:5]),
                 f"'Flood over' (memory handed back) logged: "
                 f"{text.count('Flood over')} times",

@@ -60,6 +60,14 @@ def leave_tls_unloaded() -> bool:
     return True
 
 
+GC_PAUSE_REPORTED_S = 0.05
+"""A collection pass this long or longer is logged: the PBX's budget for a pause.
+
+Every request waits while the collector runs; 50 ms is a small share of
+SIP's first retransmission interval (T1, 500 ms), and what issue 20 set as
+the most a flood may cost (bench/flood.py counts the lines)."""
+
+
 class CollectionPauses:
     """Times the cyclic garbage collector's passes and reports the long ones.
 
@@ -71,7 +79,8 @@ class CollectionPauses:
     """
 
     def __init__(self, report: Callable[[int, float, int], None], *,
-                 threshold_s: float = 0.1, clock: Callable[[], float] | None = None) -> None:
+                 threshold_s: float = GC_PAUSE_REPORTED_S,
+                 clock: Callable[[], float] | None = None) -> None:
         self.report = report
         self.threshold_s = threshold_s
         self.clock = clock if clock is not None else time.perf_counter

@@ -63,6 +63,17 @@ def test_long_collections_are_reported_and_short_ones_are_not() -> None:
     assert reported == [(2, pytest.approx(0.25), 1000)]
 
 
+def test_by_default_a_pause_over_the_50_ms_budget_is_reported() -> None:
+    now = [0.0]
+    reported: list[tuple[int, float, int]] = []
+    pauses = CollectionPauses(lambda *args: reported.append(args), clock=lambda: now[0])
+    for generation, took in ((1, 0.045), (2, 0.055)):
+        pauses("start", {"generation": generation})
+        now[0] += took
+        pauses("stop", {"generation": generation, "collected": 1})
+    assert reported == [(2, pytest.approx(0.055), 1)]
+
+
 def test_the_collector_calls_it_while_installed() -> None:
     import gc
 
