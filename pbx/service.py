@@ -432,7 +432,8 @@ class PbxService(MultiService):
 
             factory = SipWebSocketFactory(
                 name, self.endpoint, self.connections, reactor,
-                handshake_timeout_s=self.stream_timeouts.handshake_s)
+                handshake_timeout_s=self.stream_timeouts.handshake_s,
+                message_timeout_s=self.stream_timeouts.message_s)
         if name in ("tls", "wss"):
             # What listenSSL does, with the admission check outside the TLS
             # wrapper (which cannot refuse a connection itself).

@@ -63,13 +63,43 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
 
     @property
     def message_pending(self) -> bool:
-        """Frames are autobahn's to assemble, within its size limits; never pending here."""
-        return False
+        """Part of a WebSocket message is in and the rest is not (autobahn's own state).
+
+        Bytes of a frame header not yet whole, a frame whose payload is still
+        coming, or the first frames of a fragmented message.
+        """
+        if getattr(self, "state", None) != self.STATE_OPEN:
+            return False
+        return (bool(getattr(self, "data", b"")) or getattr(self, "current_frame", None)
+                is not None or bool(getattr(self, "inside_message", False)))
 
     def dataReceived(self, data: bytes) -> None:
-        self.last_activity = self.factory.clock.seconds()
-        self.factory.connections.touched(self)
+        factory = self.factory
+        self.last_activity = factory.clock.seconds()
+        factory.connections.touched(self)
+        messages_before = self._messages_received
         super().dataReceived(data)
+        # A message must be in whole within message_timeout_s of its first byte
+        # however the bytes trickle (as on a stream, `pbx.transport.stream`).
+        if not self.message_pending:
+            self._stop_message_timer()
+        elif self._message_timer is None or self._messages_received != messages_before:
+            self._stop_message_timer()
+            self._message_timer = factory.clock.callLater(
+                factory.message_timeout_s, self._message_too_slow)
+
+    def _message_too_slow(self) -> None:
+        self._message_timer = None
+        self.log.info("Closing {peer}: WebSocket message not complete {timeout_s:g} s after "
+                      "its first byte", peer=str(self.sip_peer),
+                      timeout_s=self.factory.message_timeout_s)
+        self.abort()
+
+    def _stop_message_timer(self) -> None:
+        timer = self._message_timer
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._message_timer = None
 
     def onConnect(self, request: ConnectionRequest) -> str:
         if SUBPROTOCOL not in request.protocols:
@@ -82,7 +112,11 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
         self.factory.connections.add(self)
         self._registered = True
 
+    _messages_received = 0
+    _message_timer: IDelayedCall | None = None
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self._messages_received += 1
         if payload.strip(b"\r\n") == b"":
             self.send_message(b"\r\n")  # CRLF keep-alive, as on a stream
             return
@@ -96,6 +130,7 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_handshake_timer()
+        self._stop_message_timer()
         super().connectionLost(reason)
         if getattr(self, "_counted", False):
             self._counted = False
@@ -122,13 +157,14 @@ class SipWebSocketFactory(WebSocketServerFactory):
 
     def __init__(self, transport_name: str, sink: MessageSink, connections: Connections,
                  clock: IReactorTime, *, handshake_timeout_s: float = 10.0,
-                 **kwargs: Any) -> None:
+                 message_timeout_s: float = 30.0, **kwargs: Any) -> None:
         super().__init__(protocols=[SUBPROTOCOL], **kwargs)
         self.transport_name = transport_name
         self.sink = sink
         self.connections = connections
         self.clock = clock
         self.handshake_timeout_s = handshake_timeout_s
+        self.message_timeout_s = message_timeout_s
         # Browsers hold WebSocket connections open behind NAT with pings.
         # The opening handshake is timed by the protocol (0 turns autobahn's off).
         self.setProtocolOptions(autoPingInterval=30, autoPingTimeout=10,

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent
 
 from pbx.sip.errors import SipParseError
 from pbx.sip.peer import Peer
@@ -289,6 +291,52 @@ async def test_a_sender_trickling_bytes_is_closed_at_its_message_deadline(
     assert closed_after_s >= 0.5
     assert not slow.link.frames.pending  # nothing was answered: the message never came whole
     assert (await other.request("OPTIONS")).status == 200
+
+
+@pytest.mark.parametrize("transport", ["ws", "wss"])
+@pytest_twisted.ensureDeferred
+async def test_a_websocket_frame_trickled_in_is_closed_at_its_message_deadline(
+        pbx_factory: Any, reactor: Any, transport: str,
+        log_events: EventLoggingObserver) -> None:
+    # autobahn assembles frames without a deadline: a byte every 50 ms held
+    # the connection and its buffer until the 30 s ping timeout at best.
+    pbx = await pbx_factory({"sip": {"message_timeout_s": 0.5}})
+    slow = await pbx.phone("1001", transport)
+    other = await pbx.phone("1002", transport)
+    payload = slow.build("OPTIONS")
+    mask = b"\x01\x02\x03\x04"
+    assert len(payload) < 65536
+    header = b"\x81\xfe" + len(payload).to_bytes(2, "big") + mask  # FIN, text, masked
+    frame = header + bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+    protocol = slow.link.protocol
+    assert protocol is not None
+
+    started = reactor.seconds()
+    for byte in frame[:-1]:
+        if slow.link.is_closed:
+            break
+        protocol.transport.write(bytes([byte]))
+        await ticks(reactor, 0.05)
+    closed_after_s = reactor.seconds() - started
+
+    assert slow.link.is_closed
+    assert closed_after_s >= 0.5
+    assert any("WebSocket message not complete 0.5 s after its first byte" in formatEvent(event)
+               for event in log_events)
+    assert (await other.request("OPTIONS")).status == 200
+
+
+@pytest.mark.parametrize("transport", ["ws"])
+@pytest_twisted.ensureDeferred
+async def test_websocket_messages_in_good_time_are_not_cut(
+        pbx_factory: Any, reactor: Any, transport: str) -> None:
+    # The deadline runs from a message's first byte, not from the connection's.
+    pbx = await pbx_factory({"sip": {"message_timeout_s": 0.3}})
+    phone = await pbx.phone("1001", transport)
+    for _ in range(4):
+        assert (await phone.request("OPTIONS")).status == 200
+        await ticks(reactor, 0.2)
+    assert not phone.link.is_closed
 
 
 @pytest.mark.parametrize("transport", ["tls", "wss", "ws"])
