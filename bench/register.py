@@ -43,7 +43,7 @@ before the 200 (usrloc db_mode 1): the promise the PBX makes since its group
 commit (a 200 means stored), which memory-only Kamailio does not make.
 
     .venv/bin/python bench/register.py [--quick] [--only pbx|kamailio] [--rounds 3]
-        [--kamailio-setup htable|auth_db|htable_durable]
+        [--kamailio-setup htable[,htable_durable,auth_db]]
     .venv/bin/python bench/register.py --bindings 100000 [--bindings-rate 1000]
 
 Needs sipp (sip-tester) and, for the peer, `apt-get install -y kamailio
@@ -68,8 +68,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,9 +87,6 @@ KAMAILIO_CFGS = {
     # 200 (usrloc db_mode 1): the same promise as the PBX's group commit.
     "htable_durable": REPO / "bench/kamailio/kamailio-htable.cfg",
 }
-KAMAILIO_CFG = KAMAILIO_CFGS["htable"]
-KAMAILIO_DURABLE = False
-"""Whether --kamailio-setup htable_durable: usrloc writes every binding through."""
 USRLOC_SCHEMA = Path("/usr/share/kamailio/db_sqlite/usrloc-create.sql")
 """Debian's kamailio-sqlite-modules' own DDL for the location table (version 9)."""
 TWISTD = Path(sys.executable).parent / "twistd"
@@ -344,25 +342,32 @@ class Pbx(Server):
 class Kamailio(Server):
     name = "kamailio"
     config: Path | None = None
-    """The .cfg to run; None: the one --kamailio-setup chose (KAMAILIO_CFG)."""
+    """The .cfg to run instead of the set-up's (bench/flood.py's proxy)."""
+
+    def __init__(self, workdir: Path, users: Sequence[tuple[str, str]],
+                 setup: str = "htable", *, named_by_setup: bool = False) -> None:
+        super().__init__(workdir, users)
+        self.setup = setup
+        if named_by_setup:
+            self.name = f"kamailio-{setup}"
 
     @property
     def durable(self) -> bool:
-        return self.config is None and KAMAILIO_DURABLE
+        return self.config is None and self.setup == "htable_durable"
 
     def prepare(self) -> None:
         self.port = free_port()
-        self.database = self.workdir / "kamailio.sqlite3"
+        self.database = self.workdir / f"{self.name}.sqlite3"
         make_db(self.database, DOMAIN, self.users)
         if self.durable:
             with contextlib.closing(sqlite3.connect(self.database)) as db:
                 db.executescript(USRLOC_SCHEMA.read_text())
                 db.commit()
-        self.rundir = self.workdir / "kamailio-run"
+        self.rundir = self.workdir / f"{self.name}-run"
         self.rundir.mkdir(exist_ok=True)
 
     def command(self) -> list[str]:
-        return ["kamailio", "-f", str(self.config or KAMAILIO_CFG), "-DD", "-E",
+        return ["kamailio", "-f", str(self.config or KAMAILIO_CFGS[self.setup]), "-DD", "-E",
                 "-l", f"udp:127.0.0.1:{self.port}", "-Y", str(self.rundir),
                 "-m", "512", "-M", "16", "-A", f'DBURL="sqlite://{self.database}"',
                 *self.durable_flags()]
@@ -567,13 +572,19 @@ def describe_best(name: str, best: Step | None) -> str:
             f"SIPp {best.sipp_cpu_percent:.0f}%)")
 
 
-def ratio_of(results: dict[str, list[Step]], *, by_wall: bool = False) -> float | None:
-    """PBX over Kamailio, highest clean rate each; None unless both had a clean step."""
+def ratio_of(results: dict[str, list[Step]], peer: str = "kamailio", *,
+             by_wall: bool = False) -> float | None:
+    """PBX over `peer`, highest clean rate each; None unless both had a clean step."""
     pbx = best_clean(results.get("pbx", []), by_wall=by_wall)
-    kamailio = best_clean(results.get("kamailio", []), by_wall=by_wall)
+    kamailio = best_clean(results.get(peer, []), by_wall=by_wall)
     if pbx is None or kamailio is None:
         return None
     return pbx.rate / kamailio.rate
+
+
+def peers_of(results: dict[str, list[Step]]) -> list[str]:
+    """The Kamailio set-ups of a round, by their server names."""
+    return [name for name in results if name != "pbx"]
 
 
 def cpu_per_registration_us(steps: Sequence[Step]) -> dict[int, float]:
@@ -591,7 +602,7 @@ def report_rounds(rounds: Sequence[dict[str, list[Step]]], users: Sequence[tuple
     say(f"\n# {'QUICK SMOKE RUN, not a measurement: ' if quick else ''}"
         f"{len(users):,} users, steps of {seconds:.0f} s, SIPp -t u1, {len(rounds)} round(s); "
         f"{load_note()}")
-    ratios: list[float | None] = []
+    ratios: dict[str, list[float | None]] = {}
     for number, results in enumerate(rounds, start=1):
         say(f"\n## round {number}")
         for name, steps_done in results.items():
@@ -603,15 +614,20 @@ def report_rounds(rounds: Sequence[dict[str, list[Step]]], users: Sequence[tuple
             if per:
                 say(f"  {name} CPU per registration: "
                     + ", ".join(f"{us:.0f} µs at {rate:,}/s" for rate, us in per.items()))
-        ratio, by_wall = ratio_of(results), ratio_of(results, by_wall=True)
-        ratios.append(ratio)
-        if len(results) == 2:
-            say(f"ratio pbx/kamailio (highest clean rate): {_ratio_text(ratio)}"
+        if "pbx" not in results:
+            continue
+        for peer in peers_of(results):
+            ratio = ratio_of(results, peer)
+            by_wall = ratio_of(results, peer, by_wall=True)
+            ratios.setdefault(peer, []).append(ratio)
+            say(f"ratio pbx/{peer} (highest clean rate): {_ratio_text(ratio)}"
                 f"  (by the whole-wall rule before 2026-12-07: {_ratio_text(by_wall)})")
-    if len(rounds) > 1 and all(len(results) == 2 for results in rounds):
-        known = [r for r in ratios if r is not None]
-        say(f"\nratios by round: {', '.join(_ratio_text(r) for r in ratios)}; "
-            f"lowest {_ratio_text(min(known) if known else None)}")
+    if len(rounds) > 1:
+        for peer, peer_ratios in ratios.items():
+            known = [r for r in peer_ratios if r is not None]
+            say(f"\nratios pbx/{peer} by round: "
+                f"{', '.join(_ratio_text(r) for r in peer_ratios)}; "
+                f"lowest {_ratio_text(min(known) if known else None)}")
 
 
 def _ratio_text(ratio: float | None) -> str:
@@ -727,25 +743,39 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--log-requests", choices=("on", "off"), default="on",
                         help="the PBX's [pbx] log_requests (Kamailio logs no request)")
-    parser.add_argument("--kamailio-setup", choices=tuple(KAMAILIO_CFGS), default="htable",
-                        help="the peer's set-up: credentials in memory (htable, its "
-                             "strongest) or a SQLite query per REGISTER (auth_db)")
+    parser.add_argument("--kamailio-setup", default="htable",
+                        help="the peer's set-ups, comma-separated, each a ladder and a "
+                             "ratio: htable (credentials in memory, its strongest), "
+                             "htable_durable (and every binding written to SQLite before "
+                             "the 200, the PBX's promise) or auth_db (a SQLite query per "
+                             "REGISTER)")
     parser.add_argument("--profile", action="store_true",
                         help="run the PBX under twistd's cProfile (slows it about twofold: "
                              "for where its time goes, not for figures) and print the top")
     args = parser.parse_args()
-    global LOG_REQUESTS, PROFILE, KAMAILIO_CFG, KAMAILIO_DURABLE
+    global LOG_REQUESTS, PROFILE
     LOG_REQUESTS = args.log_requests == "on"
-    KAMAILIO_CFG = KAMAILIO_CFGS[args.kamailio_setup]
-    KAMAILIO_DURABLE = args.kamailio_setup == "htable_durable"
+    setups = [setup.strip() for setup in args.kamailio_setup.split(",") if setup.strip()]
+    unknown = [setup for setup in setups if setup not in KAMAILIO_CFGS]
+    if unknown or not setups:
+        parser.error(f"--kamailio-setup: expected some of {', '.join(KAMAILIO_CFGS)}, "
+                     f"comma-separated; got {args.kamailio_setup!r}")
 
     missing = [tool for tool in ("sipp", "taskset") if shutil.which(tool) is None]
     if missing:
         raise SystemExit(f"missing {', '.join(missing)}: apt-get install -y sip-tester util-linux")
     if not TWISTD.exists():
         raise SystemExit(f"no twistd beside {sys.executable}: run from the project's venv")
-    names = [args.only] if args.only else ["pbx", "kamailio"]
-    if "kamailio" in names and shutil.which("kamailio") is None:
+    makers: dict[str, Callable[[Path, Sequence[tuple[str, str]]], Server]] = {}
+    if args.only != "kamailio":
+        makers["pbx"] = Pbx
+    if args.only != "pbx":
+        for setup in setups:
+            kamailio = Kamailio(Path(), [], setup, named_by_setup=len(setups) > 1)
+            makers[kamailio.name] = partial(Kamailio, setup=setup,
+                                            named_by_setup=len(setups) > 1)
+    names = list(makers)
+    if args.only != "pbx" and shutil.which("kamailio") is None:
         raise SystemExit("kamailio not installed: apt-get install -y kamailio "
                          "kamailio-sqlite-modules (or use --only pbx)")
     if (os.cpu_count() or 1) < 2:
@@ -765,15 +795,15 @@ def main() -> None:
     say(f"# {machine_note()}; server on CPU {SERVER_CPU}, SIPp on CPU {LOAD_CPU}; "
         f"{load_note()}")
     say(f"# {version_of(['sipp', '-v'])}; "
-        f"{version_of(['kamailio', '-v']) if 'kamailio' in names else ''}"
-        f"{f' ({KAMAILIO_CFG.name})' if 'kamailio' in names else ''}")
+        f"{version_of(['kamailio', '-v']) if args.only != 'pbx' else ''}"
+        f"{f' (set-ups: {chr(44).join(setups)})' if args.only != 'pbx' else ''}")
     say(f"# work directory {work}")
     servers: dict[str, Server] = {}
     try:
         if args.bindings:
             settle_s = min(args.settle_s, 5.0) if args.quick else args.settle_s
             for name in names:
-                server: Server = Pbx(work, []) if name == "pbx" else Kamailio(work, [])
+                server: Server = makers[name](work, [])
                 servers[name] = server
                 bindings_run(server, args.bindings, args.bindings_rate, settle_s, work)
             return
@@ -793,7 +823,7 @@ def main() -> None:
             round_work.mkdir()
             say(f"# round {number} of {args.rounds}: {', '.join(order)}")
             for name in order:
-                server = Pbx(round_work, users) if name == "pbx" else Kamailio(round_work, users)
+                server = makers[name](round_work, users)
                 servers[name] = server
                 results[name] = rate_run(server, users, steps, seconds, args.pause_s,
                                          args.max_failed_steps, round_work)
