@@ -437,10 +437,10 @@ class PbxService(MultiService):
         if name in ("tls", "wss"):
             # What listenSSL does, with the admission check outside the TLS
             # wrapper (which cannot refuse a connection itself).
-            from twisted.protocols.tls import TLSMemoryBIOFactory
+            from pbx.transport.tls import SipTlsFactory
 
             assert context is not None
-            factory = TLSMemoryBIOFactory(context, False, factory)
+            factory = SipTlsFactory(context, False, factory)
             if name == "tls":
                 self.connections.connectors["tls"] = self._connect_tls
         elif name == "tcp":

@@ -95,6 +95,9 @@ class SipStreamProtocol(Protocol):
         self._handshaking = transport_name == "tls"
         self._message_started_at: float | None = None
         self.last_activity = clock.seconds()
+        self.plaintext_bytes = 0
+        self._handshake_just_completed = False
+        """Bytes received as SIP text (after TLS): `pbx.transport.tls.SipTlsProtocol` reads it."""
 
     @property
     def message_pending(self) -> bool:
@@ -116,12 +119,29 @@ class SipStreamProtocol(Protocol):
     def handshakeCompleted(self) -> None:
         """TLS is up (`IHandshakeListener`): from now on, the idle deadline."""
         self._handshaking = False
+        self._handshake_just_completed = True
         self.last_activity = self.clock.seconds()
         self._arm(self.timeouts.idle_s)
+
+    def encrypted_bytes_only(self) -> None:
+        """Part of a TLS record is in and none of its text: a message has begun.
+
+        Not when those bytes finished the handshake (the client's last
+        handshake message carries no text either).
+        """
+        if self._handshake_just_completed:
+            self._handshake_just_completed = False
+            return
+        if self._handshaking or self._message_started_at is not None:
+            return
+        self._message_started_at = self.clock.seconds()
+        self._arm(self.timeouts.message_s)
 
     def dataReceived(self, data: bytes) -> None:
         now = self.clock.seconds()
         self.last_activity = now
+        self.plaintext_bytes += len(data)
+        self._handshake_just_completed = False
         self.connections.touched(self)
         completed = False
         for event in self.framer.feed(data):

@@ -26,6 +26,7 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLContextFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 
@@ -140,3 +141,31 @@ def server_context(cert_path: Path, key_path: Path) -> ServerContextFactory:
 def client_context(hostname: str) -> IOpenSSLClientConnectionCreator:
     """Outbound TLS that checks the peer's certificate names `hostname`."""
     return ssl.optionsForClientTLS(hostname)
+
+
+class SipTlsProtocol(TLSMemoryBIOProtocol):
+    """TLS that tells the SIP protocol inside when encrypted bytes brought it nothing.
+
+    OpenSSL decrypts a record only once all of it is in, so a sender that
+    trickles one record byte by byte never gives the SIP protocol a first
+    byte to start its message deadline from, and held the connection until
+    the idle timeout (600 s). The protocol inside counts the plaintext it
+    got (``plaintext_bytes``); when bytes came in and none came out, it is
+    told (``encrypted_bytes_only``) and counts the message from then.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        inner = self.wrappedProtocol
+        before = getattr(inner, "plaintext_bytes", None)
+        super().dataReceived(data)
+        if (before is not None and self.wrappedProtocol is inner
+                and getattr(inner, "plaintext_bytes", before) == before):
+            notify = getattr(inner, "encrypted_bytes_only", None)
+            if callable(notify):
+                notify()
+
+
+class SipTlsFactory(TLSMemoryBIOFactory):
+    """Twisted's TLS wrapper with `SipTlsProtocol` (TLS and WSS listeners)."""
+
+    protocol = SipTlsProtocol

@@ -77,6 +77,7 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
         factory = self.factory
         self.last_activity = factory.clock.seconds()
         factory.connections.touched(self)
+        self.plaintext_bytes += len(data)
         messages_before = self._messages_received
         super().dataReceived(data)
         # A message must be in whole within message_timeout_s of its first byte
@@ -87,6 +88,12 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
             self._stop_message_timer()
             self._message_timer = factory.clock.callLater(
                 factory.message_timeout_s, self._message_too_slow)
+
+    def encrypted_bytes_only(self) -> None:
+        """Part of a TLS record is in (WSS) and none of its text: a message has begun."""
+        if getattr(self, "state", None) == self.STATE_OPEN and self._message_timer is None:
+            self._message_timer = self.factory.clock.callLater(
+                self.factory.message_timeout_s, self._message_too_slow)
 
     def _message_too_slow(self) -> None:
         self._message_timer = None
@@ -113,6 +120,8 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
         self._registered = True
 
     _messages_received = 0
+    plaintext_bytes = 0
+    """Bytes received (after TLS, for WSS): `pbx.transport.tls.SipTlsProtocol` reads it."""
     _message_timer: IDelayedCall | None = None
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:

@@ -326,6 +326,34 @@ async def test_a_websocket_frame_trickled_in_is_closed_at_its_message_deadline(
     assert (await other.request("OPTIONS")).status == 200
 
 
+@pytest.mark.parametrize("transport", ["tls", "wss"])
+@pytest_twisted.ensureDeferred
+async def test_a_tls_record_trickled_in_is_closed_at_the_message_deadline(
+        pbx_factory: Any, reactor: Any, transport: str) -> None:
+    # OpenSSL hands nothing on until a record is whole: a sender trickling one
+    # never started the message deadline and was held until the idle timeout.
+    pbx = await pbx_factory({"sip": {"message_timeout_s": 0.5}})
+    slow = await pbx.phone("1001", transport)
+    other = await pbx.phone("1002", transport)
+    assert (await slow.request("OPTIONS")).status == 200  # the handshake is over
+    protocol = slow.link.protocol
+    assert protocol is not None
+    tcp = protocol.transport.transport  # under the client's TLS: raw bytes on the wire
+    record = b"\x17\x03\x03\x00\x40" + bytes(63)  # application data, one byte short
+
+    started = reactor.seconds()
+    for byte in record:
+        if slow.link.is_closed:
+            break
+        tcp.write(bytes([byte]))
+        await ticks(reactor, 0.05)
+    closed_after_s = reactor.seconds() - started
+
+    assert slow.link.is_closed
+    assert closed_after_s >= 0.5
+    assert (await other.request("OPTIONS")).status == 200
+
+
 @pytest.mark.parametrize("transport", ["ws"])
 @pytest_twisted.ensureDeferred
 async def test_websocket_messages_in_good_time_are_not_cut(
