@@ -666,41 +666,47 @@ class FakeCall(Call):
         return self._office.caller.final if self._office is not None else None
 
 
+@dataclass(slots=True)
+class _Handling:
+    """How far the PBX got with the handler in one `run`."""
+
+    started: bool = False
+    finished: bool = False
+    failure: Exception | None = None
+
+
 def run(handler: Handler, call: FakeCall, *, limit_s: float = RUN_LIMIT_S) -> None:
     """Place `call` on an in-memory PBX whose dialplan is `handler` (see the module docstring).
 
     Running the same `FakeCall` again starts over, on a new PBX.
     """
-    failures: list[BaseException] = []
-    progress = {"started": False, "finished": False}
+    if not isinstance(call, FakeCall):
+        raise TypeError(f"run() places a pbx.testing.FakeCall, not {type(call).__name__}")
+    handling = _Handling()
 
     async def dialplan(live: Call) -> None:
-        progress["started"] = True
+        handling.started = True
         call._attach(live)
         try:
             await handler(call)
         except CallEnded:
             raise
         except Exception as error:
-            failures.append(error)
-            raise
+            handling.failure = error
+            raise  # the PBX answers the caller 500, as it does for any dialplan
         finally:
-            progress["finished"] = True
+            handling.finished = True
 
     office = call._start(dialplan)
     started_at = office.clock.seconds()
     office.caller.invite()
-
-    def finished() -> bool:
-        # The handler returned, or the PBX answered the caller without running it.
-        return progress["finished"] or (not progress["started"] and office.caller.final
-                                        is not None)
-
-    office.drive(finished, limit_s)
+    # Until the handler is done, or the PBX answered the caller without running it.
+    office.drive(lambda: handling.finished or (
+        not handling.started and office.caller.final is not None), limit_s)
     call._record.elapsed_s = office.clock.seconds() - started_at
-    if failures:
-        raise failures[0]
-    if not progress["started"]:
+    if handling.failure is not None:
+        raise handling.failure
+    if not handling.started:
         final = office.caller.final
         raise RuntimeError(f"the PBX answered the call {final.status if final else '?'} "
                            "before the dialplan ran")
