@@ -23,8 +23,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 
 from pbx.dialplan import (
@@ -51,6 +53,22 @@ SDP = (b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r
        b"m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
 """The session every phone offers and answers with (no media flows)."""
 FIRST_PHONE_PORT = 5100
+
+
+@dataclass(frozen=True, slots=True)
+class Rings:
+    """A phone that rings for `seconds` of the PBX's time, then does `then`.
+
+    ``Rings(25, Answered("1002"))`` is picked up after 25 s: too late for a
+    dial of 20 s, which the PBX cancels first.
+    """
+
+    seconds: float
+    then: DialResult
+
+
+PhoneScript: TypeAlias = DialResult | Rings
+"""What a phone does when the PBX rings it (see `pbx.testing`)."""
 
 
 class Station(Protocol):
@@ -96,8 +114,10 @@ class Wire:
 class ScriptedPhone:
     """A SIP phone at `peer`: registers its extension, answers INVITEs as scripted."""
 
-    def __init__(self, wire: Wire, peer: Peer, user: str, script: DialResult) -> None:
+    def __init__(self, wire: Wire, peer: Peer, user: str, script: PhoneScript,
+                 clock: IReactorTime) -> None:
         self.wire = wire
+        self.clock = clock
         self.peer = peer
         self.user = user
         self.script = script
@@ -170,15 +190,28 @@ class ScriptedPhone:
 
     def _ring(self, invite: Request, branch: str) -> None:
         script = self.script
-        if isinstance(script, (Answered, NoAnswer)):
-            self._send(self._reply(invite, 180), branch)
-            if self.on_ringing is not None:
-                self.on_ringing()
-            if isinstance(script, Answered) and branch not in self._finished:
-                self._send(self._reply(invite, 200, body=SDP), branch)
+        if isinstance(script, Rings):
+            self._ringing(invite, branch)
+            self.clock.callLater(script.seconds, self._then, invite, branch, script.then)
             return
-        status, reason = _status_of(script)
-        self._send(self._reply(invite, status, reason), branch)
+        if isinstance(script, (Answered, NoAnswer)):
+            self._ringing(invite, branch)
+        self._then(invite, branch, script)
+
+    def _ringing(self, invite: Request, branch: str) -> None:
+        self._send(self._reply(invite, 180), branch)
+        if self.on_ringing is not None:
+            self.on_ringing()
+
+    def _then(self, invite: Request, branch: str, script: DialResult) -> None:
+        """The phone's final answer, unless the INVITE has had one (a CANCEL's 487)."""
+        if branch in self._finished or isinstance(script, NoAnswer):
+            return
+        if isinstance(script, Answered):
+            self._send(self._reply(invite, 200, body=SDP), branch)
+        else:
+            status, reason = _status_of(script)
+            self._send(self._reply(invite, status, reason), branch)
 
     def _reply(self, invite: Request, status: int, reason: str | None = None,
                body: bytes = b"") -> Response:
@@ -304,7 +337,7 @@ class Office:
     """The PBX on a test clock, with a phone for each scripted extension and the caller."""
 
     def __init__(self, *, handler: Handler, caller: str, caller_shown_name: str | None,
-                 dialed: str, headers: Mapping[str, str], scripts: Mapping[str, DialResult],
+                 dialed: str, headers: Mapping[str, str], scripts: Mapping[str, PhoneScript],
                  users: Iterable[str], names: Mapping[str, str], unregistered: Iterable[str],
                  caller_hangs_up_on: str | None) -> None:
         from pbx.config import parse_config
@@ -336,7 +369,7 @@ class Office:
                 if key in unregistered:
                     continue
                 peer, port = Peer("udp", "127.0.0.1", port), port + 1
-            phone = ScriptedPhone(self.wire, peer, key, script)
+            phone = ScriptedPhone(self.wire, peer, key, script, self.clock)
             self.phones[key] = phone
             if not _is_uri(key):
                 phone.register()

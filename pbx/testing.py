@@ -30,7 +30,9 @@ responses (RFC 3261 §16.7) with the code that does so on a live PBX, and
 - `Busy`, `Declined`, `Unavailable`, `Failed`: answers that status at once
   (486 or 600, 603, 480 or 404..., any other);
 - `NoAnswer`: rings until the PBX gives up on it (the dial's ``timeout_s``,
-  on the PBX's own clock: no test waits for it).
+  on the PBX's own clock: no test waits for it);
+- `Rings(seconds, then)`: rings for that long, then does ``then``
+  (``Rings(25, Answered("1002"))`` is too late for a 20 s dial).
 
 An extension with no entry in ``answers`` has no phone registered (so is
 `Unavailable` to a dial, as on a live PBX), and so has one listed in
@@ -68,9 +70,9 @@ from typing import Any
 from pbx.core.call import display_name
 from pbx.dialplan import Answered, Call, CallEnded, DialResult, Handler, NoAnswer, Party
 from pbx.sip.message import Response
-from pbx.testbed import DOMAIN, Office
+from pbx.testbed import DOMAIN, Office, PhoneScript, Rings
 
-__all__ = ["Attempt", "FakeCall", "FakeUsers", "load_dialplan", "run"]
+__all__ = ["Attempt", "FakeCall", "FakeUsers", "PhoneScript", "Rings", "load_dialplan", "run"]
 
 RUN_LIMIT_S = 3600.0
 """How much of the PBX's time `run` lets a handler take: a long hunt, but not forever."""
@@ -187,7 +189,7 @@ class FakeCall(Call):
         caller: str = "1001",
         caller_name: str | None = None,
         users: Iterable[str] | FakeUsers = (),
-        answers: Mapping[str, DialResult] | None = None,
+        answers: Mapping[str, PhoneScript] | None = None,
         headers: Mapping[str, str] | None = None,
         caller_hangs_up_on: str | None = None,
         actions: Mapping[str, Callable[..., Awaitable[Any]]] | None = None,
@@ -200,7 +202,7 @@ class FakeCall(Call):
         wins, and `Call.caller`'s ``display_name`` is that.
         """
         self.directory = users if isinstance(users, FakeUsers) else FakeUsers(users)
-        self.answers: Mapping[str, DialResult] = dict(answers or {})
+        self.answers: Mapping[str, PhoneScript] = dict(answers or {})
         self.caller_hangs_up_on = caller_hangs_up_on
         self.caller_user = caller
         self.caller_shown_name = caller_name

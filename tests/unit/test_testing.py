@@ -25,7 +25,7 @@ from pbx.dialplan import (
     NoAnswer,
     Unavailable,
 )
-from pbx.testing import FakeCall, FakeUsers, run
+from pbx.testing import FakeCall, FakeUsers, Rings, run
 
 OFFICE = ["1001", "1002", "1003"]
 
@@ -80,6 +80,31 @@ def test_a_ring_group_waits_for_the_one_still_ringing_until_the_dial_timeout() -
     assert results == [NoAnswer()]
     assert call.final_status == 408
     assert call.elapsed_s == 7.5  # the PBX's dial timer, on its own clock
+
+
+@pytest.mark.parametrize(("timeout_s", "result", "status", "elapsed_s"), [
+    (20, NoAnswer(), 408, 20),  # the PBX cancels it first
+    (30, Answered("1002"), 200, 25),
+])
+def test_a_phone_picking_up_late_is_too_late_for_a_short_dial(
+        timeout_s: float, result: DialResult, status: int, elapsed_s: float) -> None:
+    results: list[DialResult] = []
+    call = FakeCall(dialed="1002", caller="1001", users=OFFICE,
+                    answers={"1002": Rings(25, Answered("1002"))})
+    run(ring_group(results, "1002", timeout_s=timeout_s), call)
+    assert results == [result]
+    assert (call.final_status, call.elapsed_s) == (status, elapsed_s)
+
+
+def test_a_phone_turning_busy_after_ringing_ends_a_hunt_step_early() -> None:
+    async def hunt(call: Call) -> None:
+        await call.dial("1002", "1003", timeout_s=10, sequential=True)
+
+    call = FakeCall(dialed="601", caller="1001", users=OFFICE,
+                    answers={"1002": Rings(3, Busy()), "1003": Answered("1003")})
+    run(hunt, call)
+    assert [attempt.result for attempt in call.attempts] == [Busy(486), Answered("1003")]
+    assert (call.connected_to, call.elapsed_s) == ("1003", 3)
 
 
 def test_a_sip_uri_nobody_answers_at_rings_until_the_timeout() -> None:
