@@ -6,10 +6,10 @@ Theory of operation
 -------------------
 `Office` builds the PBX from a config made for the test (the users, their
 names and passwords), on a `twisted.internet.task.Clock`, without starting
-it: no socket is bound and no file is opened. Its UDP output and its
-endpoint's input are joined to a `Wire`, a first-in first-out queue of
-datagrams between the PBX and `Station`s at addresses of 127.0.0.1 (or at
-the address of a SIP URI). Each scripted extension's `ScriptedPhone`
+it: no socket is bound and no file is opened. Its UDP listener (the
+PBX's own, on a stand-in socket) is joined to a `Wire`, a first-in
+first-out queue of datagrams between the PBX and `Station`s at addresses
+of 127.0.0.1 (or at the address of a SIP URI). Each scripted extension's `ScriptedPhone`
 registers over SIP (answering the 401); the `CallerPhone` sends the INVITE
 (answering the 407), ACKs, and can CANCEL. A phone answers as it is
 scripted the moment an INVITE reaches it; `Office.drive` delivers until
@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 
@@ -80,35 +81,49 @@ class Station(Protocol):
 class Wire:
     """Every datagram between the PBX and the phones, delivered one at a time, in order.
 
-    The PBX's side is `PbxService`'s UDP output and its endpoint's input,
-    the same two places tests/unit/test_call_memory.py plugs into; a phone's
-    side is `ScriptedPhone.receive`. First in, first out: a phone's answer is
-    delivered after whatever the PBX sent before it, as on a network.
+    The PBX's side is its own UDP listener, `SipDatagramProtocol`, built as
+    `PbxService` builds it and connected to `_Socket` instead of a bound
+    port: datagrams go in through ``datagramReceived`` and come out through
+    the transport's ``write``, Twisted's interface for a UDP protocol. A
+    phone's side is `Station.receive`. First in, first out: a phone's answer
+    is delivered after whatever the PBX sent before it, as on a network.
     """
 
     def __init__(self, service: Any) -> None:
-        self.service = service
-        self.phones: dict[tuple[str, int], Station] = {}
-        self._queue: deque[tuple[bytes, Peer, bool]] = deque()
-        service.connections.udp_send = self._from_pbx
+        from pbx.transport.udp import SipDatagramProtocol
 
-    def _from_pbx(self, data: bytes, host: str, port: int) -> None:
-        self._queue.append((data, Peer("udp", host, port), False))
+        self.phones: dict[tuple[str, int], Station] = {}
+        self._queue: deque[tuple[bytes, tuple[str, int], bool]] = deque()
+        self._listener = SipDatagramProtocol(service.endpoint, service.connections)
+        self._listener.makeConnection(_Socket(self._queue))  # type: ignore[arg-type]
 
     def to_pbx(self, message: Request | Response, source: Peer) -> None:
-        self._queue.append((message.to_bytes(), source, True))
+        self._queue.append((message.to_bytes(), (source.host, source.port), True))
 
     def settle(self) -> None:
         """Deliver until nobody has anything more to say."""
         queue = self._queue
         while queue:
-            data, peer, to_pbx = queue.popleft()
+            data, address, to_pbx = queue.popleft()
             if to_pbx:
-                self.service.endpoint.receive_data(data, peer, datagram=True)
+                self._listener.datagramReceived(data, address)
                 continue
-            phone = self.phones.get((peer.host, peer.port))
+            phone = self.phones.get(address)
             if phone is not None:  # else an address nobody answers at
                 phone.receive(parse_message(data))
+
+
+class _Socket:
+    """The PBX's UDP socket, as far as its listener uses one: what it writes is queued."""
+
+    def __init__(self, queue: deque[tuple[bytes, tuple[str, int], bool]]) -> None:
+        self._queue = queue
+
+    def write(self, data: bytes, address: tuple[str, int]) -> None:
+        self._queue.append((data, address, False))
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("UDP", *PBX_ADDRESS)
 
 
 class ScriptedPhone:
