@@ -221,3 +221,22 @@ def test_a_fake_call_does_nothing_outside_run() -> None:
     call = FakeCall(dialed="1002", caller="1003")
     with pytest.raises(RuntimeError, match="run"):
         call.final_status  # noqa: B018
+
+
+def test_the_callee_is_shown_the_configured_name_of_the_caller() -> None:
+    call = FakeCall(dialed="1002", caller="1001", caller_name="desk phone",
+                    users=FakeUsers(OFFICE, names={"1001": "Alice Reception"}),
+                    answers={"1002": Answered("1002")})
+    run(ring_group([], "1002"), call)
+    [invite] = call.invites_to("1002")
+    assert invite["from"].startswith('"Alice Reception" <sip:1001@pbx.test>')
+    assert call.caller.display_name == "Alice Reception"
+
+
+def test_the_callers_own_phone_is_never_rung() -> None:
+    call = FakeCall(dialed="600", caller="1002", users=OFFICE,
+                    answers={"1002": Answered("1002"), "1003": Busy()})
+    run(ring_group([], "1002", "1003"), call)
+    assert call.requests_to("1002") == []
+    assert call.dialed_targets == [("1003",)]
+    assert call.final_status == 486
