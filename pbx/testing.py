@@ -44,8 +44,8 @@ the caller (who authenticates, as every caller of the PBX does).
 `FakeCall` is what the handler is given: a `pbx.dialplan.Call` whose
 actions are handed to the PBX's own `Call` for this call, recording on the
 way what the handler did (the dials with their timeouts and results, a
-rejection, a hang-up, who got connected). While `run` lasts, its
-``caller``, ``headers``, ``request_uri`` and ``users`` are the PBX's own
+rejection, a hang-up, who got connected). Once the PBX runs the handler,
+its ``caller``, ``headers``, ``request_uri`` and ``users`` are the PBX's own
 (the headers of the INVITE as it arrived, any case; ``users.is_registered``
 true for the phones that registered). ``caller_hangs_up_on`` makes the
 caller give up (CANCEL) as soon as that target rings; it rings even without
