@@ -1,12 +1,14 @@
 """One dialplan, two PBXs: pbx.testing's in memory, and a live one over real sockets.
 
 The same dialplan file is run through `pbx.testing` (scripted phones) and
-through a started PBX whose phones are `Softphone`s on 127.0.0.1; the
-dial results it noted and the final status the caller's phone received
-must be the same. The dialplan rings 1002 and 1003 at once and, when
-neither answers, forwards to 1001 (reception): the cases where a copy of
-the PBX's rules went wrong before (issue 21: a busy phone and an extension
-with no phone registered), and their neighbours.
+through a started PBX whose phones are `Softphone`s on 127.0.0.1; what the
+dialplan noted (who is registered, what each dial returned) and the final
+status the caller's phone received must be the same. The dialplan rings
+two targets at once and, when neither answers, forwards to 1001
+(reception): the cases of issue 21 (a busy phone and an extension with no
+phone registered), their neighbours, and a SIP URI where nothing answers.
+A copy of the PBX's rules (pbx.testing before issue 21) got four of the
+six wrong: who is registered, the answering target, the dead trunk.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.protocol import DatagramProtocol
 
 from pbx.dialplan import Answered, Busy, Declined, DialResult, NoAnswer
 from pbx.testing import FakeCall, load_dialplan, run
@@ -30,7 +33,7 @@ from tests.service.sipclient import (
 
 RING_S = 0.5
 """The dialplan's dial timeout: real seconds on the live PBX, none in pbx.testing."""
-DIALPLAN = f'''\
+DIALPLAN = """\
 from pathlib import Path
 
 from pbx.dialplan import Answered, Call
@@ -44,11 +47,14 @@ def note(result: object) -> None:
 
 
 async def handle_call(call: Call) -> None:
-    result = await call.dial("1002", "1003", timeout_s={RING_S})
+    note(tuple(call.users.is_registered(user) for user in ("1001", "1002", "1003")))
+    result = await call.dial(*{targets!r}, timeout_s={ring_s})
     note(result)
     if not isinstance(result, Answered):
-        note(await call.forward("1001", timeout_s={RING_S}))
-'''
+        note(await call.forward("1001", timeout_s={ring_s}))
+"""
+TRUNK = "sip:2000@127.0.0.1:{port}"
+"""A SIP URI the dialplan rings where nothing ever answers (a dead trunk)."""
 
 
 async def declines(call: PhoneCall) -> None:
@@ -63,21 +69,27 @@ PHONES: dict[str, tuple[DialResult, Behaviour]] = {
 }
 """What a phone does: as pbx.testing scripts it, and as a live softphone behaves."""
 
-SCENARIOS: dict[str, tuple[dict[str, str], list[str], int]] = {
-    # name: (the phones registered and what they do; the dialplan's notes; the caller's status)
+SCENARIOS: dict[str, tuple[dict[str, str], tuple[str, ...], list[str], int]] = {
+    # name: (the phones registered and what they do; what the dialplan rings at once;
+    #        the dialplan's notes; the status the caller's phone gets)
     "busy, unregistered": (
-        {"1002": "busy"}, ["Busy(status=486)", "Unavailable(status=480)"], 486),
+        {"1002": "busy"}, ("1002", "1003"),
+        ["(False, True, False)", "Busy(status=486)", "Unavailable(status=480)"], 486),
     "unregistered, no answer": (  # §16.7 over the call: 480 outranks the dial's 408
-        {"1003": "rings"}, ["NoAnswer()", "Unavailable(status=480)"], 480),
+        {"1003": "rings"}, ("1002", "1003"),
+        ["(False, False, True)", "NoAnswer()", "Unavailable(status=480)"], 480),
     "declines, busy": (
-        {"1002": "declines", "1003": "busy", "1001": "busy"},
-        ["Declined(status=603)", "Busy(status=486)"], 603),
+        {"1002": "declines", "1003": "busy", "1001": "busy"}, ("1002", "1003"),
+        ["(True, True, True)", "Declined(status=603)", "Busy(status=486)"], 603),
     "busy, then reception answers": (
-        {"1002": "busy", "1001": "answers"},
-        ["Busy(status=486)", "Answered(target='1001')"], 200),
+        {"1002": "busy", "1001": "answers"}, ("1002", "1003"),
+        ["(True, True, False)", "Busy(status=486)", "Answered(target='1001')"], 200),
     "no answer, then reception busy": (
-        {"1002": "rings", "1003": "busy", "1001": "busy"},
-        ["NoAnswer()", "Busy(status=486)"], 486),
+        {"1002": "rings", "1003": "busy", "1001": "busy"}, ("1002", "1003"),
+        ["(True, True, True)", "NoAnswer()", "Busy(status=486)"], 486),
+    "busy, and a trunk that never answers": (
+        {"1002": "busy", "1001": "busy"}, ("1002", TRUNK),
+        ["(True, True, False)", "NoAnswer()", "Busy(status=486)"], 486),
 }
 
 
@@ -91,11 +103,23 @@ def notes_of(plan: Path) -> list[str]:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 @pytest_twisted.ensureDeferred
 async def test_the_same_dialplan_gives_the_same_results_in_pbx_testing_and_in_the_pbx(
-        scenario: str, pbx_factory: Any, tmp_path: Path) -> None:
-    phones, expected_notes, expected_status = SCENARIOS[scenario]
+        scenario: str, pbx_factory: Any, reactor: Any, tmp_path: Path) -> None:
+    phones, targets, expected_notes, expected_status = SCENARIOS[scenario]
+    trunk = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")  # never answers
+    ringing = tuple(target.format(port=trunk.getHost().port) for target in targets)
     plan = tmp_path / "ring_group.py"
-    plan.write_text(DIALPLAN)
+    plan.write_text(DIALPLAN.format(targets=ringing, ring_s=RING_S))
+    try:
+        in_memory, live = await both_ways(plan, phones, pbx_factory)
+    finally:
+        await trunk.stopListening()
+    assert in_memory == live
+    assert live == (expected_notes, expected_status)
 
+
+async def both_ways(plan: Path, phones: dict[str, str],
+                    pbx_factory: Any) -> tuple[tuple[list[str], int], tuple[list[str], int]]:
+    """The dialplan's notes and the caller's final status: in pbx.testing, then live."""
     # In memory, with pbx.testing.
     call = FakeCall(dialed="600", caller="1004", users=["1001", "1002", "1003", "1004"],
                     answers={user: PHONES[kind][0] for user, kind in phones.items()})
@@ -112,7 +136,4 @@ async def test_the_same_dialplan_gives_the_same_results_in_pbx_testing_and_in_th
     final = await outgoing.final_response()
     if final.status == 200:
         assert (await outgoing.bye()).status == 200
-    live = (notes_of(plan), final.status)
-
-    assert in_memory == live
-    assert live == (expected_notes, expected_status)
+    return in_memory, (notes_of(plan), final.status)
