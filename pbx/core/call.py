@@ -449,7 +449,7 @@ class Call:
 
         The best of every dial's outcome (§16.7 step 6 over the whole call,
         not only the last dial): a busy callee and then a forward nobody
-        answered is busy for the caller, as `pbx.testing.FakeCall` says too.
+        answered is busy for the caller.
         """
         if self.ended or self.state is CallState.ANSWERED:
             return
@@ -978,8 +978,8 @@ def rank_final_status(status: int) -> tuple[int, int]:
     Within 4xx the RFC prefers 401/407/415/420/484 (they can be fixed);
     then busy (486) over unavailable (480) over the rest (a timeout, 408):
     the caller hears the most telling reason. A 503 is converted to 500 by
-    proxies, which a B2BUA does when it answers (see `Call.finish`).
-    `pbx.testing` ranks a scripted call's results with this same function.
+    proxies, which a B2BUA does when it answers (see `Call.finish`). The only
+    ranking there is: `pbx.testing` runs dialplans on this very call logic.
     """
     if 600 <= status < 700:
         return (0, status)
