@@ -434,7 +434,7 @@ class IncomingRequest:
     sender: str | None
     sender_uri: str
     target: str
-    """The user part of the Request-URI: "1002"."""
+    """The user part of the Request-URI: "1002". In a dialog, the creating request's."""
     request_uri: str
     headers: Mapping[str, str]
     """The first value of each header, names lowercased (compact forms as sent)."""

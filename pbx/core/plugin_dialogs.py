@@ -7,8 +7,12 @@ the dialog its 2xx creates (`PluginApi.accept_dialog`). `PluginDialogs.new`
 makes an `OwnedDialog` for it, PENDING: it has its local tag (the To tag
 the 2xx will carry) but no state yet, and requests the plugin sends in it
 wait. When the 2xx goes out, `OwnedDialog.establish` builds the RFC 3261
-§12.1.1 dialog from the request, files it under its `DialogId` and sends
-what waited; a failure status instead ends it. Then::
+§12.1.1 dialog from the request and files it under its `DialogId`, and
+`release` sends what waited, after the 2xx; a failure status instead
+discards it. The same holding happens while the plugin decides its answer
+to a request in the dialog: what it sends meanwhile follows the answer, and
+an `end` it asks for takes effect after both (the last NOTIFY of a
+subscription goes after the 200 to the unsubscribe). Then::
 
     PENDING ── 2xx sent ──▶ ACTIVE ── end(), 481/408/no answer to our request,
        │                              time up, PBX stopping ──▶ ENDED
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from dataclasses import replace
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -249,7 +254,8 @@ class OwnedDialog:
             responder.respond_later(transaction, request, peer, make_response(
                 request, refused, REJECTION_REASONS.get(refused)))
             return
-        incoming = incoming_request(request, self._user)
+        # Its Request-URI is our Contact: whom the dialog is about is the creating request's.
+        incoming = replace(incoming_request(request, self._user), target=self._target)
         contact = state.local_contact if request.method in TARGET_REFRESH_METHODS else None
         self._holds += 1
 

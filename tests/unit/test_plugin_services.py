@@ -43,7 +43,7 @@ class Recorder:
         self.api: PluginApi | None = None
         self.registrations: list[tuple[str, RegistrationState]] = []
         self.calls: list[CallStateChanged] = []
-        self.in_dialog: list[tuple[str, str | None]] = []
+        self.in_dialog: list[tuple[str, str | None, str, str | None]] = []
         self.ended: list[PluginDialog] = []
         self.dialogs: list[PluginDialog] = []
 
@@ -61,7 +61,7 @@ class Recorder:
     # DialogHandler: the subscriptions of these tests
     async def on_request(self, dialog: PluginDialog, request: IncomingRequest) -> int | Reply:
         expires = request.headers.get("expires")
-        self.in_dialog.append((request.method, expires))
+        self.in_dialog.append((request.method, expires, request.target, request.sender))
         if expires == "0":
             dialog.request("NOTIFY", headers=[("Event", "x-test"),
                                               ("Subscription-State", "terminated")])
@@ -149,7 +149,7 @@ def test_a_subscription_takes_its_refresh_and_unsubscribe(tmp_path: Path) -> Non
                          headers=(("Event", "x-test"), ("Expires", "300")))
     (refreshed,) = responses(refresh)
     assert (refreshed.status, refreshed.headers.get("expires")) == (200, "300")
-    assert plugin.in_dialog == [("SUBSCRIBE", "300")]
+    assert plugin.in_dialog == [("SUBSCRIBE", "300", "1002", "1001")]
 
     gone = phone.send("SUBSCRIBE", to_user="1002", to_tag=tag,
                       headers=(("Event", "x-test"), ("Expires", "0")))
@@ -382,3 +382,31 @@ def test_a_call_cut_by_the_pbx_stopping_is_ended(tmp_path: Path) -> None:
     office.phone("1002", 6002).answer(invite, 200, body=SDP)
     office.service.calls.hangup_all()
     assert [event.phase for event in plugin.calls] == [CallPhase.ANSWERED, CallPhase.ENDED]
+
+
+def test_a_listener_that_fails_does_not_fail_the_register(tmp_path: Path) -> None:
+    office = PluginOffice(tmp_path)
+    heard: list[RegistrationState] = []
+
+    def broken(change: RegistrationChanged) -> None:
+        raise RuntimeError("a plugin's bug")
+
+    office.service.plugins.on_registration(broken)
+    office.service.plugins.on_registration(lambda change: heard.append(change.state))
+    assert office.phone("1002", 6002).register().status == 200
+    assert heard == [RegistrationState.REGISTERED]
+
+
+def test_past_the_dialog_bound_a_subscription_is_refused(tmp_path: Path) -> None:
+    plugin = Recorder()
+    plugin.handlers["SUBSCRIBE"] = plugin.subscribe
+    office = PluginOffice(tmp_path, plugin)
+    office.service.plugin_dialogs.max_dialogs = 1
+    _, notify = subscribed(office, plugin)
+    office.phone("1001", 6001).answer(notify, 200)
+    (refused,) = responses(office.phone("1003", 6003).send_authenticated(
+        "SUBSCRIBE", to_user="1002", headers=(("Event", "x-test"),)))
+    assert (refused.status, refused.reason) == (503, "Too many dialogs")
+    plugin.dialogs[0].end()
+    _, again = subscribed(office, plugin)
+    assert again.method == "NOTIFY"
