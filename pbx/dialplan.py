@@ -665,7 +665,7 @@ class EventService(Protocol):
 
 
 class TaskService(Protocol):
-    """Work a plugin starts and does not wait for."""
+    """Work a plugin starts and does not wait for, and waiting for time to pass."""
 
     def spawn(self, work: Awaitable[object]) -> None:
         """Run `work` (a coroutine) on the PBX's loop; an exception in it is logged.
@@ -673,6 +673,13 @@ class TaskService(Protocol):
         For what a synchronous listener starts, or what a request handler
         starts to finish after its answer: ``api.spawn(self.notify(...))``
         where ``notify`` awaits a `PluginDialog.request`'s `Outcome`.
+        """
+
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        """Done `seconds` from now, on the PBX's clock (a test's clock in tests).
+
+        For a deadline of the plugin's own (give up on a delivery sooner
+        than the transaction time-out), or a resend later.
         """
 
 

@@ -249,7 +249,7 @@ class PbxService(MultiService):
         self.plugins = PluginHost(
             _UserDirectory(self), self.calls.actions, requests=self.endpoint.plugin_requests,
             outbound=Outbound(sender=self.calls, location=self.location),
-            events=self.plugin_events)
+            events=self.plugin_events, timers=self.calls)
 
     # -------------------------------------------------------- lifecycle
 

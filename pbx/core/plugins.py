@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from pbx.config import PluginConfig
 from pbx.core.events import PluginEvents
 from pbx.core.outbound import Outbound
+from pbx.core.plugin_messages import Timers
 from pbx.core.plugin_requests import PluginRequests
 from pbx.dialplan import (
     Call,
@@ -61,7 +62,7 @@ class PluginHost:
 
     def __init__(self, users: Users, actions: dict[str, Callable[..., Awaitable[Any]]], *,
                  requests: PluginRequests | None = None, outbound: Outbound | None = None,
-                 events: PluginEvents | None = None) -> None:
+                 events: PluginEvents | None = None, timers: Timers | None = None) -> None:
         self.users = users
         self.actions = actions
         self.request_handlers: dict[str, RequestHandler] = {}
@@ -69,6 +70,7 @@ class PluginHost:
         self._requests = requests
         self._outbound = outbound
         self._events = events
+        self._timers = timers
 
     # ------------------------------------------------------------- PluginApi
 
@@ -119,6 +121,11 @@ class PluginHost:
         Deferred.fromCoroutine(running()).addErrback(
             lambda failure: self.log.failure("A plugin's background work failed",
                                              failure=failure))
+
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        done: Deferred[None] = Deferred()
+        self._service(self._timers, "timers").call_later(seconds, lambda: done.callback(None))
+        return done
 
     @staticmethod
     def _service(service: S | None, what: str) -> S:

@@ -410,3 +410,14 @@ def test_past_the_dialog_bound_a_subscription_is_refused(tmp_path: Path) -> None
     plugin.dialogs[0].end()
     _, again = subscribed(office, plugin)
     assert again.method == "NOTIFY"
+
+
+def test_a_plugin_sleeps_on_the_pbx_clock(tmp_path: Path) -> None:
+    plugin = Recorder()
+    office = PluginOffice(tmp_path, plugin)
+    assert plugin.api is not None
+    woken = plugin.api.sleep(2.0)
+    office.advance(1.5)
+    assert not result_ready(woken)
+    office.advance(0.5)
+    assert result_ready(woken)
