@@ -550,7 +550,13 @@ class DialogHandler(Protocol):
         """A request in the dialog (a SUBSCRIBE refresh...): answered with what this returns."""
 
     def on_ended(self, dialog: PluginDialog) -> None:
-        """The dialog has ended (see `PluginDialog`) and is forgotten."""
+        """The dialog has ended (see `PluginDialog`) and is forgotten.
+
+        Unless the far end ended it (a 481 or 408, or no answer, to a request
+        sent in it), one last request may still be sent from here: the NOTIFY
+        with ``Subscription-State: terminated;reason=timeout`` of an expired
+        subscription (RFC 6665 §4.2.2), say. Later requests get 481 at once.
+        """
 
 
 class RegistrationState(enum.Enum):

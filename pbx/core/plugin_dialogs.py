@@ -57,6 +57,7 @@ from pbx.sip.dialog import (
     TARGET_REFRESH_METHODS,
     Dialog,
     DialogId,
+    DialogState,
     dialog_id_of_request,
 )
 from pbx.sip.errors import SipParseError
@@ -158,6 +159,8 @@ class OwnedDialog:
         self._holds = 1
         """Answers being decided: while any is, requests wait and `end` is put off."""
         self._ending = False
+        self._last_words = False
+        """In `on_ended`, when the far end still has the dialog: a last request may go."""
         self._waiting: list[tuple[str, list[tuple[str, str]], bytes, WaitingOwner]] = []
         self._expiry: Cancellable | None = None
         self._expires_in_s = DEFAULT_LIFETIME_S
@@ -182,10 +185,13 @@ class OwnedDialog:
 
     def request(self, method: str, *, headers: Sequence[tuple[str, str]] = (),
                 body: bytes = b"", content_type: str | None = None) -> Deferred[Outcome]:
-        if self.ended:
-            return outcome_now(481)
         owner = WaitingOwner()
         extra = headers_with_type(headers, body, content_type)
+        if self._last_words:
+            self._send(method, extra, body, owner)
+            return owner.result
+        if self.ended:
+            return outcome_now(481)
         if self._holds:
             self._waiting.append((method, extra, body, owner))
         else:
@@ -279,16 +285,22 @@ class OwnedDialog:
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()
         self._expiry = None
-        if self._state is not None:
-            self._state.terminate()
         self._table._forget(self, None if was_pending else self._state)
         waiting, self._waiting = self._waiting, []
         for _, _, _, owner in waiting:
             owner.fail_now(481)
+        state = self._state
+        # Last words: unless the far end has lost the dialog, on_ended may still
+        # send in it (RFC 6665 §4.2.2: NOTIFY with Subscription-State: terminated).
+        self._last_words = state is not None and state.state is not DialogState.TERMINATED
         try:
             self._handler.on_ended(self)
         except Exception:
             self.log.failure("A plugin's on_ended failed")
+        finally:
+            self._last_words = False
+            if state is not None:
+                state.terminate()
 
     def _send(self, method: str, headers: list[tuple[str, str]], body: bytes,
               owner: WaitingOwner) -> None:

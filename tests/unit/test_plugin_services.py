@@ -421,3 +421,31 @@ def test_a_plugin_sleeps_on_the_pbx_clock(tmp_path: Path) -> None:
     assert not result_ready(woken)
     office.advance(0.5)
     assert result_ready(woken)
+
+
+def test_an_expired_subscription_may_send_its_last_notify(tmp_path: Path) -> None:
+    class LastWords(Recorder):
+        def on_ended(self, dialog: PluginDialog) -> None:
+            super().on_ended(dialog)
+            self.last = dialog.request("NOTIFY", headers=[
+                ("Event", "x-test"), ("Subscription-State", "terminated;reason=timeout")])
+
+    async def subscribe(request: IncomingRequest) -> Reply:
+        assert plugin.api is not None
+        plugin.api.accept_dialog(request, plugin).expire_after(60)
+        return Reply(200, headers=[("Expires", "60")])
+
+    plugin = LastWords({"SUBSCRIBE": subscribe})
+    office = PluginOffice(tmp_path, plugin)
+    phone = office.phone("1001", 6001)
+    (ok,) = responses(phone.send_authenticated("SUBSCRIBE", to_user="1002",
+                                               headers=(("Event", "x-test"),)))
+    office.advance(60.5)
+    notify, *again = office.requests(6001)
+    assert all(sent.cseq == notify.cseq for sent in again)  # Timer E's retransmissions
+    assert notify.headers.get("subscription-state") == "terminated;reason=timeout"
+    assert notify.from_addr.tag == ok.to_addr.tag
+    phone.answer(notify, 200)
+    assert result(plugin.last) == Outcome(200, "Whatever")
+    (dialog,) = plugin.ended
+    assert result(dialog.request("NOTIFY")) == Outcome(481, "Call/Transaction Does Not Exist")
