@@ -27,6 +27,7 @@ from pbx.dialplan import (
     PluginApi,
     PluginDialog,
     RegistrationChanged,
+    RegistrationState,
     Reject,
     Reply,
 )
@@ -104,7 +105,7 @@ class RegistrationWatch:
         return min(int(asked), self.max_expires_s) if asked.isdigit() else self.max_expires_s
 
     def registration_changed(self, change: RegistrationChanged) -> None:
-        if change.state.value == "refreshed":
+        if change.state is RegistrationState.REFRESHED:
             return  # nothing a watcher would see
         for subscription in list(self.subscriptions):
             if subscription.user == change.user:
