@@ -126,3 +126,21 @@ def test_the_example_imports_only_the_public_api() -> None:
     outside = {name for name in imported if name is not None and name.split(".")[0] not in (
         *sys.stdlib_module_names, "__future__") and name != "pbx.dialplan"}
     assert imported and not outside
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_the_pbx_ends_the_subscriptions(pbx_factory: Any) -> None:
+    pbx = await pbx_factory({"plugins": {"registration_watch": {"module": str(EXAMPLE)}}})
+    watcher = await pbx.phone("1001")
+    uri = "sip:1002@pbx.test"
+    contact = [f"<{watcher.contact_uri}>"]
+    challenge = await watcher.request("SUBSCRIBE", to_user="1002", request_uri=uri,
+                                      contacts=contact, headers=[EVENT])
+    ok = await watcher.request("SUBSCRIBE", to_user="1002", request_uri=uri, contacts=contact,
+                               headers=[EVENT, with_credentials(challenge, watcher, uri)])
+    assert ok.status == 200
+    assert (await notified(watcher.link))[0].startswith("active")
+    plugin = pbx.service.plugins.plugins[0]
+    assert len(plugin.subscriptions) == 1
+    await pbx.stop()
+    assert plugin.subscriptions == set()  # on_ended: the plugin heard its dialog end
