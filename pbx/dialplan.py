@@ -38,37 +38,55 @@ dials their own extension directly gets 480 from that dial, unless the
 dialplan does something else first (``if call.dialed == call.caller.user``:
 their voicemail, say).
 
-Plugins add actions to `Call` (``await call.voicemail("1001")``) through
-`PluginApi.add_call_action`, when they start; nothing registers itself at
-import time.
+Plugins add actions to `Call` (``await call.voicemail("1001")``) when
+they start (`PluginApi.provide_call_action`); nothing registers itself at
+import time. Each action a dialplan may call is declared here, on `Call`,
+with its signature (`call_action`), so that mypy checks a dialplan's use of
+it and ``help(Call)`` lists it; a plugin provides the code behind it.
+
+What a plugin receives in ``start(api)`` (`PluginApi`) is documented in
+``docs/plugins.md``.
 """
 
 from __future__ import annotations
 
+import enum
+import functools
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeAlias, TypeVar, overload
 
 __all__ = [
     "Answered",
     "Busy",
     "Call",
+    "CallAction",
     "CallEnded",
+    "CallPhase",
+    "CallStateChanged",
     "Declined",
+    "Delivery",
     "DialResult",
+    "DialogHandler",
     "Dialplan",
     "Failed",
     "Handler",
     "IncomingRequest",
     "NoAnswer",
+    "Outcome",
     "Party",
     "Plugin",
     "PluginApi",
+    "PluginDialog",
+    "RegistrationChanged",
+    "RegistrationState",
     "Reject",
+    "Reply",
     "RequestHandler",
     "Unavailable",
     "Users",
+    "call_action",
 ]
 
 
@@ -176,6 +194,50 @@ class CallControl(Protocol):
     def ended(self) -> bool: ...
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+class CallAction(Generic[_P, _R]):
+    """An action a plugin provides on `Call`, declared here with its signature.
+
+    Declared with `call_action` on a stub method of `Call`, so that
+    ``await call.voicemail("1002")`` is checked by mypy against the stub
+    (a misspelt name or a wrong argument is an error before the PBX ever
+    runs the dialplan) and ``help(Call)`` lists every action with its
+    docstring. At run time the attribute looks up the code the plugin
+    provided (`PluginApi.provide_call_action`); with no plugin providing
+    it, reading the attribute raises `AttributeError` naming the action,
+    so ``hasattr(call, "voicemail")`` tells a dialplan whether it can use it.
+    """
+
+    def __init__(self, stub: Callable[Concatenate[Call, _P], Awaitable[_R]]) -> None:
+        self.name = stub.__name__
+        self.__doc__ = stub.__doc__
+        self.__wrapped__ = stub
+
+    @overload
+    def __get__(self, call: None, owner: type[Call]) -> CallAction[_P, _R]: ...
+
+    @overload
+    def __get__(self, call: Call, owner: type[Call]) -> Callable[_P, Awaitable[_R]]: ...
+
+    def __get__(self, call: Call | None, owner: type[Call]
+                ) -> CallAction[_P, _R] | Callable[_P, Awaitable[_R]]:
+        if call is None:
+            return self
+        action = call._actions.get(self.name)
+        if action is None:
+            raise AttributeError(f"no plugin provides the call action {self.name!r} "
+                                 "(is the plugin listed under [plugins] in the config?)")
+        return functools.partial(action, call)
+
+
+def call_action(stub: Callable[Concatenate[Call, _P], Awaitable[_R]]) -> CallAction[_P, _R]:
+    """Declare a plugin's action on `Call` from a stub method (its body is never run)."""
+    return CallAction(stub)
+
+
 class Call:
     """One incoming call, as a dialplan handler sees it."""
 
@@ -251,13 +313,27 @@ class Call:
         """End the call, answered or not."""
         self._control.hangup()
 
-    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
-        """Actions plugins added (`PluginApi.add_call_action`): ``await call.voicemail(...)``."""
-        actions = self.__dict__.get("_actions", {})
-        if name in actions:
-            action = actions[name]
-            return lambda *args, **kwargs: action(self, *args, **kwargs)
-        raise AttributeError(f"Call has no attribute or plugin action {name!r}")
+    # ------------------------------------------------- plugins' actions
+    # Each is provided by the plugin named in its docstring; see `CallAction`.
+
+    @call_action
+    async def voicemail(self, mailbox: str) -> None:
+        """Answer and record a message for `mailbox` (the voicemail plugin)."""
+
+    @call_action
+    async def conference(self, room: str, *, pin: str | None = None) -> None:
+        """Join the caller to conference `room` (the conference plugin)."""
+
+    def action(self, name: str) -> Callable[..., Awaitable[object]]:
+        """An action a plugin added under a name `Call` does not declare.
+
+        Unchecked by mypy: for a plugin's own actions, before they are
+        declared here. `AttributeError` names it when no plugin added it.
+        """
+        action = self._actions.get(name)
+        if action is None:
+            raise AttributeError(f"Call has no plugin action {name!r}")
+        return functools.partial(action, self)
 
     async def _dial(self, targets: tuple[str, ...], timeout_s: float) -> DialResult:
         self._check_not_ended()
@@ -349,35 +425,295 @@ class IncomingRequest:
     """A request outside any call (MESSAGE, SUBSCRIBE, PUBLISH...) for a plugin.
 
     ``sender`` is the authenticated user, or None when the request was not
-    authenticated (a plugin that needs it answers ``Reject(403)``).
+    authenticated (a plugin that needs it answers ``Reject(403)``). In a
+    dialog a plugin owns (`PluginDialog`), it is the user who created the
+    dialog: the dialog's identifiers are what vouch for the requests in it.
     """
 
     method: str
     sender: str | None
     sender_uri: str
     target: str
-    """The user part of the Request-URI: "1002"."""
+    """The user part of the Request-URI: "1002". In a dialog, the creating request's."""
     request_uri: str
     headers: Mapping[str, str]
+    """The first value of each header, names lowercased (compact forms as sent)."""
     body: bytes
     content_type: str | None
 
 
-RequestHandler = Callable[[IncomingRequest], Awaitable[int]]
-"""Returns the status to answer (200, 202...), or raises `Reject`."""
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A plugin's whole answer to a request: status, headers and body.
+
+    ``headers`` are added as given (Expires, ETag, Allow-Events...);
+    ``content_type`` goes with a non-empty ``body``. A 2xx to a request that
+    created a dialog (`PluginApi.accept_dialog`), or to a SUBSCRIBE inside
+    one, gets the PBX's Contact unless ``headers`` carry one.
+    """
+
+    status: int
+    reason: str | None = None
+    headers: Sequence[tuple[str, str]] = ()
+    body: bytes = b""
+    content_type: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 200 <= self.status < 700:
+            raise ValueError(f"a plugin answers with a final status (200-699), not {self.status}")
 
 
-class PluginApi(Protocol):
-    """What a plugin gets in ``start``."""
+RequestHandler = Callable[[IncomingRequest], Awaitable[int | Reply]]
+"""Returns the status to answer (200, 202...) or a whole `Reply`, or raises `Reject`."""
 
-    users: Users
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a request a plugin sent ended: the final status of its answer.
+
+    No answer at all is 408 (the transaction timed out) or 503 (it could
+    not be sent: a transport error, or the PBX's transaction table full),
+    as RFC 3261 §8.1.3.1 has a UA report them.
+    """
+
+    status: int
+    reason: str
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The outcome of a request sent to one registered phone (`PluginApi.send_to_user`)."""
+
+    contact: str
+    """The binding's contact: which of the user's phones this was."""
+    status: int
+    reason: str
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+class PluginDialog(Protocol):
+    """A dialog a plugin owns (RFC 3261 §12): a subscription, say (RFC 6665).
+
+    Made by `PluginApi.accept_dialog` while the plugin answers the request
+    that creates it; it exists once that answer is a 2xx. Requests the
+    phone sends in it reach the plugin's `DialogHandler`; the plugin sends
+    requests in it with `request`. It ends, exactly once, when the plugin
+    ends it, when a request sent in it is answered 481 or 408 or is never
+    answered (§12.2.1.2), when its time runs out (`expire_after`), or when
+    the PBX stops; the handler's ``on_ended`` is then called and the PBX
+    forgets it. The PBX holds a bounded number of them (the
+    ``max_dialogs`` of `pbx.core.plugin_dialogs`): past it, accepting one
+    answers the request 503.
+    """
+
+    @property
+    def user(self) -> str | None:
+        """The authenticated user whose request created the dialog."""
+
+    @property
+    def remote_uri(self) -> str:
+        """The other side's URI (the From of the request that created it)."""
+
+    @property
+    def target(self) -> str:
+        """The user part of the creating request's URI: whom it is about ("1002")."""
+
+    @property
+    def ended(self) -> bool: ...
+
+    def request(self, method: str, *, headers: Sequence[tuple[str, str]] = (),
+                body: bytes = b"", content_type: str | None = None) -> Awaitable[Outcome]:
+        """Send `method` (NOTIFY...) in the dialog; its `Outcome` once answered.
+
+        Sent at once, or, before the 2xx that creates the dialog has left,
+        right after it. In an ended dialog the outcome is 481 at once.
+        """
+
+    def expire_after(self, seconds: float) -> None:
+        """End the dialog `seconds` from now unless this is called again (a refresh)."""
+
+    def end(self) -> None:
+        """End the dialog now (after the last NOTIFY of a subscription, say)."""
+
+
+class DialogHandler(Protocol):
+    """What a plugin gives `PluginApi.accept_dialog`: it hears what happens in the dialog."""
+
+    async def on_request(self, dialog: PluginDialog, request: IncomingRequest) -> int | Reply:
+        """A request in the dialog (a SUBSCRIBE refresh...): answered with what this returns."""
+
+    def on_ended(self, dialog: PluginDialog) -> None:
+        """The dialog has ended (see `PluginDialog`) and is forgotten.
+
+        Unless the far end ended it (a 481 or 408, or no answer, to a request
+        sent in it), one last request may still be sent from here: the NOTIFY
+        with ``Subscription-State: terminated;reason=timeout`` of an expired
+        subscription (RFC 6665 §4.2.2), say. Later requests get 481 at once.
+        """
+
+
+class RegistrationState(enum.Enum):
+    """What happened to one binding of a user (RFC 3261 §10)."""
+
+    REGISTERED = "registered"
+    """A new contact: a phone that was not registered there now is."""
+    REFRESHED = "refreshed"
+    """A contact registered again before it expired (phones do it every few minutes)."""
+    UNREGISTERED = "unregistered"
+    """The phone removed it (Expires: 0), or the user was removed from the config."""
+    EXPIRED = "expired"
+    """Its time ran out without a refresh: the phone went away without saying so."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistrationChanged:
+    """One binding of `user` changed (`PluginApi.on_registration`)."""
+
+    user: str
+    contact: str
+    state: RegistrationState
+    user_agent: str | None = None
+
+    @property
+    def registered(self) -> bool:
+        """Whether the phone at `contact` can now be reached."""
+        return self.state in (RegistrationState.REGISTERED, RegistrationState.REFRESHED)
+
+
+class CallPhase(enum.Enum):
+    """Where a call is, as busy lamps show it (RFC 4235's early, confirmed, terminated)."""
+
+    RINGING = "ringing"
+    ANSWERED = "answered"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallStateChanged:
+    """A call through the PBX changed phase (`PluginApi.on_call_state`).
+
+    A call is reported ``RINGING`` once per callee that rings (its phone
+    answered 180 or 183), ``ANSWERED`` once, and ``ENDED`` exactly once,
+    however it ends: cancelled, unanswered, refused, hung up by either side,
+    failed, or cut by the PBX stopping. ``callees`` of an ``ENDED`` lists
+    every callee that was rung, so that a lamp lit for any of them goes out.
+    """
+
+    call_id: str
+    """The caller's Call-ID: the same for every event of one call."""
+    phase: CallPhase
+    caller: Party
+    dialed: str
+    callee: str | None
+    """RINGING: who rings; ANSWERED: who answered; ENDED: who was connected, or None."""
+    callees: tuple[str, ...] = ()
+    """Every callee rung so far ("1002", or a SIP URI dialed), in order."""
+    status: int | None = None
+    """ENDED: 200 for an answered call, else the caller's final status (487, 486...)."""
+
+
+class RequestService(Protocol):
+    """Requests outside any call, answered by a plugin."""
+
+    def add_request_handler(self, method: str, handler: RequestHandler) -> None:
+        """Handle requests of `method` sent outside a call (the PBX then allows it).
+
+        The PBX authenticates the sender first (407, as for a call).
+        """
+
+
+class DialogService(Protocol):
+    """Dialogs a plugin owns (subscriptions)."""
+
+    def accept_dialog(self, request: IncomingRequest, handler: DialogHandler) -> PluginDialog:
+        """Make the dialog a 2xx to `request` creates, owned by `handler`.
+
+        Called from the request handler before it returns; the dialog exists
+        once the handler's answer is a 2xx (a failure status discards it).
+        Raises `Reject` (503) when the PBX holds as many dialogs as it may.
+        """
+
+
+class OutboundService(Protocol):
+    """Requests outside any dialog to a user's phones (MESSAGE, unsolicited NOTIFY)."""
+
+    def send_to_user(self, user: str, method: str, *,
+                     headers: Sequence[tuple[str, str]] = (), body: bytes = b"",
+                     content_type: str | None = None,
+                     from_user: str | None = None) -> Awaitable[list[Delivery]]:
+        """Send `method` to every registered phone of `user`; one `Delivery` each.
+
+        Each phone gets its own request, sent to where its registration
+        came from (through its NAT), From ``from_user`` (else the PBX's
+        domain) and To `user`. A user with no phone registered gives ``[]``
+        at once.
+        """
+
+
+class EventService(Protocol):
+    """Registration and call-state changes, as they happen.
+
+    Listeners are called on the reactor thread, in the order changes
+    happen; one that raises is logged and does not stop the others. They
+    should be quick: start slow work (a NOTIFY...) and return.
+    """
+
+    def on_registration(self, listener: Callable[[RegistrationChanged], None]) -> None: ...
+
+    def on_call_state(self, listener: Callable[[CallStateChanged], None]) -> None: ...
+
+
+class TaskService(Protocol):
+    """Work a plugin starts and does not wait for, and waiting for time to pass."""
+
+    def spawn(self, work: Awaitable[object]) -> None:
+        """Run `work` (a coroutine) on the PBX's loop; an exception in it is logged.
+
+        For what a synchronous listener starts, or what a request handler
+        starts to finish after its answer: ``api.spawn(self.notify(...))``
+        where ``notify`` awaits a `PluginDialog.request`'s `Outcome`.
+        """
+
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        """Done `seconds` from now, on the PBX's clock (a test's clock in tests).
+
+        For a deadline of the plugin's own (give up on a delivery sooner
+        than the transaction time-out), or a resend later.
+        """
+
+
+class ActionService(Protocol):
+    """Actions dialplans call on `Call`."""
+
+    def provide_call_action(self, action: CallAction[_P, _R],
+                            implementation: Callable[Concatenate[Call, _P], Awaitable[_R]]
+                            ) -> None:
+        """Provide the code of an action declared on `Call`: ``(Call.voicemail, code)``.
+
+        mypy checks `implementation` against the declaration.
+        """
 
     def add_call_action(self, name: str,
                         action: Callable[..., Awaitable[Any]]) -> None:
-        """Make ``await call.<name>(...)`` call ``action(call, ...)`` in every dialplan."""
+        """Make ``action(call, ...)`` the action `name` of every call, unchecked.
 
-    def add_request_handler(self, method: str, handler: RequestHandler) -> None:
-        """Handle requests of `method` sent outside a call (the PBX then allows it)."""
+        A name `Call` declares is reached as ``call.name(...)``; any other
+        only through ``call.action(name)``.
+        """
+
+
+class PluginApi(RequestService, DialogService, OutboundService, EventService, TaskService,
+                ActionService, Protocol):
+    """What a plugin gets in ``start``: one `Protocol` per service, and the users."""
+
+    users: Users
 
 
 class Plugin(Protocol):

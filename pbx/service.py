@@ -65,9 +65,13 @@ from pbx.config import Config, ConfigError, Listen, UserConfig, diff_users, load
 from pbx.core.auth import RequestAuthenticator, SecurityEvent, strongest_first
 from pbx.core.calls import CallManager
 from pbx.core.endpoint import SipEndpoint, new_tag
+from pbx.core.events import PluginEvents
 from pbx.core.guard import AuthGuard, GuardSettings
 from pbx.core.location import LocationService
+from pbx.core.outbound import Outbound
 from pbx.core.pike import SourceLimiter, SourceLimits
+from pbx.core.plugin_dialogs import PluginDialogs
+from pbx.core.plugin_requests import PluginRequests
 from pbx.core.plugins import PluginError, PluginHost
 from pbx.core.registrar import Registrar, RegistrarSettings
 from pbx.core.router import DialplanError, DialplanLoader
@@ -219,7 +223,6 @@ class PbxService(MultiService):
             record_cdr=self.cdr_queue.append,
             on_security_event=self._write_security_event,
         )
-        self.plugins = PluginHost(_UserDirectory(self), self.calls.actions)
         self.endpoint = SipEndpoint(
             clock=self.reactor,
             connections=self.connections,
@@ -233,6 +236,20 @@ class PbxService(MultiService):
             on_security_event=self._write_security_event,
             limiter=self.limiter,
         )
+        # pluginapi: the services plugins get (docs/plugins.md), on the call manager's
+        # sending and timers and the endpoint's answering.
+        self.plugin_events = PluginEvents(domain=sip.domain)
+        self.plugin_events.source = self.endpoint
+        self.calls.events = self.plugin_events
+        self.plugin_dialogs = PluginDialogs(sender=self.calls, responder=self.endpoint,
+                                            timers=self.calls)
+        self.endpoint.plugin_dialogs = self.plugin_dialogs
+        self.endpoint.plugin_requests = PluginRequests(responder=self.endpoint,
+                                                       dialogs=self.plugin_dialogs)
+        self.plugins = PluginHost(
+            _UserDirectory(self), self.calls.actions, requests=self.endpoint.plugin_requests,
+            outbound=Outbound(sender=self.calls, location=self.location),
+            events=self.plugin_events, timers=self.calls)
 
     # -------------------------------------------------------- lifecycle
 
@@ -545,6 +562,7 @@ class PbxService(MultiService):
                 loop.stop()
         self._loops.clear()
         self.calls.hangup_all()
+        self.plugin_dialogs.end_all()  # pluginapi
         # While the sockets are open: the answers waiting for it go out.
         self._commit_now()
         self.endpoint.stop()
@@ -586,6 +604,7 @@ class PbxService(MultiService):
     def _housekeeping(self) -> None:
         now = self.reactor.seconds()
         expired = self.location.expire(now, limit=10_000)
+        self.plugin_events.bindings_expired(expired)  # pluginapi
         if expired and self.writer is not None:
             self.writer.changes.record_removals(expired)
             if self.group is not None:
@@ -687,6 +706,7 @@ class PbxService(MultiService):
         self.secrets.users = new.users
         for extension in diff.removed:
             gone = self.location.remove_aor(extension)
+            self.plugin_events.bindings_removed(gone)  # pluginapi
             if self.writer is not None:
                 self.writer.changes.record_removals(gone)
         if diff.removed and self.group is not None:

@@ -118,6 +118,11 @@ class CallServices(Protocol):
 
     def call_ended(self, call: Call) -> None: ...
 
+    # pluginapi: call-state events for plugins (busy lamps); ENDED is `call_ended`.
+    def callee_ringing(self, call: Call, callee: str) -> None: ...
+
+    def callee_answered(self, call: Call, callee: str) -> None: ...
+
     @property
     def t1_s(self) -> float: ...
 
@@ -523,6 +528,7 @@ class Call:
         if status < 200:
             if status == 100 or self.state is not CallState.DIALING or leg.cancelled:
                 return
+            self.services.callee_ringing(self, leg.target.label)  # pluginapi
             tag = response.to_addr.tag
             if tag is not None and (leg.early_dialogs is None or tag not in leg.early_dialogs):
                 dialog = Dialog.as_uac(leg.invite, response)
@@ -588,6 +594,7 @@ class Call:
         self.state = CallState.ANSWERED
         self.record.answered_at = self.services.now()
         self.record.answered_by = leg.target.label
+        self.services.callee_answered(self, leg.target.label)  # pluginapi
         self._cancel_branches(except_leg=leg)
         self._stop_dial_timer()
         # The losing branches are owned by their INVITEs' transactions until

@@ -51,6 +51,7 @@ from pbx.core.call import (
     Target,
     display_name,
 )
+from pbx.core.events import PluginEvents
 from pbx.core.location import LocationService
 from pbx.core.pending_bindings import CommitGate
 from pbx.core.router import DialplanLoader, run_dialplan
@@ -245,6 +246,8 @@ class CallManager:
         self.timers = CallTimers(clock, after=lambda: self.pump())
         self._contacts: dict[tuple[str, str, int, str | None], str] = {}
         """Our Contact by transport, address and user: every dialog keeps one, the same text."""
+        self.events: PluginEvents | None = None
+        """pluginapi: hears each call's ringing, answer and end, for plugins."""
 
     def __len__(self) -> int:
         return len(self.calls)
@@ -458,8 +461,18 @@ class CallManager:
     def forget_dialog(self, dialog: Dialog) -> None:
         self._dialogs.pop(dialog.id, None)
 
+    def callee_ringing(self, call: Call, callee: str) -> None:
+        if self.events is not None:
+            self.events.callee_ringing(call, callee)
+
+    def callee_answered(self, call: Call, callee: str) -> None:
+        if self.events is not None:
+            self.events.callee_answered(call, callee)
+
     def call_ended(self, call: Call) -> None:
         self.calls.discard(call)
+        if self.events is not None:
+            self.events.call_ended(call)
         record = call.record
         duration = 0.0
         if record.answered_at is not None and record.ended_at is not None:

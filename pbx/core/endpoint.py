@@ -26,20 +26,21 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from pbx.core.auth import PROXY_AUTH, Denied, SecurityEvent
 from pbx.core.calls import CallManager
+from pbx.core.events import BindingListener
 from pbx.core.merged_requests import MergedRequests
 from pbx.core.pending_bindings import CommitGate, PendingBindings
 from pbx.core.pike import SourceLimiter
+from pbx.core.plugin_dialogs import PluginDialogs
+from pbx.core.plugin_requests import PluginRequests
 from pbx.core.registrar import RegisterOutcome, Registrar
 from pbx.core.request_log import RequestLog, credentials_algorithm
 from pbx.core.uas import UasPolicy, check_request
-from pbx.dialplan import IncomingRequest, Reject, RequestHandler
+from pbx.dialplan import RequestHandler
 from pbx.sip.errors import SipParseError
 from pbx.sip.events import (
     AckReceived,
@@ -62,7 +63,6 @@ from pbx.sip.transaction import (
     TransactionLayer,
     TransactionState,
 )
-from pbx.sip.uri import user_of
 
 ENDPOINT_POLICY = UasPolicy(
     allowed_methods=("REGISTER", "OPTIONS", "INVITE", "ACK", "BYE", "CANCEL", "UPDATE",
@@ -187,6 +187,13 @@ class SipEndpoint:
         self._later: set[IDelayedCall] = set()  # slowed-down answers, cancelled by stop()
         self.merged = MergedRequests()
         """Requests in progress and answered within Timer J, for §8.2.2.2's 482."""
+        # --- pluginapi hooks (issue 21 item 3): the plugin services, set by the service.
+        self.plugin_requests: PluginRequests | None = None
+        """Answers requests plugins handle (`pbx.core.plugin_requests`)."""
+        self.plugin_dialogs: PluginDialogs | None = None
+        """Dialogs plugins own: in-dialog requests no call knows go there before a 481."""
+        self.binding_listener: BindingListener | None = None
+        """Hears each REGISTER's binding changes; None (free) until a plugin listens."""
 
     @property
     def policy(self) -> UasPolicy:
@@ -389,6 +396,9 @@ class SipEndpoint:
         if request.to_addr.tag is not None:
             if calls is not None and calls.in_dialog(transaction, request):
                 return None  # the call answers
+            dialogs = self.plugin_dialogs  # pluginapi: a plugin's dialog (a subscription)
+            if dialogs is not None and dialogs.in_dialog(transaction, request, peer):
+                return None  # its plugin answers
             # In a dialog the PBX does not know (§12.2.2).
             return make_response(request, 481, to_tag=None)
         if self.merged.is_merged(transaction, request, self.clock.seconds()):
@@ -418,6 +428,9 @@ class SipEndpoint:
         outcome: RegisterOutcome = self.registrar.handle_register(request, peer, now)
         if outcome.changes is not None and self.writer is not None:
             self.writer.record_result(outcome.changes)
+        listener = self.binding_listener  # pluginapi: registration events
+        if listener is not None and outcome.changes is not None:
+            listener.bindings_changed(outcome.changes, now)
         if outcome.security_event is not None:
             self._security(outcome.security_event)
         changes = outcome.changes
@@ -476,35 +489,17 @@ class SipEndpoint:
             if sender.security_event is not None:
                 self._security(sender.security_event)
             return sender
-        content_type = request.content_type
-        incoming = IncomingRequest(
-            method=request.method, sender=sender, sender_uri=request.from_addr.uri_text,
-            target=user_of(str(request.uri)) or str(request.uri),
-            request_uri=str(request.uri),
-            headers={name.lower(): value for name, value in reversed(list(request.headers))},
-            body=request.body,
-            content_type=None if content_type is None else content_type.value,
-        )
-
-        async def decide() -> tuple[int, str | None]:
-            try:
-                return await handler(incoming), None
-            except Reject as refusal:
-                return refusal.status, refusal.reason
-
-        def answer(decided: tuple[int, str | None]) -> None:
-            status, reason = decided
-            self._respond_later(transaction, request, peer, make_response(
-                request, status, reason, to_tag=new_tag()))
-
-        def failed(failure: Failure) -> None:
-            self.log.failure("Plugin handler for {method} failed", failure=failure,
-                             method=request.method)
-            self._respond_later(transaction, request, peer, make_response(
-                request, 500, "Plugin error", to_tag=new_tag()))
-
-        Deferred.fromCoroutine(decide()).addCallbacks(answer, failed)
+        # pluginapi: the plugin's answer (status, headers, body, a dialog) comes later.
+        plugin_requests = self.plugin_requests
+        if plugin_requests is None:
+            return make_response(request, 500, "Plugins not set up", to_tag=new_tag())
+        plugin_requests.handle(handler, transaction, request, peer, sender)
         return None
+
+    def respond_later(self, transaction: ServerTransaction[Peer], request: Request,
+                      peer: Peer, response: Response) -> None:
+        """pluginapi: `pbx.core.plugin_messages.Responder`, for plugins' answers."""
+        self._respond_later(transaction, request, peer, response)
 
     def _respond_later(self, transaction: ServerTransaction[Peer], request: Request,
                        peer: Peer, response: Response) -> None:

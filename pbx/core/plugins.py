@@ -15,16 +15,35 @@ import importlib.util
 import inspect
 import itertools
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
 from pbx.config import PluginConfig
-from pbx.dialplan import Plugin, RequestHandler, Users
+from pbx.core.events import PluginEvents
+from pbx.core.outbound import Outbound
+from pbx.core.plugin_messages import Timers
+from pbx.core.plugin_requests import PluginRequests
+from pbx.dialplan import (
+    Call,
+    CallAction,
+    CallStateChanged,
+    Delivery,
+    DialogHandler,
+    IncomingRequest,
+    Plugin,
+    PluginDialog,
+    RegistrationChanged,
+    RequestHandler,
+    Users,
+)
 
 _numbers = itertools.count(1)
+P = ParamSpec("P")
+R = TypeVar("R")
+S = TypeVar("S")
 
 
 class PluginError(Exception):
@@ -32,15 +51,26 @@ class PluginError(Exception):
 
 
 class PluginHost:
-    """The `pbx.dialplan.PluginApi` every plugin gets, and the plugins' lifecycle."""
+    """The `pbx.dialplan.PluginApi` every plugin gets, and the plugins' lifecycle.
+
+    The services behind the API (`pbx.core.plugin_requests`,
+    `pbx.core.outbound`, `pbx.core.events`) are the core's; the host only
+    hands them out, so a plugin never holds a core object.
+    """
 
     log = Logger()
 
-    def __init__(self, users: Users, actions: dict[str, Callable[..., Awaitable[Any]]]) -> None:
+    def __init__(self, users: Users, actions: dict[str, Callable[..., Awaitable[Any]]], *,
+                 requests: PluginRequests | None = None, outbound: Outbound | None = None,
+                 events: PluginEvents | None = None, timers: Timers | None = None) -> None:
         self.users = users
         self.actions = actions
         self.request_handlers: dict[str, RequestHandler] = {}
         self.plugins: list[Plugin] = []
+        self._requests = requests
+        self._outbound = outbound
+        self._events = events
+        self._timers = timers
 
     # ------------------------------------------------------------- PluginApi
 
@@ -49,7 +79,15 @@ class PluginHost:
             raise ValueError(f"call action name {name!r} is not a public identifier")
         if name in self.actions:
             raise ValueError(f"call action {name!r} is already provided by another plugin")
+        declared = getattr(Call, name, None)
+        if declared is not None and not isinstance(declared, CallAction):
+            raise ValueError(f"{name!r} is a method of Call, not an action a plugin provides")
         self.actions[name] = action
+
+    def provide_call_action(self, action: CallAction[P, R],
+                            implementation: Callable[Concatenate[Call, P], Awaitable[R]]
+                            ) -> None:
+        self.add_call_action(action.name, implementation)
 
     def add_request_handler(self, method: str, handler: RequestHandler) -> None:
         method = method.upper()
@@ -58,6 +96,42 @@ class PluginHost:
         if method in self.request_handlers:
             raise ValueError(f"{method} is already handled by another plugin")
         self.request_handlers[method] = handler
+
+    def accept_dialog(self, request: IncomingRequest, handler: DialogHandler) -> PluginDialog:
+        return self._service(self._requests, "dialogs").accept_dialog(request, handler)
+
+    def send_to_user(self, user: str, method: str, *,
+                     headers: Sequence[tuple[str, str]] = (), body: bytes = b"",
+                     content_type: str | None = None,
+                     from_user: str | None = None) -> Awaitable[list[Delivery]]:
+        return self._service(self._outbound, "sending").send_to_user(
+            user, method, headers=headers, body=body, content_type=content_type,
+            from_user=from_user)
+
+    def on_registration(self, listener: Callable[[RegistrationChanged], None]) -> None:
+        self._service(self._events, "events").on_registration(listener)
+
+    def on_call_state(self, listener: Callable[[CallStateChanged], None]) -> None:
+        self._service(self._events, "events").on_call_state(listener)
+
+    def spawn(self, work: Awaitable[object]) -> None:
+        async def running() -> None:
+            await work
+
+        Deferred.fromCoroutine(running()).addErrback(
+            lambda failure: self.log.failure("A plugin's background work failed",
+                                             failure=failure))
+
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        done: Deferred[None] = Deferred()
+        self._service(self._timers, "timers").call_later(seconds, lambda: done.callback(None))
+        return done
+
+    @staticmethod
+    def _service(service: S | None, what: str) -> S:
+        if service is None:
+            raise RuntimeError(f"this PBX was built without the plugins' {what} service")
+        return service
 
     # ------------------------------------------------------------- lifecycle
 

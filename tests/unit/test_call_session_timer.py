@@ -79,6 +79,12 @@ class Services:
     def forget_dialog(self, dialog: Dialog) -> None:
         return None
 
+    def callee_ringing(self, call: Call, callee: str) -> None:
+        pass
+
+    def callee_answered(self, call: Call, callee: str) -> None:
+        pass
+
     def call_ended(self, call: Call) -> None:
         self.ended.append(call)
 
