@@ -9,7 +9,10 @@ phone is sent is the changed body.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -533,3 +536,14 @@ def test_the_session_is_released_exactly_once_however_the_call_ends(
     # Every branch offered the call either won or was ended, once each.
     assert branches | connected == offered and not branches & connected
     assert len(branches) == sum(event[0] == "branch ended" for event in recorder.seen)
+
+
+# --------------------------------------------------------------------- layering
+
+
+def test_the_seam_a_plugin_imports_brings_neither_the_core_nor_the_reactor() -> None:
+    """Plugins import `pbx.media` (DESIGN.md); the seam is plain data and a Protocol."""
+    code = ("import sys, pbx.media.seam; "
+            "core = sorted(m for m in sys.modules if m.startswith(('pbx.core', 'twisted'))); "
+            "assert not core, core")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
