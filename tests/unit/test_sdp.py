@@ -340,6 +340,17 @@ def test_non_utf8_body_is_a_400() -> None:
     assert "UTF-8" in info.value.reason
 
 
+def test_a_fractional_packet_time_is_a_number_of_milliseconds() -> None:
+    """RFC 8866 §6.4/§6.5: ptime and maxptime are ``non-zero-int-or-real``."""
+    body = BARESIP.replace(b"a=ptime:20", b"a=ptime:22.5\r\na=maxptime:0.125")
+    sdp = SessionDescription.parse(body)
+    assert (sdp.media[0].ptime_ms, sdp.media[0].maxptime_ms) == (22.5, 0.125)
+    assert sdp.to_bytes() == body
+    for bad in (b"a=ptime:.5", b"a=ptime:5.", b"a=ptime:1.2.3"):
+        with pytest.raises(SipParseError):
+            SessionDescription.parse(BARESIP.replace(b"a=ptime:20", bad))
+
+
 def test_huge_bad_line_is_shortened_in_the_reason() -> None:
     with pytest.raises(SipParseError) as info:
         SessionDescription.parse(b"v=0\r\n" + b"x" * 10_000 + b"\r\n")
