@@ -323,6 +323,8 @@ class _Relay:
     request: Request
     destination: Leg
     sent: Request | None = None
+    offer: Crossing | None = None
+    """How its offer crossed the media session, if it carried one."""
 
     def on_response(self, response: Response) -> None:
         self.call._relay_response(self, response)
@@ -922,19 +924,19 @@ class Call:
             return
         body = request.body
         media = self.media
+        offer = None
         if body and media is not None and method in ("INVITE", "UPDATE"):
             assert leg.media is not None and other.media is not None
+            offer = Crossing(source=leg.media, destination=other.media, method=method,
+                             initial=False)
             try:
-                body = media.offer_in_request(
-                    body, request.headers.get("content-type"),
-                    Crossing(source=leg.media, destination=other.media, method=method,
-                             initial=False))
+                body = media.offer_in_request(body, request.headers.get("content-type"), offer)
             except MediaRefused as refusal:
                 # RFC 3261 §14.2: the session goes on as it was.
                 self.services.respond(transaction, make_response(
                     request, refusal.status or 488, refusal.reason))
                 return
-        relay = _Relay(self, leg, transaction, request, other)
+        relay = _Relay(self, leg, transaction, request, other, offer=offer)
         timer_headers = (other.timer.request_headers()
                          if other.timer is not None and method in ("INVITE", "UPDATE") else [])
         sent = other.dialog.new_request(
@@ -965,6 +967,8 @@ class Call:
         headers = _body_headers(response)
         body = response.body
         media = self.media
+        if status >= 300 and relay.offer is not None and media is not None:
+            media.offer_rejected(relay.offer, status)
         if body and media is not None and status < 300 and relay.request.method in (
                 "INVITE", "UPDATE"):
             body = self._relayed_answer(media, relay, response)

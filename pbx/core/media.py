@@ -81,6 +81,13 @@ class CallMedia:
                              "(it cannot be refused); sent on unchanged", call_id=self.call_id)
             return data
 
+    def offer_rejected(self, crossing: Crossing, status: int) -> None:
+        try:
+            self.session.offer_rejected(crossing, status)
+        except Exception:
+            self.log.failure("The media session of call {call_id} failed on a rejected offer",
+                             call_id=self.call_id)
+
     def connected(self, branch: MediaLeg) -> None:
         try:
             self.session.connected(branch)

@@ -27,7 +27,9 @@ carries the body (method, and status for a response), the leg it comes
 from and the leg it goes to. What the method returns is sent on. Besides
 the bodies, the session hears which branch won (`connected`), which
 branches will carry no media (`branch_ended`: failed, cancelled, or lost
-to the winner), and the end of the call (`release`: exactly once,
+to the winner), which offer of a re-INVITE or UPDATE the other phone
+refused (`offer_rejected`: the session stays as it was), and the end of
+the call (`release`: exactly once,
 whatever ended it: a BYE from either side, CANCEL, every branch failing,
 the dial timing out, no ACK, the PBX stopping).
 
@@ -190,6 +192,15 @@ class MediaSession(Protocol):
     def answer(self, body: SdpBody, crossing: Crossing) -> bytes:
         """An answer about to cross; the body to send on."""
 
+    def offer_rejected(self, crossing: Crossing, status: int) -> None:
+        """The offer of a re-INVITE or UPDATE that crossed as `crossing` got `status` (a 4xx-6xx).
+
+        The session stays as it was before that offer (RFC 3264 §8, RFC
+        3261 §14.1): what the session set up for it is to be undone. (An
+        offer to a branch that fails is `branch_ended` instead; a relayed
+        request that times out or gets 408/481 ends the call.)
+        """
+
     def connected(self, branch: MediaLeg) -> None:
         """`branch` answered and the call is connected to it, before its answer crosses."""
 
@@ -212,6 +223,9 @@ class PassThroughMedia:
 
     def answer(self, body: SdpBody, crossing: Crossing) -> bytes:
         return body.data
+
+    def offer_rejected(self, crossing: Crossing, status: int) -> None:
+        return None
 
     def connected(self, branch: MediaLeg) -> None:
         return None

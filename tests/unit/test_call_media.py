@@ -56,6 +56,9 @@ class Recorder(PassThroughMedia):
         self.seen.append(("answer", *self._where(crossing), body.data))
         return body.data
 
+    def offer_rejected(self, crossing: Crossing, status: int) -> None:
+        self.seen.append(("offer rejected", *self._where(crossing), status))
+
     def connected(self, branch: MediaLeg) -> None:
         self.seen.append(("connected", name(branch)))
 
@@ -287,6 +290,22 @@ def test_reinvites_and_updates_cross_in_both_directions() -> None:
         ("answer", "200 (UPDATE, in dialog)", "caller", "callee0", SDP_A),
         ("offer", "200 (INVITE, in dialog)", "caller", "callee0", SDP_A),
     ]
+
+
+def test_an_offer_the_other_phone_refuses_is_reported_with_its_status() -> None:
+    recorder = Recorder()
+    scene = Scene(recorder)
+    scene.answered()
+    del recorder.seen[:]
+    scene.callee_sends("INVITE", SDP_B)
+    scene.relayed_request_answered("INVITE", status=488)
+
+    assert scene.services.responses[-1].status == 488  # relayed back to the callee
+    assert recorder.seen == [
+        ("offer", "INVITE (INVITE, in dialog)", "callee0", "caller", SDP_B),
+        ("offer rejected", "INVITE (INVITE, in dialog)", "callee0", "caller", 488),
+    ]
+    assert scene.call.state is CallState.ANSWERED
 
 
 def test_info_and_bodiless_requests_do_not_cross_the_media_session() -> None:
