@@ -29,9 +29,16 @@ the bodies, the session hears which branch won (`connected`), which
 branches will carry no media (`branch_ended`: failed, cancelled, or lost
 to the winner), which offer of a re-INVITE or UPDATE the other phone
 refused (`offer_rejected`: the session stays as it was), and the end of
-the call (`release`: exactly once,
-whatever ended it: a BYE from either side, CANCEL, every branch failing,
-the dial timing out, no ACK, the PBX stopping).
+the call (`release`: exactly once, whatever ended it: a BYE from either
+side, CANCEL, every branch failing, the dial timing out, no ACK, the PBX
+stopping).
+
+Bodies of INFO and MESSAGE are not session descriptions and do not
+cross the seam. Two exchanges the call does not relay at all, so the
+seam does not see them either: PRACK bodies (the PBX answers a caller's
+PRACK itself and offers no 100rel to callees), and the answer in the ACK
+for a re-INVITE that had no SDP (the PBX ACKs that 2xx itself; the seam
+sees its offer).
 
 Refusing: the factory may raise `MediaRefused` (no ports left), and the
 caller gets 503 before anything rings. An offer in a request may be
