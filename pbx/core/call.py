@@ -325,6 +325,9 @@ class _Relay:
     sent: Request | None = None
     offer: Crossing | None = None
     """How its offer crossed the media session, if it carried one."""
+    ack: tuple[bytes, str | None] | None = None
+    """Body and Content-Type of our ACK for a 2xx that carried an offer (the request
+    had none): the answer the source's ACK brought, sent again if the 2xx is."""
 
     def on_response(self, response: Response) -> None:
         self.call._relay_response(self, response)
@@ -379,7 +382,8 @@ class Call:
     """
 
     __slots__ = ("__weakref__", "_best", "_caller_timer", "_dial_done", "_dial_timer",
-                 "_extra_headers", "_final", "_on_end", "_pending_relays", "a", "b_legs",
+                 "_extra_headers", "_final", "_late_answer", "_on_end", "_pending_relays",
+                 "a", "b_legs",
                  "connected", "media", "provisionals", "record", "services", "state")
 
     def __init__(self, services: CallServices, *, transaction: ServerTransaction[Peer],
@@ -408,6 +412,9 @@ class Call:
         """The best outcome of all the dials so far (status, reason, given by a
         callee): what the caller gets if the dialplan decides nothing more."""
         self._pending_relays: dict[int, _Relay] | None = None
+        self._late_answer: _Relay | None = None
+        """A relayed re-INVITE without SDP whose 2xx carried an offer: our ACK for
+        that 2xx waits for the answer in the source's ACK (RFC 3261 §13.2.1)."""
         self._on_end: list[Callable[[], None]] | None = None
         self.provisionals = CallerProvisionals(self) if requires_100rel(invite) else None
         """Reliable provisionals (RFC 3262), for a caller that requires them."""
@@ -823,6 +830,27 @@ class Call:
     def _a_contact(self) -> str:
         return self.services.contact_for(self.a.peer, None)
 
+    def ack_received(self, leg: Leg, ack: Request) -> None:
+        """An ACK for a 2xx of ours on `leg`: the caller's INVITE's, or a re-INVITE's."""
+        if leg is self.a and not self.a.is_set_up:
+            self.a_ack(ack)
+            return
+        relay = self._late_answer
+        if relay is None or relay.source is not leg or (
+                ack.cseq.number != relay.request.cseq.number):
+            return  # nothing waits for it: its transaction took it
+        self._late_answer = None
+        body = ack.body
+        content_type = ack.headers.get("content-type") if body else None
+        media = self.media
+        if body and media is not None:
+            assert leg.media is not None and relay.destination.media is not None
+            body = media.answer(body, content_type, Crossing(
+                source=leg.media, destination=relay.destination.media, method="ACK",
+                initial=False))
+        relay.ack = (body, content_type)
+        self._ack_late_answer(relay)
+
     def a_ack(self, ack: Request) -> None:
         """The caller's ACK for our 2xx (or a re-INVITE's)."""
         a = self.a
@@ -958,9 +986,16 @@ class Call:
         assert destination.dialog is not None and relay.sent is not None
         destination.dialog.receive_response(relay.sent, response)
         if relay.request.method == "INVITE" and 200 <= status < 300:
-            ack = destination.dialog.ack(relay.sent.cseq.number,
-                                         via=self.services.via_for(destination.peer))
-            self.services.send_ack(ack, destination.peer)
+            if relay.request.body or not response.body:
+                ack = destination.dialog.ack(relay.sent.cseq.number,
+                                             via=self.services.via_for(destination.peer))
+                self.services.send_ack(ack, destination.peer)
+            elif relay.ack is not None:
+                self._ack_late_answer(relay)  # the 2xx again: our ACK was lost
+            else:
+                # An offer in the 2xx: our ACK must carry the answer, which
+                # comes in the source's ACK for the 2xx we relay (§13.2.1).
+                self._late_answer = relay
         if status in (408, 481):
             self._relay_failed(relay, status)
             return
@@ -1002,6 +1037,16 @@ class Call:
         if relay.request.body:
             return media.answer(response.body, content_type, crossing)
         return media.offer(response.body, content_type, crossing)
+
+    def _ack_late_answer(self, relay: _Relay) -> None:
+        destination = relay.destination
+        assert relay.ack is not None and relay.sent is not None
+        if destination.dialog is None:
+            return
+        body, content_type = relay.ack
+        self.services.send_ack(destination.dialog.ack(
+            relay.sent.cseq.number, via=self.services.via_for(destination.peer), body=body,
+            content_type=content_type), destination.peer)
 
     def _relay_failed(self, relay: _Relay, status: int) -> None:
         """§12.2.1.2: 408/481 or no answer to an in-dialog request ends the dialog."""
@@ -1085,6 +1130,7 @@ class Call:
         self.connected = None
         self.provisionals = None
         self._pending_relays = None
+        self._late_answer = None
         self._caller_timer = None
         self.media = None
 

@@ -354,8 +354,8 @@ class CallManager:
 
     def ack(self, request: Request) -> None:
         leg = self._dialogs.get(dialog_id_of_request(request))
-        if leg is not None and leg.call is not None and leg is leg.call.a:
-            leg.call.a_ack(request)
+        if leg is not None and leg.call is not None:
+            leg.call.ack_received(leg, request)
 
     def response(self, transaction: ClientTransaction[Peer], response: Response) -> None:
         owner = self._owners.get(transaction)

@@ -18,9 +18,9 @@ caller's INVITE arrives, and the call hands it every body on its way::
     a branch's 183 or 2xx ──── answer ─> the caller's 183 or 200
     re-INVITE or UPDATE ────── offer ──> the other leg's (either way)
     its 2xx ────────────────── answer ─> the 2xx sent back
-    late offer (an INVITE without SDP, RFC 3261 §13.2.1):
-    the callee's 2xx ───────── offer ──> the caller's 200
-    the caller's ACK ───────── answer ─> the callee's ACK
+    late offer (an INVITE or re-INVITE without SDP, RFC 3261 §13.2.1):
+    its 2xx ────────────────── offer ──> the 2xx sent back
+    the ACK for it ─────────── answer ─> the ACK for the first 2xx
 
 The method called says offer or answer; the `Crossing` says which message
 carries the body (method, and status for a response), the leg it comes
@@ -34,11 +34,9 @@ side, CANCEL, every branch failing, the dial timing out, no ACK, the PBX
 stopping).
 
 Bodies of INFO and MESSAGE are not session descriptions and do not
-cross the seam. Two exchanges the call does not relay at all, so the
-seam does not see them either: PRACK bodies (the PBX answers a caller's
-PRACK itself and offers no 100rel to callees), and the answer in the ACK
-for a re-INVITE that had no SDP (the PBX ACKs that 2xx itself; the seam
-sees its offer).
+cross the seam. PRACK bodies do not cross either, as the call does not
+relay them: the PBX answers a caller's PRACK itself and offers no 100rel
+to callees.
 
 Refusing: the factory may raise `MediaRefused` (no ports left), and the
 caller gets 503 before anything rings. An offer in a request may be

@@ -189,11 +189,24 @@ class Scene:
 
     def callee_sends(self, method: str, body: bytes = b"") -> None:
         leg = self.call.connected
-        assert leg is not None and leg.dialog is not None
+        assert leg is not None
         self._cseq["callee"] += 1
+        request = self._callee_request(method, self._cseq["callee"], body)
+        self.call.in_dialog_request(leg, object(), request)  # type: ignore[arg-type]
+
+    def callee_acks(self, body: bytes = b"") -> None:
+        """The callee's ACK for the 2xx to its last re-INVITE."""
+        leg = self.call.connected
+        assert leg is not None
+        self.call.ack_received(leg, self._callee_request("ACK", self._cseq["callee"], body))
+
+    def _callee_request(self, method: str, cseq: int, body: bytes) -> Request:
+        leg = self.call.connected
+        assert leg is not None and leg.dialog is not None
+        self._cseq["callee"] = cseq
         dialog = leg.dialog
         text = (f"{method} {dialog.local_contact.strip('<>')} SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP {leg.peer.host}:5060;branch=z9hG4bKb{self._cseq['callee']}\r\n"
+                f"Via: SIP/2.0/UDP {leg.peer.host}:5060;branch=z9hG4bKb{method}{cseq}\r\n"
                 f"Max-Forwards: 70\r\nFrom: <sip:1002@pbx.test>;tag={dialog.id.remote_tag}\r\n"
                 f"To: <sip:1001@pbx.test>;tag={dialog.id.local_tag}\r\n"
                 f"Call-ID: {dialog.id.call_id}\r\nCSeq: {self._cseq['callee']} {method}\r\n"
@@ -202,7 +215,7 @@ class Scene:
                 + f"Content-Length: {len(body)}\r\n\r\n")
         request = parse_message(text.encode() + body)
         assert isinstance(request, Request)
-        self.call.in_dialog_request(leg, object(), request)  # type: ignore[arg-type]
+        return request
 
     def last_request(self, method: str) -> tuple[Request, Peer, ResponseOwner]:
         return [entry for entry in self.services.requests if entry[0].method == method][-1]
@@ -289,6 +302,36 @@ def test_reinvites_and_updates_cross_in_both_directions() -> None:
         ("offer", "UPDATE (UPDATE, in dialog)", "callee0", "caller", SDP_B),
         ("answer", "200 (UPDATE, in dialog)", "caller", "callee0", SDP_A),
         ("offer", "200 (INVITE, in dialog)", "caller", "callee0", SDP_A),
+    ]
+
+
+def test_a_reinvite_without_sdp_the_answer_in_the_ack_reaches_the_other_phone() -> None:
+    """RFC 3261 §13.2.1, §14.1: the offer comes in the 2xx, the answer in the ACK.
+
+    The PBX's ACK for the caller's 2xx carries that offer's answer, so it
+    waits for the callee's ACK; a retransmitted 2xx gets the same ACK again.
+    """
+    recorder = Recorder()
+    scene = Scene(recorder)
+    scene.answered()
+    del recorder.seen[:]
+    acks = len(scene.services.acks)
+    scene.callee_sends("INVITE")
+    reinvite, peer, _ = scene.last_request("INVITE")
+    assert peer == CALLER and reinvite.body == b""
+    scene.relayed_request_answered("INVITE", SDP_A)  # the caller's offer
+    assert len(scene.services.acks) == acks  # not yet: the answer is the callee's
+    assert scene.services.responses[-1].body == SDP_A
+
+    scene.callee_acks(SDP_B)
+    (ack,) = scene.services.acks[acks:]
+    assert (ack.method, ack.cseq.number, ack.body) == ("ACK", reinvite.cseq.number, SDP_B)
+    assert ack.headers.get("content-type") == "application/sdp"
+    scene.relayed_request_answered("INVITE", SDP_A)  # the caller did not get our ACK
+    assert [a.body for a in scene.services.acks[acks:]] == [SDP_B, SDP_B]
+    assert recorder.seen[:2] == [
+        ("offer", "200 (INVITE, in dialog)", "caller", "callee0", SDP_A),
+        ("answer", "ACK (ACK, in dialog)", "callee0", "caller", SDP_B),
     ]
 
 
