@@ -7,6 +7,8 @@ endpoint, authentication and the `CallManager` as on the wire.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,25 @@ def test_stopping_the_pbx_releases_every_session_once(office: Office) -> None:
     assert session.releases == 1
     assert [m.method for m in office.take(CALLER) if isinstance(m, Request)] == ["BYE"]
     assert [m.method for m in office.take(CALLEE) if isinstance(m, Request)] == ["BYE"]
+
+
+def test_a_call_with_a_session_is_freed_without_the_cyclic_collector(office: Office) -> None:
+    """The session and the legs' views hold nothing that points back at the call."""
+    session = Counting()
+    office.calls.media_factory = lambda call: session
+    gc.collect()
+    gc.disable()
+    try:
+        office.dial()
+        (call,) = office.calls.calls
+        ended = weakref.ref(call)
+        del call
+        to_tag = office.answer()
+        office.deliver(office.caller_request("BYE", 3, "bye3", to_tag=to_tag), CALLER)
+        (bye,) = [m for m in office.take(CALLEE) if isinstance(m, Request)]
+        office.callee_answers(200, "OK", request=bye)
+        office.wait(LINGER_S)
+        assert session.releases == 1
+        assert ended() is None, "the ended call waits for the cyclic garbage collector"
+    finally:
+        gc.enable()
