@@ -48,6 +48,11 @@ committed to it. A refusal there, or any exception a session raises, is
 a bug in the session: it is logged with the call's id, the body goes on
 unchanged, and the call carries on.
 
+The SDP model a session reads and rewrites (`pbx.sip.sdp`: parse,
+``with_connection``, directions, round trips of what it does not
+understand) is re-exported here, so that a plugin needs no import from
+below the public API.
+
 Costs: a call with no media factory (the default) makes no session and
 no views, and its bodies cross as the very same bytes; `PassThroughMedia`
 does the same through the seam. Nothing is parsed unless a session asks
@@ -62,11 +67,21 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pbx.sip.errors import SipParseError
-from pbx.sip.sdp import SessionDescription
+from pbx.sip.sdp import (
+    Connection,
+    Direction,
+    MediaDescription,
+    SessionDescription,
+    is_hold,
+    with_connection,
+)
 
 __all__ = [
+    "Connection",
     "Crossing",
+    "Direction",
     "MediaCall",
+    "MediaDescription",
     "MediaFactory",
     "MediaLeg",
     "MediaRefused",
@@ -75,6 +90,8 @@ __all__ = [
     "SdpBody",
     "SessionDescription",
     "Side",
+    "is_hold",
+    "with_connection",
 ]
 
 

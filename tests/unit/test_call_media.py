@@ -26,7 +26,9 @@ from pbx.media.seam import (
     MediaSession,
     PassThroughMedia,
     SdpBody,
+    SessionDescription,
     Side,
+    with_connection,
 )
 from pbx.sip.message import Request, Response, make_response, parse_message
 from pbx.sip.peer import Peer
@@ -93,8 +95,6 @@ class Rewriter(Recorder):
 
     @staticmethod
     def _rewrite(body: SdpBody, crossing: Crossing) -> bytes:
-        from pbx.sip.sdp import with_connection
-
         destination = crossing.destination
         port = 7000 + (0 if destination.branch is None else 10 + destination.branch)
         return with_connection(body.description(), destination.local_host,
@@ -103,8 +103,6 @@ class Rewriter(Recorder):
 
 def relayed(data: bytes, port: int) -> bytes:
     """`data` as the Rewriter sends it on to the leg whose port is `port`."""
-    from pbx.sip.sdp import SessionDescription, with_connection
-
     description = SessionDescription.parse(data)
     return with_connection(description, PBX_ADDRESS, [port] * len(description.media)).to_bytes()
 
