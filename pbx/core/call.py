@@ -850,6 +850,8 @@ class Call:
                 initial=False))
         relay.ack = (body, content_type)
         self._ack_late_answer(relay)
+        if body:
+            relay.destination.sent_sdp(body)
 
     def a_ack(self, ack: Request) -> None:
         """The caller's ACK for our 2xx (or a re-INVITE's)."""
@@ -873,6 +875,8 @@ class Call:
                 leg.resend_ack = (via, body, content_type)
             self.services.send_ack(leg.dialog.ack(leg.invite_cseq, via=via, body=body,
                                                   content_type=content_type), leg.peer)
+            if body:
+                leg.sent_sdp(body)  # what a session refresh of ours repeats
 
     def caller_cancelled(self) -> None:
         """CANCEL from the caller (its 200 is the endpoint's): 487, branches cancelled."""

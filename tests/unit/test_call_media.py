@@ -162,10 +162,10 @@ class Scene:
         return sent
 
     def callee_responds(self, peer: Peer, status: int, body: bytes = b"",
-                        tag: str = "callee") -> None:
+                        tag: str = "callee", headers: tuple[tuple[str, str], ...] = ()) -> None:
         request, owner = self.invite_to(peer)
         response = make_response(request, status, to_tag=tag, headers=[
-            ("Contact", f"<sip:1002@{peer.host}:5060>"),
+            ("Contact", f"<sip:1002@{peer.host}:5060>"), *headers,
             *([("Content-Type", "application/sdp")] if body else [])], body=body)
         owner.on_response(parse_message(response.to_bytes()))  # type: ignore[arg-type]
 
@@ -423,6 +423,19 @@ def test_a_session_refresh_repeats_the_rewritten_body() -> None:
     scene.services.clock.advance(46)
     refresh, peer, _ = scene.last_request("INVITE")
     assert peer == CALLER and refresh.body == relayed(SDP_B, 7000)
+
+
+def test_a_session_refresh_after_a_late_offer_repeats_the_answer_the_ack_carried() -> None:
+    """The PBX refreshes the callee's leg (RFC 4028) with the SDP it sent there: the ACK's."""
+    scene = Scene(None, caller_invite(b""))
+    scene.dial(CALLEE)
+    scene.callee_responds(CALLEE, 200, SDP_B, headers=(
+        ("Session-Expires", "90;refresher=uac"), ("Require", "timer")))
+    scene.caller_acks(SDP_A)
+    scene.services.clock.advance(46)
+    refresh, peer, _ = scene.last_request("INVITE")
+    assert peer == CALLEE and refresh.to_addr.tag == "callee"
+    assert refresh.body == SDP_A
 
 
 def _invite_with(*headers: str) -> Request:
