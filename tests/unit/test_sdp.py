@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import string
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -190,6 +191,31 @@ def answer_to(offer: SessionDescription, supported: tuple[Codec, ...] = VOICE,
 )
 def test_round_trip_is_byte_exact(body: bytes) -> None:
     assert SessionDescription.parse(body).to_bytes() == body
+
+
+REAL_PHONES = sorted((Path(__file__).parents[1] / "data" / "sdp").glob("*.sdp"))
+"""Bodies captured on loopback from Debian's baresip 1.0.0, linphonec 5.1 and SIPp 3.6.1:
+each phone's offer when it calls, and its answer to an offer of PCMU, PCMA and
+telephone-event when it is called (SIPp's built-in uac scenario: its offer)."""
+
+
+@pytest.mark.parametrize("path", REAL_PHONES, ids=[path.stem for path in REAL_PHONES])
+def test_real_phones_bodies_round_trip_and_a_relay_rewrite_changes_only_addresses(
+        path: Path) -> None:
+    body = path.read_bytes()
+    sdp = SessionDescription.parse(body)
+    assert sdp.to_bytes() == body
+    relayed = with_connection(sdp, "203.0.113.9", [40000] * len(sdp.media)).to_bytes()
+    changed = [(before, after) for before, after
+               in zip(body.split(b"\r\n"), relayed.split(b"\r\n"), strict=True)
+               if before != after]
+    assert changed and all(after == b"c=IN IP4 203.0.113.9" or (
+        after.startswith(b"m=audio 40000 ") and before.split(b" ")[2:] == after.split(b" ")[2:])
+        for before, after in changed), changed
+
+
+def test_real_phones_bodies_are_all_there() -> None:
+    assert {path.name.split("-")[0] for path in REAL_PHONES} == {"baresip", "linphonec", "sipp"}
 
 
 def test_lf_only_input_is_written_with_crlf() -> None:
