@@ -44,9 +44,10 @@ refused the same way: the caller's offer (503 to the caller, no branch
 rung, the call ended) or the offer of a re-INVITE or UPDATE (488 to the
 leg that sent it, nothing relayed, the call goes on). A body in a
 response or an ACK cannot be refused: the phone that sent it has
-committed to it. A refusal there, or any exception a session raises, is
-a bug in the session: it is logged with the call's id, the body goes on
-unchanged, and the call carries on.
+committed to it. A refusal there, or any other exception a session
+raises, is a bug in the session: it is logged with the call's id, and
+the call carries on: an offer in a request is refused with 500 (a bug
+must not let it bypass the session), any other body goes on unchanged.
 
 The SDP model a session reads and rewrites (`pbx.sip.sdp`: parse,
 ``with_connection``, directions, round trips of what it does not
