@@ -33,6 +33,12 @@ Life of a call::
   the call on both sides (§12.2.1.2).
 - The caller's 2xx is retransmitted until its ACK arrives (§13.3.1.4,
   RFC 6026), over unreliable transports; no ACK within 64*T1 ends the call.
+- Every session description that crosses from one leg to the other (the
+  offer to each branch, early media, the answer, re-INVITE and UPDATE both
+  ways, a late offer's 2xx and ACK) goes through the call's media session
+  when it has one (`pbx.media.seam`, `pbx.core.media`): what it returns is
+  what the other leg gets. It hears which branch won and which ended, and
+  is released exactly once, in `_end`.
 """
 
 from __future__ import annotations
@@ -42,8 +48,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pbx.core.media import CallMedia
 from pbx.core.provisional import CallerProvisionals
 from pbx.core.session import LegTimer
+from pbx.media.seam import Crossing, MediaLeg, MediaRefused
 from pbx.sip.dialog import Dialog, DialogState
 from pbx.sip.errors import SipParseError
 from pbx.sip.headers import quote_string
@@ -170,7 +178,7 @@ class Leg:
     request still in flight.
     """
 
-    __slots__ = ("call", "dialog", "last_sdp", "peer", "timer")
+    __slots__ = ("call", "dialog", "last_sdp", "media", "peer", "timer")
 
     side = "?"
 
@@ -183,6 +191,8 @@ class Leg:
         self.last_sdp = b""
         """The session description the PBX last sent on this leg, when a session
         refresh of ours may have to repeat it (`sent_sdp`)."""
+        self.media: MediaLeg | None = None
+        """This leg as the call's media session sees it (None: the call has none)."""
 
     def sent_sdp(self, body: bytes) -> None:
         """The PBX sent `body` on this leg: kept if this leg is refreshed by the PBX."""
@@ -318,6 +328,11 @@ class _Relay:
     request: Request
     destination: Leg
     sent: Request | None = None
+    offer: Crossing | None = None
+    """How its offer crossed the media session, if it carried one."""
+    ack: tuple[bytes, str | None] | None = None
+    """Body and Content-Type of our ACK for a 2xx that carried an offer (the request
+    had none): the answer the source's ACK brought, sent again if the 2xx is."""
 
     def on_response(self, response: Response) -> None:
         self.call._relay_response(self, response)
@@ -372,16 +387,23 @@ class Call:
     """
 
     __slots__ = ("__weakref__", "_best", "_caller_timer", "_dial_done", "_dial_timer",
-                 "_extra_headers", "_final", "_on_end", "_pending_relays", "a", "b_legs",
-                 "connected", "provisionals", "record", "services", "state")
+                 "_extra_headers", "_final", "_late_answer", "_on_end", "_pending_relays",
+                 "a", "b_legs",
+                 "connected", "media", "provisionals", "record", "services", "state")
 
     def __init__(self, services: CallServices, *, transaction: ServerTransaction[Peer],
                  invite: Request, peer: Peer, caller: str, caller_name: str | None,
-                 dialed: str, session_timer: SessionTimerDecision | None = None) -> None:
+                 dialed: str, session_timer: SessionTimerDecision | None = None,
+                 media: CallMedia | None = None) -> None:
         self.services = services
+        self.media = media
+        """The call's media session, which every body crossing between legs goes
+        through (`pbx.media.seam`); None: they cross unchanged."""
         self._caller_timer = session_timer
         self.state = CallState.ROUTING
         self.a = ALeg(self, transaction, invite, peer, services.new_tag())
+        if media is not None:
+            self.a.media = media.caller
         self.b_legs: list[BLeg] = []
         self.connected: BLeg | None = None
         self.record = CallRecord(call_id=invite.call_id, caller=caller,
@@ -395,6 +417,9 @@ class Call:
         """The best outcome of all the dials so far (status, reason, given by a
         callee): what the caller gets if the dialplan decides nothing more."""
         self._pending_relays: dict[int, _Relay] | None = None
+        self._late_answer: _Relay | None = None
+        """A relayed re-INVITE without SDP whose 2xx carried an offer: our ACK for
+        that 2xx waits for the answer in the source's ACK (RFC 3261 §13.2.1)."""
         self._on_end: list[Callable[[], None]] | None = None
         self.provisionals = CallerProvisionals(self) if requires_100rel(invite) else None
         """Reliable provisionals (RFC 3262), for a caller that requires them."""
@@ -430,8 +455,17 @@ class Call:
         self._dial_done = done
         self._best = None
         self.b_legs = []
-        for target in targets:
-            self._start_branch(target)
+        media = self.media
+        if media is None:
+            body = self.a.invite.body
+            for target in targets:
+                self._start_branch(target, body, None)
+        else:
+            offers = self._offers(media, targets)
+            if offers is None:
+                return  # refused: the call is over
+            for target, (body, view) in zip(targets, offers, strict=True):
+                self._start_branch(target, body, view)
         if not any(leg.final_status is None for leg in self.b_legs):
             self._dial_finished()
             return
@@ -493,7 +527,34 @@ class Call:
 
     # ------------------------------------------------------------- branches
 
-    def _start_branch(self, target: Target) -> None:
+    def _offers(self, media: CallMedia,
+                targets: Sequence[Target]) -> list[tuple[bytes, MediaLeg]] | None:
+        """The caller's offer as each branch gets it, before any of them rings.
+
+        A refusal (no media ports left, a bad offer) ends the call with
+        503, or the status it names, and nothing is sent to any branch.
+        """
+        a = self.a
+        body = a.invite.body
+        content_type = a.invite.headers.get("content-type") if body else None
+        first = len(self.record.targets)
+        offers = []
+        for number, target in enumerate(targets, first):
+            view = media.branch(number, target.label, target.peer)
+            sent = body
+            if body:
+                assert a.media is not None
+                crossing = Crossing(source=a.media, destination=view, method="INVITE",
+                                    initial=True)
+                try:
+                    sent = media.offer_in_request(body, content_type, crossing)
+                except MediaRefused as refusal:
+                    self.give_up(refusal.status or 503, refusal.reason)
+                    return None
+            offers.append((sent, view))
+        return offers
+
+    def _start_branch(self, target: Target, body: bytes, view: MediaLeg | None) -> None:
         services = self.services
         a_invite = self.a.invite
         peer = target.peer
@@ -514,14 +575,16 @@ class Call:
         headers.extend(self._extra_headers)
         headers.extend(_body_headers(a_invite))
         invite = Request("INVITE", parse_request_uri(target.request_uri), Headers(headers),
-                         a_invite.body)
+                         body)
         leg = BLeg(self, target, invite)
+        leg.media = view
         self.b_legs.append(leg)
         self.record.targets.append(target.label)
         leg.transaction = services.send_request(invite, peer, leg)
         if leg.transaction is None:
             leg.final_status, leg.final_reason = 503, "Service Unavailable"
             self._consider(503, "Service Unavailable")
+            self._branch_ended(leg)
 
     def _b_response(self, leg: BLeg, response: Response) -> None:
         status = response.status
@@ -535,7 +598,7 @@ class Call:
                 if leg.early_dialogs is None:
                     leg.early_dialogs = {}
                 leg.early_dialogs[tag] = dialog
-            self._provisional_to_caller(response)
+            self._provisional_to_caller(leg, response)
             return
         if 200 <= status < 300:
             self._b_answered(leg, response)
@@ -545,6 +608,7 @@ class Call:
             leg.early_dialogs = None
             if not leg.cancelled:  # a 487 we asked for (maybe in an earlier dial)
                 self._consider(status, response.reason)
+                self._branch_ended(leg)
             self._branch_done()
 
     def _b_failed(self, leg: BLeg, status: int, reason: str) -> None:
@@ -553,6 +617,7 @@ class Call:
         leg.final_status, leg.final_reason = status, reason
         if not leg.cancelled:
             self._consider(status, reason)
+            self._branch_ended(leg)
         self._branch_done()
 
     def _b_answered(self, leg: BLeg, response: Response) -> None:
@@ -590,7 +655,9 @@ class Call:
         # and the callee's ACK waits for it (see `_a_ack`).
         self._start_timer(leg, negotiate_uac_response(response), response)
         leg.sent_sdp(leg.invite.body)
-        self._answer_caller(response)
+        if self.media is not None and leg.media is not None:
+            self.media.connected(leg.media)
+        self._answer_caller(leg, response)
         self.state = CallState.ANSWERED
         self.record.answered_at = self.services.now()
         self.record.answered_by = leg.target.label
@@ -648,8 +715,14 @@ class Call:
             if leg is except_leg or leg.final_status is not None or leg.cancelled:
                 continue
             leg.cancelled = True
+            self._branch_ended(leg)
             if isinstance(leg.transaction, ClientInviteTransaction):
                 self.services.cancel(leg.transaction)
+
+    def _branch_ended(self, leg: BLeg) -> None:
+        """`leg` will carry no media (failed, or cancelled: by then it has lost)."""
+        if self.media is not None and leg.media is not None:
+            self.media.branch_ended(leg.media)
 
     def _stop_dial_timer(self) -> None:
         if self._dial_timer is not None and self._dial_timer.active():
@@ -658,29 +731,51 @@ class Call:
 
     # ------------------------------------------------------------ the caller
 
-    def _provisional_to_caller(self, response: Response) -> None:
+    def _provisional_to_caller(self, leg: BLeg, response: Response) -> None:
         if self.a.final_sent:
             return
-        status = 183 if response.body else response.status
-        reason = "Session Progress" if response.body else response.reason
+        body = response.body
+        status = 183 if body else response.status
+        reason = "Session Progress" if body else response.reason
+        if body and self.media is not None:
+            body = self._from_callee(leg, response, status)
         reply = make_response(self.a.invite, status, reason, to_tag=self.a.local_tag,
                               headers=[("Contact", self._a_contact()),
-                                       *_body_headers(response)], body=response.body)
+                                       *_body_headers(response)], body=body)
         if self.provisionals is None:
             self.services.respond(self.a.transaction, reply)
         else:
             self.provisionals.send(reply)
 
-    def _answer_caller(self, response: Response) -> None:
+    def _from_callee(self, leg: BLeg, response: Response, status: int) -> bytes:
+        """The body of a branch's 1xx or 2xx to the INVITE, through the media session.
+
+        An answer to the caller's offer; with a late offer (an INVITE
+        without SDP), the callee's offer (RFC 3261 §13.2.1).
+        """
+        media = self.media
+        a = self.a
+        assert media is not None and leg.media is not None and a.media is not None
+        crossing = Crossing(source=leg.media, destination=a.media, method="INVITE",
+                            status=status, initial=True)
+        content_type = response.headers.get("content-type")
+        if a.invite.body:
+            return media.answer(response.body, content_type, crossing)
+        return media.offer(response.body, content_type, crossing)
+
+    def _answer_caller(self, leg: BLeg, response: Response) -> None:
         a = self.a
         decision = self._caller_timer
+        body = response.body
+        if body and self.media is not None:
+            body = self._from_callee(leg, response, 200)
         reply = make_response(a.invite, 200, "OK", to_tag=a.local_tag, headers=[
             ("Contact", self._a_contact()),
             ("Allow", ALLOW),
             ("Supported", "timer"),
             *(decision.headers() if decision is not None else ()),
             *_body_headers(response),
-        ], body=response.body)
+        ], body=body)
         a.final_sent = True
         a.answer = reply
         self._caller_timer = None
@@ -696,7 +791,7 @@ class Call:
         a._answered_at = self.services.now()
         if decision is not None:
             self._start_timer(a, decision.timer, a.invite)
-        a.sent_sdp(response.body)
+        a.sent_sdp(body)
         if not a.peer.is_reliable:
             a._retransmit_interval = self.services.t1_s
             a._retransmit = self.services.call_later(a._retransmit_interval,
@@ -742,6 +837,29 @@ class Call:
     def _a_contact(self) -> str:
         return self.services.contact_for(self.a.peer, None)
 
+    def ack_received(self, leg: Leg, ack: Request) -> None:
+        """An ACK for a 2xx of ours on `leg`: the caller's INVITE's, or a re-INVITE's."""
+        if leg is self.a and not self.a.is_set_up:
+            self.a_ack(ack)
+            return
+        relay = self._late_answer
+        if relay is None or relay.source is not leg or (
+                ack.cseq.number != relay.request.cseq.number):
+            return  # nothing waits for it: its transaction took it
+        self._late_answer = None
+        body = ack.body
+        content_type = ack.headers.get("content-type") if body else None
+        media = self.media
+        if body and media is not None:
+            assert leg.media is not None and relay.destination.media is not None
+            body = media.answer(body, content_type, Crossing(
+                source=leg.media, destination=relay.destination.media, method="ACK",
+                initial=False))
+        relay.ack = (body, content_type)
+        self._ack_late_answer(relay)
+        if body:
+            relay.destination.sent_sdp(body)
+
     def a_ack(self, ack: Request) -> None:
         """The caller's ACK for our 2xx (or a re-INVITE's)."""
         a = self.a
@@ -753,11 +871,19 @@ class Call:
             # Late offer: the callee's ACK carries the caller's answer.
             via = self.services.via_for(leg.peer)
             content_type = ack.headers.get("content-type")
+            body = ack.body
+            media = self.media
+            if body and media is not None:
+                assert a.media is not None and leg.media is not None
+                body = media.answer(body, content_type, Crossing(
+                    source=a.media, destination=leg.media, method="ACK", initial=True))
             leg.ack_sent = True
             if leg.transaction is not None:  # its 2xx may yet be retransmitted
-                leg.resend_ack = (via, ack.body, content_type)
-            self.services.send_ack(leg.dialog.ack(leg.invite_cseq, via=via, body=ack.body,
+                leg.resend_ack = (via, body, content_type)
+            self.services.send_ack(leg.dialog.ack(leg.invite_cseq, via=via, body=body,
                                                   content_type=content_type), leg.peer)
+            if body:
+                leg.sent_sdp(body)  # what a session refresh of ours repeats
 
     def caller_cancelled(self) -> None:
         """CANCEL from the caller (its 200 is the endpoint's): 487, branches cancelled."""
@@ -835,14 +961,28 @@ class Call:
             self.services.respond(transaction, make_response(
                 request, 491, headers=[("Retry-After", "1")]))
             return
-        relay = _Relay(self, leg, transaction, request, other)
+        body = request.body
+        media = self.media
+        offer = None
+        if body and media is not None and method in ("INVITE", "UPDATE"):
+            assert leg.media is not None and other.media is not None
+            offer = Crossing(source=leg.media, destination=other.media, method=method,
+                             initial=False)
+            try:
+                body = media.offer_in_request(body, request.headers.get("content-type"), offer)
+            except MediaRefused as refusal:
+                # RFC 3261 §14.2: the session goes on as it was.
+                self.services.respond(transaction, make_response(
+                    request, refusal.status or 488, refusal.reason))
+                return
+        relay = _Relay(self, leg, transaction, request, other, offer=offer)
         timer_headers = (other.timer.request_headers()
                          if other.timer is not None and method in ("INVITE", "UPDATE") else [])
         sent = other.dialog.new_request(
             method, via=self.services.via_for(other.peer),
-            headers=[*timer_headers, *_body_headers(request)], body=request.body)
-        if method == "INVITE" and request.body:
-            other.sent_sdp(request.body)
+            headers=[*timer_headers, *_body_headers(request)], body=body)
+        if method == "INVITE" and body:
+            other.sent_sdp(body)
         relay.sent = sent
         pending[id(relay)] = relay
         if self.services.send_request(sent, other.peer, relay) is None:
@@ -857,13 +997,27 @@ class Call:
         assert destination.dialog is not None and relay.sent is not None
         destination.dialog.receive_response(relay.sent, response)
         if relay.request.method == "INVITE" and 200 <= status < 300:
-            ack = destination.dialog.ack(relay.sent.cseq.number,
-                                         via=self.services.via_for(destination.peer))
-            self.services.send_ack(ack, destination.peer)
+            if relay.request.body or not response.body:
+                ack = destination.dialog.ack(relay.sent.cseq.number,
+                                             via=self.services.via_for(destination.peer))
+                self.services.send_ack(ack, destination.peer)
+            elif relay.ack is not None:
+                self._ack_late_answer(relay)  # the 2xx again: our ACK was lost
+            else:
+                # An offer in the 2xx: our ACK must carry the answer, which
+                # comes in the source's ACK for the 2xx we relay (§13.2.1).
+                self._late_answer = relay
         if status in (408, 481):
             self._relay_failed(relay, status)
             return
         headers = _body_headers(response)
+        body = response.body
+        media = self.media
+        if status >= 300 and relay.offer is not None and media is not None:
+            media.offer_rejected(relay.offer, status)
+        if body and media is not None and status < 300 and relay.request.method in (
+                "INVITE", "UPDATE"):
+            body = self._relayed_answer(media, relay, response)
         source = relay.source.dialog
         if relay.request.method in ("INVITE", "UPDATE") and status < 300 and source is not None:
             # A 2xx to a target refresh carries our Contact (§12.1.1, RFC 3311 §5.2).
@@ -875,10 +1029,35 @@ class Call:
                     leg.timer.refreshed()
             if relay.source.timer is not None:
                 headers[1:1] = relay.source.timer.response_headers()
-            if relay.request.method == "INVITE" and response.body:
-                relay.source.sent_sdp(response.body)
+            if relay.request.method == "INVITE" and body:
+                relay.source.sent_sdp(body)
         self.services.respond(relay.transaction, make_response(
-            relay.request, status, response.reason, headers=headers, body=response.body))
+            relay.request, status, response.reason, headers=headers, body=body))
+
+    def _relayed_answer(self, media: CallMedia, relay: _Relay, response: Response) -> bytes:
+        """The body of a 2xx to a relayed re-INVITE or UPDATE, through the media session.
+
+        The answer to the request's offer; when the request had none (a
+        re-INVITE without SDP, RFC 3261 §14.1), the 2xx carries an offer.
+        """
+        source, destination = relay.destination.media, relay.source.media
+        assert source is not None and destination is not None
+        crossing = Crossing(source=source, destination=destination,
+                            method=relay.request.method, status=response.status, initial=False)
+        content_type = response.headers.get("content-type")
+        if relay.request.body:
+            return media.answer(response.body, content_type, crossing)
+        return media.offer(response.body, content_type, crossing)
+
+    def _ack_late_answer(self, relay: _Relay) -> None:
+        destination = relay.destination
+        assert relay.ack is not None and relay.sent is not None
+        if destination.dialog is None:
+            return
+        body, content_type = relay.ack
+        self.services.send_ack(destination.dialog.ack(
+            relay.sent.cseq.number, via=self.services.via_for(destination.peer), body=body,
+            content_type=content_type), destination.peer)
 
     def _relay_failed(self, relay: _Relay, status: int) -> None:
         """§12.2.1.2: 408/481 or no answer to an in-dialog request ends the dialog."""
@@ -937,6 +1116,8 @@ class Call:
         on_end, self._on_end = self._on_end, None
         for work in on_end or ():
             work()
+        if self.media is not None:
+            self.media.release()
         self._release()
 
     def _release(self) -> None:
@@ -960,7 +1141,9 @@ class Call:
         self.connected = None
         self.provisionals = None
         self._pending_relays = None
+        self._late_answer = None
         self._caller_timer = None
+        self.media = None
 
 
 def display_name(name: str | None) -> str | None:

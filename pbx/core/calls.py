@@ -53,9 +53,11 @@ from pbx.core.call import (
 )
 from pbx.core.events import PluginEvents
 from pbx.core.location import LocationService
+from pbx.core.media import CallMedia, media_leg
 from pbx.core.pending_bindings import CommitGate
 from pbx.core.router import DialplanLoader, run_dialplan
 from pbx.dialplan import Party, Users
+from pbx.media.seam import MediaCall, MediaFactory, MediaRefused, Side
 from pbx.sip.dialog import Dialog, DialogId, dialog_id_of_request
 from pbx.sip.errors import SipParseError
 from pbx.sip.message import Request, Response, make_response
@@ -237,6 +239,9 @@ class CallManager:
         self.on_security_event = on_security_event
         self.max_calls = max_calls
         self.actions: dict[str, Callable[..., Any]] = {}
+        self.media_factory: MediaFactory | None = None
+        """Makes each new call's media session (`pbx.media.seam`): a relay plugin
+        sets it. None: no session, and bodies cross the calls unchanged."""
         self.calls: set[Call] = set()
         self._dialogs: dict[DialogId, Leg] = {}
         self._owners: dict[ClientTransaction[Peer], ResponseOwner] = {}
@@ -288,8 +293,14 @@ class CallManager:
         if len(self.calls) >= self.max_calls:
             return make_response(request, 503, "Too many calls", to_tag=self.new_tag(),
                                  headers=[("Retry-After", "5")])
-        self.layer.respond(transaction, make_response(request, 100), now)
         dialed = user_of(str(request.uri)) or str(request.uri)
+        media: CallMedia | None = None
+        if self.media_factory is not None:
+            made = self._media_for(request, peer, user, dialed)
+            if isinstance(made, Response):
+                return made
+            media = made
+        self.layer.respond(transaction, make_response(request, 100), now)
         from_addr = request.from_addr
         # The name the office gave this user, else the one the phone shows:
         # what the callee's phone displays, the CDR keeps and the dialplan sees.
@@ -297,7 +308,7 @@ class CallManager:
             from_addr.display_name)
         call = Call(self, transaction=transaction, invite=request, peer=peer,
                     caller=user, caller_name=caller_name, dialed=dialed,
-                    session_timer=timer)
+                    session_timer=timer, media=media)
         self.calls.add(call)
         self._invites[transaction] = call
         self.log.info("Call {call_id} from {caller} to {dialed}", call_id=request.call_id,
@@ -308,6 +319,26 @@ class CallManager:
             dialed=dialed, users=self.users, resolve=self.resolve,
             actions=self.actions, log=self.log)
         return None
+
+    def _media_for(self, request: Request, peer: Peer, user: str,
+                   dialed: str) -> CallMedia | Response:
+        """The new call's media session, or the caller's answer when there can be none."""
+        assert self.media_factory is not None
+        caller = media_leg(Side.CALLER, None, user, peer, self.local_address)
+        try:
+            session = self.media_factory(MediaCall(call_id=request.call_id, caller=user,
+                                                   dialed=dialed, caller_leg=caller))
+        except MediaRefused as refusal:
+            self.log.warn("Call {call_id} from {caller} refused: {reason}",
+                          call_id=request.call_id, caller=user, reason=refusal.reason)
+            return make_response(request, refusal.status or 503, refusal.reason,
+                                 to_tag=self.new_tag())
+        except Exception:
+            self.log.failure("The media factory failed for call {call_id}",
+                             call_id=request.call_id)
+            return make_response(request, 500, "Media session failed", to_tag=self.new_tag())
+        return CallMedia(session, call_id=request.call_id, caller=caller,
+                         local_address=self.local_address)
 
     def in_dialog(self, transaction: ServerTransaction[Peer], request: Request) -> bool:
         """A request with a To tag; False when no dialog matches (the endpoint says 481)."""
@@ -326,8 +357,8 @@ class CallManager:
 
     def ack(self, request: Request) -> None:
         leg = self._dialogs.get(dialog_id_of_request(request))
-        if leg is not None and leg.call is not None and leg is leg.call.a:
-            leg.call.a_ack(request)
+        if leg is not None and leg.call is not None:
+            leg.call.ack_received(leg, request)
 
     def response(self, transaction: ClientTransaction[Peer], response: Response) -> None:
         owner = self._owners.get(transaction)

@@ -184,6 +184,18 @@ def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def _int_or_real(text: str) -> bool:
+    """RFC 8866 §9 ``non-zero-int-or-real`` (zero let through): ``20``, ``0.125``, ``22.5``."""
+    whole, dot, fraction = text.partition(".")
+    return _digits(whole) and (not dot or _digits(fraction))
+
+
+def _milliseconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    return float(value) if "." in value else int(value)
+
+
 def _encoding(fmt: str, rtpmaps: dict[str, RtpMap]) -> RtpMap | None:
     rtpmap = rtpmaps.get(fmt)
     if rtpmap is None and _digits(fmt):
@@ -275,14 +287,13 @@ class MediaDescription(_Attributed):
         return {fmt: params for fmt, _, params in pairs}
 
     @property
-    def ptime_ms(self) -> int | None:
-        value = self.get("ptime")
-        return int(value) if value else None
+    def ptime_ms(self) -> float | None:
+        """The packet time; an int when written as one ("20"), as phones do."""
+        return _milliseconds(self.get("ptime"))
 
     @property
-    def maxptime_ms(self) -> int | None:
-        value = self.get("maxptime")
-        return int(value) if value else None
+    def maxptime_ms(self) -> float | None:
+        return _milliseconds(self.get("maxptime"))
 
     def rtpmap_for(self, fmt: str) -> RtpMap | None:
         """The encoding of a format: its rtpmap line, else the static type of RFC 3551 §6."""
@@ -424,7 +435,7 @@ def _check_attribute(name: str, value: str | None, n: int, line: str) -> None:
     elif name == "fmtp":
         if not value or value[0] == " ":
             raise _bad(n, line, "fmtp must start with a format")
-    elif value is None or not _digits(value):  # ptime, maxptime
+    elif value is None or not _int_or_real(value):  # ptime, maxptime (RFC 8866 §6.4, §6.5)
         raise _bad(n, line, f"{name} must be a number of milliseconds")
 
 

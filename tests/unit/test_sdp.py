@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import string
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -192,6 +193,31 @@ def test_round_trip_is_byte_exact(body: bytes) -> None:
     assert SessionDescription.parse(body).to_bytes() == body
 
 
+REAL_PHONES = sorted((Path(__file__).parents[1] / "data" / "sdp").glob("*.sdp"))
+"""Bodies captured on loopback from Debian's baresip 1.0.0, linphonec 5.1 and SIPp 3.6.1:
+each phone's offer when it calls, and its answer to an offer of PCMU, PCMA and
+telephone-event when it is called (SIPp's built-in uac scenario: its offer)."""
+
+
+@pytest.mark.parametrize("path", REAL_PHONES, ids=[path.stem for path in REAL_PHONES])
+def test_real_phones_bodies_round_trip_and_a_relay_rewrite_changes_only_addresses(
+        path: Path) -> None:
+    body = path.read_bytes()
+    sdp = SessionDescription.parse(body)
+    assert sdp.to_bytes() == body
+    relayed = with_connection(sdp, "203.0.113.9", [40000] * len(sdp.media)).to_bytes()
+    changed = [(before, after) for before, after
+               in zip(body.split(b"\r\n"), relayed.split(b"\r\n"), strict=True)
+               if before != after]
+    assert changed and all(after == b"c=IN IP4 203.0.113.9" or (
+        after.startswith(b"m=audio 40000 ") and before.split(b" ")[2:] == after.split(b" ")[2:])
+        for before, after in changed), changed
+
+
+def test_real_phones_bodies_are_all_there() -> None:
+    assert {path.name.split("-")[0] for path in REAL_PHONES} == {"baresip", "linphonec", "sipp"}
+
+
 def test_lf_only_input_is_written_with_crlf() -> None:
     sdp = SessionDescription.parse(BARESIP.replace(b"\r\n", b"\n"))
     assert sdp.to_bytes() == BARESIP
@@ -338,6 +364,17 @@ def test_non_utf8_body_is_a_400() -> None:
         SessionDescription.parse(BARESIP.replace(b"s=-", b"s=\xff"))
     assert info.value.status == 400
     assert "UTF-8" in info.value.reason
+
+
+def test_a_fractional_packet_time_is_a_number_of_milliseconds() -> None:
+    """RFC 8866 §6.4/§6.5: ptime and maxptime are ``non-zero-int-or-real``."""
+    body = BARESIP.replace(b"a=ptime:20", b"a=ptime:22.5\r\na=maxptime:0.125")
+    sdp = SessionDescription.parse(body)
+    assert (sdp.media[0].ptime_ms, sdp.media[0].maxptime_ms) == (22.5, 0.125)
+    assert sdp.to_bytes() == body
+    for bad in (b"a=ptime:.5", b"a=ptime:5.", b"a=ptime:1.2.3"):
+        with pytest.raises(SipParseError):
+            SessionDescription.parse(BARESIP.replace(b"a=ptime:20", bad))
 
 
 def test_huge_bad_line_is_shortened_in_the_reason() -> None:
