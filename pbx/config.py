@@ -52,7 +52,7 @@ from pbx.configtable import (
     _quote,
     _Table,
 )
-from pbx.core.user_secrets import ha1_of, has_ha1
+from pbx.sip.digest_server import ha1_of, has_ha1
 
 __all__ = [
     "MAX_EXTENSION_CHARS",
@@ -249,7 +249,8 @@ class UserConfig:
         sip.domain), or None when only the other algorithm's hash is stored,
         so the registrar offers only what it can verify. The ``-sess``
         variants use the same HA1. ``enabled`` is the caller's to check.
-        The registrar asks `pbx.core.user_secrets` directly (compiled).
+        The registrar asks `pbx.core.user_secrets` directly (compiled); both use
+        the digest code's `pbx.sip.digest_server.ha1_of`.
         """
         return ha1_of(self, realm, algorithm)
 

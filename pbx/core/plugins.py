@@ -15,16 +15,33 @@ import importlib.util
 import inspect
 import itertools
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
-from pbx.config import PluginConfig
 from pbx.dialplan import Plugin, RequestHandler, Users
 
 _numbers = itertools.count(1)
+
+
+class PluginSource(Protocol):
+    """Where a plugin comes from, as the service hands it over (`pbx.config.PluginConfig`).
+
+    A protocol rather than the config's class: the core is given plain
+    values and never imports `pbx.config`, which is read by the service.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def module(self) -> Path: ...
+
+    @property
+    def settings(self) -> Mapping[str, object]: ...
 
 
 class PluginError(Exception):
@@ -61,12 +78,12 @@ class PluginHost:
 
     # ------------------------------------------------------------- lifecycle
 
-    def load(self, configs: tuple[PluginConfig, ...]) -> None:
+    def load(self, configs: Iterable[PluginSource]) -> None:
         """Import and check every configured plugin; PluginError on the first bad one."""
         for config in configs:
             self.plugins.append(self._load_one(config))
 
-    def _load_one(self, config: PluginConfig) -> Plugin:
+    def _load_one(self, config: PluginSource) -> Plugin:
         where = f"plugin {config.name!r} ({config.module})"
         name = f"pbx_plugin_{next(_numbers)}"
         spec = importlib.util.spec_from_file_location(name, config.module)
