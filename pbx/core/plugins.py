@@ -1,7 +1,9 @@
 """Loading, checking, starting and stopping plugins (`pbx.dialplan.Plugin`).
 
-Each ``[plugins.NAME]`` table of the config names a Python file that
-defines ``create_plugin(settings) -> Plugin``. It is imported, called with
+Each ``[plugins.NAME]`` table of the config names a Python file (a module,
+or a package's ``__init__.py``: `pbx.config` resolves product plugins in
+``plugins/`` and paths of the administrator's own) that defines
+``create_plugin(settings) -> Plugin``. It is imported, called with
 the plugin's own ``settings`` table, and the object it returns is checked
 against the `Plugin` protocol before anything starts [buildbot
 ``plugins/db.py``]; a failure names the plugin and the file, and stops
@@ -86,6 +88,8 @@ class PluginHost:
     def _load_one(self, config: PluginSource) -> Plugin:
         where = f"plugin {config.name!r} ({config.module})"
         name = f"pbx_plugin_{next(_numbers)}"
+        # A package's __init__.py is imported as a package (its folder its path),
+        # so it imports its own modules relatively: "from . import mailbox".
         spec = importlib.util.spec_from_file_location(name, config.module)
         if spec is None or spec.loader is None:
             raise PluginError(f"{where}: not a Python file")

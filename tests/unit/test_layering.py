@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_API = ("pbx.dialplan", "pbx.media")
 """The modules (with their submodules) of `pbx` that plugins and dialplans may import;
 docs/plugins.md lists the same. Grow it there and here together."""
-OUTSIDE_THE_CORE = ("dialplans",)
+OUTSIDE_THE_CORE = ("plugins", "dialplans")
 """Folders of code written on the public API only."""
 
 
