@@ -43,6 +43,13 @@ from pbx.transport.udp import SipDatagramProtocol, listen_udp
 
 TLS_TRANSPORTS = ("tls", "wss")
 """The listeners that use the certificate: a new one replaces them."""
+FILES_KEPT_FREE = 100
+"""Descriptors kept out of the connection count: listeners, the SQLite files (database,
+WAL, shared memory), logs, the reactor's own, outbound connections being opened, and
+connections closed to make room whose sockets are not shut yet (at most
+`pbx.transport.connections.MAX_EVICTIONS_IN_FLIGHT`). Never more than half the limit."""
+UNLIMITED_FILES = 1 << 20
+"""What an unlimited open-file limit is taken for: Linux's default fs.nr_open."""
 
 
 class Binder:
@@ -215,20 +222,69 @@ class Listeners(MultiService):
 
     log = Logger()
 
-    def __init__(self, binder: Binder, listeners: Mapping[str, Listen]) -> None:
+    def __init__(self, binder: Binder, listeners: Mapping[str, Listen], *,
+                 max_connections: int) -> None:
         super().__init__()
         self.setName("listeners")
         self.binder = binder
+        self.max_connections = max_connections
+        """``sip.max_connections``: lowered at start-up to what the open-file limit allows."""
         for name, listen in listeners.items():
             self.addService(SipListener(name, listen, binder))
 
     def privilegedStartService(self) -> None:
-        """Bind every listener in order; on a failure, let go of those bound before it."""
+        """Fit the connection table to the open-file limit, then bind every listener in
+        order; on a failure, let go of those bound before it."""
+        self._fit_connections_to_file_limit()
         try:
             super().privilegedStartService()
         except BaseException:
             self.release()
             raise
+
+    def _fit_connections_to_file_limit(self) -> None:
+        """Raise the soft open-file limit to the hard one, and hold no more connections than fit.
+
+        Each connection is a descriptor. Distributions start services with a
+        soft limit of 1,024 (a leftover of select()) and a hard one far
+        higher, which a process may raise itself to. Below that limit
+        `Connections` keeps ``FILES_KEPT_FREE`` descriptors spare, so the
+        kernel never refuses an accept (EMFILE): a full table closes its
+        oldest idle connection or refuses the newcomer, once, cleanly.
+        """
+        try:
+            import resource
+        except ImportError:  # not a POSIX system: nothing to raise
+            return
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        raised_from: int | None = None
+        if soft != hard:
+            target = hard if hard != resource.RLIM_INFINITY else max(soft, UNLIMITED_FILES)
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            except (ValueError, OSError) as error:
+                self.log.warn("Could not raise the open-file limit from {soft} to {hard}: "
+                              "{error}", soft=soft, hard=target, error=str(error))
+            else:
+                raised_from, soft = soft, target
+        if soft == resource.RLIM_INFINITY:
+            soft = UNLIMITED_FILES
+        configured = self.max_connections
+        allowed = max(1, soft - min(FILES_KEPT_FREE, soft // 2))
+        table = self.binder.connections
+        table.max_connections = min(configured, allowed)
+        connections = table.max_connections
+        if raised_from is None:
+            self.log.info("Open-file limit {limit}: at most {connections} stream connections "
+                          "at once", limit=soft, connections=connections)
+        else:
+            self.log.info("Open-file limit raised from {before} to {limit}: at most "
+                          "{connections} stream connections at once", before=raised_from,
+                          limit=soft, connections=connections)
+        if allowed < configured:
+            self.log.info("sip.max_connections is {configured}: raise the hard open-file limit "
+                          "(ulimit -Hn, systemd's LimitNOFILE=) to hold that many",
+                          configured=configured)
 
     def __getitem__(self, transport: str) -> SipListener:
         listener = self.namedServices[transport]

@@ -17,11 +17,11 @@ and stop in the reverse, each stop waiting for the one before it
 (the admin web will be one more child). Nothing is started until the whole
 config has been checked (`pbx.config`). Then, in `privilegedStartService`
 (before the reactor runs, while twistd may still hold privileges), the
-dialplan and the plugins are imported and checked, the soft open-file limit
-is raised to the hard one and the connection table sized below it, and each
-child opens what it holds: the store, then every listener (each stream
-listener asks `Connections.admit` at every accept: per-source and total
-limits). If any of it fails (a listener that cannot be bound, a TLS
+dialplan and the plugins are imported and checked, and each child opens
+what it holds: the store, then the listeners (the soft open-file limit
+raised to the hard one and the connection table sized below it first; each
+stream listener asks `Connections.admit` at every accept: per-source and
+total limits). If any of it fails (a listener that cannot be bound, a TLS
 certificate or key that is unusable) what was opened is let go and
 start-up stops with the file, the key and the reason: nothing runs
 half-configured.
@@ -135,13 +135,6 @@ RELOADED_KEYS = ("pbx.debug", "pbx.log_requests", "sip.public_address", "sip.use
                  *LISTENER_KEYS)
 """Keys of other sections a reload applies."""
 HOUSEKEEPING_INTERVAL_S = 1.0
-FILES_KEPT_FREE = 100
-"""Descriptors kept out of the connection count: listeners, the SQLite files (database,
-WAL, shared memory), logs, the reactor's own, outbound connections being opened, and
-connections closed to make room whose sockets are not shut yet (at most
-`pbx.transport.connections.MAX_EVICTIONS_IN_FLIGHT`). Never more than half the limit."""
-UNLIMITED_FILES = 1 << 20
-"""What an unlimited open-file limit is taken for: Linux's default fs.nr_open."""
 TRIM_AFTER_PEAK = 5_000
 """Transactions held (live and tombstones) that count as a burst worth trimming after.
 
@@ -252,7 +245,7 @@ class PbxService(MultiService):
             Binder(reactor=self.reactor, endpoint=self.endpoint, connections=self.connections,
                    stream_timeouts=self.stream_timeouts, config_path=config.path,
                    tls_files=self._tls_files),
-            sip.listeners)
+            sip.listeners, max_connections=sip.max_connections)
         for child in (
             StoreService(self),
             self.listeners,
@@ -282,7 +275,6 @@ class PbxService(MultiService):
         except PluginError as error:
             raise SystemExit(f"{config.path}: plugins: {error}") from None
         self.endpoint.request_handlers = self.plugins.request_handlers
-        self._fit_connections_to_file_limit()
         opened: list[IService] = []
         try:
             for child in self:
@@ -386,49 +378,6 @@ class PbxService(MultiService):
             path.chmod(0o600)
         self.authenticator = self._make_authenticator(secret)
         self.auth.authenticator = self.authenticator
-
-    def _fit_connections_to_file_limit(self) -> None:
-        """Raise the soft open-file limit to the hard one, and hold no more connections than fit.
-
-        Each connection is a descriptor. Distributions start services with a
-        soft limit of 1,024 (a leftover of select()) and a hard one far
-        higher, which a process may raise itself to. Below that limit
-        `Connections` keeps ``FILES_KEPT_FREE`` descriptors spare, so the
-        kernel never refuses an accept (EMFILE): a full table closes its
-        oldest idle connection or refuses the newcomer, once, cleanly.
-        """
-        try:
-            import resource
-        except ImportError:  # not a POSIX system: nothing to raise
-            return
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        raised_from: int | None = None
-        if soft != hard:
-            target = hard if hard != resource.RLIM_INFINITY else max(soft, UNLIMITED_FILES)
-            try:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            except (ValueError, OSError) as error:
-                self.log.warn("Could not raise the open-file limit from {soft} to {hard}: "
-                              "{error}", soft=soft, hard=target, error=str(error))
-            else:
-                raised_from, soft = soft, target
-        if soft == resource.RLIM_INFINITY:
-            soft = UNLIMITED_FILES
-        configured = self.config.sip.max_connections
-        allowed = max(1, soft - min(FILES_KEPT_FREE, soft // 2))
-        self.connections.max_connections = min(configured, allowed)
-        connections = self.connections.max_connections
-        if raised_from is None:
-            self.log.info("Open-file limit {limit}: at most {connections} stream connections "
-                          "at once", limit=soft, connections=connections)
-        else:
-            self.log.info("Open-file limit raised from {before} to {limit}: at most "
-                          "{connections} stream connections at once", before=raised_from,
-                          limit=soft, connections=connections)
-        if allowed < configured:
-            self.log.info("sip.max_connections is {configured}: raise the hard open-file limit "
-                          "(ulimit -Hn, systemd's LimitNOFILE=) to hold that many",
-                          configured=configured)
 
     def _carries_flow(self, connection_id: int) -> bool:
         """Whether a registration arrived over this connection: the phone's only way in."""
