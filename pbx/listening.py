@@ -96,7 +96,6 @@ class Binder:
         return self._context
 
     def _read_tls(self) -> Any:
-        cert, key = self.tls_files()
         path = self.config_path
         try:
             from OpenSSL import SSL
@@ -104,9 +103,10 @@ class Binder:
             from pbx.transport.tls import TlsFileError, server_context
         except ImportError as error:
             # pbx.memory.leave_tls_unloaded: no TLS listener at start-up.
-            raise SystemExit(f"{path}: sip.tls_cert, sip.tls_key: TLS support was left "
-                             f"unloaded at start-up, when no listener needed it; restart the "
-                             f"PBX to add one ({error})") from None
+            raise SystemExit(f"{path}: sip.tls, sip.wss: TLS support was left unloaded at "
+                             f"start-up, when no listener needed it; restart the PBX to add "
+                             f"one ({error})") from None
+        cert, key = self.tls_files()
         try:
             return server_context(cert, key)
         except TlsFileError as error:
@@ -345,7 +345,10 @@ class Listeners(MultiService):
         except SystemExit as error:
             self.log.error("Reload could not listen for SIP over {transport}: {error}",
                            transport=name.upper(), error=str(error))
-            await maybeDeferred(self.removeService, self.namedServices[name])
+        except Exception:
+            self.log.failure("Reload could not listen for SIP over {transport}",
+                             transport=name.upper())
+        await maybeDeferred(self.removeService, self.namedServices[name])
         if old is not None:
             try:
                 self.addService(SipListener(name, old.listen, self.binder, address=held))

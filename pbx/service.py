@@ -586,9 +586,10 @@ class PbxService(MultiService):
         """Replace the listeners that changed, once the last reload's are in place."""
         try:
             await before
+            return await self.listeners.reconfigure(wanted, tls_changed=tls_changed)
         except Exception:
-            self.log.failure("Replacing the listeners of an earlier reload failed")
-        return await self.listeners.reconfigure(wanted, tls_changed=tls_changed)
+            self.log.failure("Replacing the listeners failed")
+            return []
 
     def reload(self) -> bool:
         """Re-read the config file; True when the new one was applied.
@@ -625,10 +626,6 @@ class PbxService(MultiService):
             needs_restart["plugins"] = PLUGINS_REASON
         self._apply_registrar_and_security(new)
         self.config = new
-        if any(key in LISTENER_KEYS for key in changed):
-            tls_changed = "sip.tls_cert" in changed or "sip.tls_key" in changed
-            self.listeners_settled = Deferred.fromCoroutine(self._apply_listeners(
-                self.listeners_settled, new.sip.listeners, tls_changed=tls_changed))
         self.log.info("Reloaded {path}: users added {added}, changed {changed}, removed "
                       "{removed}; applied {applied}", path=str(self.config_path),
                       added=list(diff.added), changed=list(diff.changed),
@@ -636,6 +633,10 @@ class PbxService(MultiService):
         for key, reason in needs_restart.items():
             self.log.warn("Changed {key} takes effect at the next restart: {reason}",
                           key=key, reason=reason)
+        if any(key in LISTENER_KEYS for key in changed):
+            tls_changed = "sip.tls_cert" in changed or "sip.tls_key" in changed
+            self.listeners_settled = Deferred.fromCoroutine(self._apply_listeners(
+                self.listeners_settled, new.sip.listeners, tls_changed=tls_changed))
         del new
         gc.collect()  # the old config's users, and what parsing the new one left
         give_back_free_memory()
