@@ -36,6 +36,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
@@ -92,14 +93,14 @@ SIP_TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
 # quoting in a URI: unreserved = alphanum / "-" / "_" / "." / "!" / "~" /
 # "*" / "'" / "(" / ")". Digits-only extensions are a subset.
 _EXTENSION_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()]+")
+# RFC 1123 §2.1 host name: labels of letters, digits and inner hyphens.
+_MD5_HEX_RE = re.compile(r"[0-9a-fA-F]{32}")
+_SHA256_HEX_RE = re.compile(r"[0-9a-fA-F]{64}")
 # A plugin named by name: a Python identifier, so that it is a file name and a module name.
 _PLUGIN_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PLUGINS_DIR = Path(__file__).resolve().parent.parent / "plugins"
 """The product's plugins: the ``plugins/`` folder beside the `pbx` package (the
 project's root in a source tree, site-packages once installed)."""
-# RFC 1123 §2.1 host name: labels of letters, digits and inner hyphens.
-_MD5_HEX_RE = re.compile(r"[0-9a-fA-F]{32}")
-_SHA256_HEX_RE = re.compile(r"[0-9a-fA-F]{64}")
 # TOML bare keys (TOML 1.0 §Keys); anything else is quoted in a dotted key.
 
 
@@ -603,11 +604,7 @@ def _plugin_module(table: _Table, name: str, plugins_dir: Path) -> Path | None:
             return None
         return folder / "__init__.py"
     else:
-        wanted = value
-
-        def report(message: str) -> None:
-            table.error("module", message)
-
+        wanted, report = value, partial(table.error, "module")
     if _PLUGIN_NAME_RE.fullmatch(wanted):
         for candidate in (plugins_dir / f"{wanted}.py", plugins_dir / wanted / "__init__.py"):
             if candidate.is_file():
