@@ -182,11 +182,16 @@ class SipListener(Service):
         """Where to bind: the configured address, or the one a replaced listener held."""
         self.binder = binder
         self.port: IListeningPort | None = None
+        self._bound: Listen | None = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         if self.port is None:
-            self.port = self.binder.bind(self.transport, self.address)
+            self.port = port = self.binder.bind(self.transport, self.address)
+            address = port.getHost()
+            # Asked for every call leg's Via and Contact (`PbxService.local_address`).
+            self._bound = Listen(host=str(getattr(address, "host", "")),
+                                 port=int(getattr(address, "port", 0)))
             self.log.info("Listening for SIP over {transport} on {address}",
                           transport=self.transport.upper(), address=str(self.bound()))
 
@@ -199,7 +204,7 @@ class SipListener(Service):
 
     def release(self) -> Deferred[None] | None:
         """Stop listening (once); fires when the socket is closed."""
-        port, self.port = self.port, None
+        port, self.port, self._bound = self.port, None, None
         if port is None:
             return None
         stopped: Deferred[None] | None = port.stopListening()
@@ -211,10 +216,8 @@ class SipListener(Service):
 
     def bound(self) -> Listen:
         """Where it really listens (port 0 in the config means any)."""
-        assert self.port is not None, f"the {self.transport} listener is not bound"
-        address = self.port.getHost()
-        return Listen(host=str(getattr(address, "host", "")),
-                      port=int(getattr(address, "port", 0)))
+        assert self._bound is not None, f"the {self.transport} listener is not bound"
+        return self._bound
 
 
 class Listeners(MultiService):
