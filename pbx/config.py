@@ -36,6 +36,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
@@ -52,10 +53,11 @@ from pbx.configtable import (
     _quote,
     _Table,
 )
-from pbx.core.user_secrets import ha1_of, has_ha1
+from pbx.sip.digest_server import ha1_of, has_ha1
 
 __all__ = [
     "MAX_EXTENSION_CHARS",
+    "PLUGINS_DIR",
     "SIP_TRANSPORTS",
     "AdminSection",
     "Config",
@@ -66,6 +68,7 @@ __all__ = [
     "Listen",
     "LogFormat",
     "PbxSection",
+    "PluginConfig",
     "RegistrarSection",
     "SecuritySection",
     "SipSection",
@@ -93,6 +96,11 @@ _EXTENSION_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()]+")
 # RFC 1123 §2.1 host name: labels of letters, digits and inner hyphens.
 _MD5_HEX_RE = re.compile(r"[0-9a-fA-F]{32}")
 _SHA256_HEX_RE = re.compile(r"[0-9a-fA-F]{64}")
+# A plugin named by name: a Python identifier, so that it is a file name and a module name.
+_PLUGIN_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+PLUGINS_DIR = Path(__file__).resolve().parent.parent / "plugins"
+"""The product's plugins: the ``plugins/`` folder beside the `pbx` package (the
+project's root in a source tree, site-packages once installed)."""
 # TOML bare keys (TOML 1.0 §Keys); anything else is quoted in a dotted key.
 
 
@@ -220,7 +228,7 @@ class PluginConfig:
     """[plugins.NAME]: a plugin's file and its own settings (free-form, the plugin's to check)."""
 
     name: str
-    module: Path
+    module: Path  # the .py file to import: a module, or a package's __init__.py
     settings: Mapping[str, object] = field(default_factory=dict)
 
 
@@ -250,7 +258,8 @@ class UserConfig:
         sip.domain), or None when only the other algorithm's hash is stored,
         so the registrar offers only what it can verify. The ``-sess``
         variants use the same HA1. ``enabled`` is the caller's to check.
-        The registrar asks `pbx.core.user_secrets` directly (compiled).
+        The registrar asks `pbx.core.user_secrets` directly (compiled); both use
+        the digest code's `pbx.sip.digest_server.ha1_of`.
         """
         return ha1_of(self, realm, algorithm)
 
@@ -345,12 +354,14 @@ def load_config(path: str | Path) -> Config:
 
 
 def parse_config(
-    data: Mapping[str, object], source: str, *, base_dir: Path | None = None
+    data: Mapping[str, object], source: str, *, base_dir: Path | None = None,
+    plugins_dir: Path | None = None,
 ) -> Config:
     """Check an already-decoded config; `source` names the file in messages.
 
     Relative paths are resolved against `base_dir`, by default the directory
-    of `source`.
+    of `source`; plugins named without a path are looked for in
+    `plugins_dir`, by default the product's `PLUGINS_DIR`.
     """
     path = Path(source).resolve()
     problems = _Problems(source)
@@ -362,7 +373,8 @@ def parse_config(
     admin = _read_admin(root.table("admin"))
     dialplan = _read_dialplan(root.table("dialplan"))
     users = _read_users(root.table("users", example="[users.1001]"))
-    plugins = _read_plugins(root.table("plugins", example="[plugins.voicemail]"))
+    plugins = _read_plugins(root.table("plugins", example="[plugins.voicemail]"),
+                            plugins_dir or PLUGINS_DIR)
     root.finish()
     _check_ports(problems, sip)
     if problems.items:
@@ -546,25 +558,73 @@ def _read_dialplan(t: _Table) -> DialplanSection:
     return section
 
 
-def _read_plugins(t: _Table) -> tuple[PluginConfig, ...]:
-    """One table per plugin: ``module`` (a .py file) and an optional ``settings`` table."""
+def _read_plugins(t: _Table, plugins_dir: Path) -> tuple[PluginConfig, ...]:
+    """One table per plugin: where its code is (`_plugin_module`) and its ``settings`` table."""
     plugins: list[PluginConfig] = []
     for name, _ in list(t.take_all()):
         table = t.table(name, example=f"[plugins.{name}]")
-        module = table.path("module", must_exist=True, suffix=".py")
+        module = _plugin_module(table, name, plugins_dir)
         settings = table._get("settings")
         if isinstance(settings, _Missing):
             settings = {}
         elif not isinstance(settings, Mapping):
             table._wrong_type("settings", f"a table [plugins.{name}.settings]", settings)
             settings = {}
-        if module is None and table.ok("module"):
-            table.error("module", 'expected the plugin\'s Python file, e.g. "../plugins/x.py"')
         table.finish()
         if module is not None:
             plugins.append(PluginConfig(name=name, module=module,
                                         settings=MappingProxyType(dict(settings))))
     return tuple(plugins)
+
+
+def _plugin_module(table: _Table, name: str, plugins_dir: Path) -> Path | None:
+    """The file to import for ``[plugins.NAME]``: a plugin's module or package ``__init__.py``.
+
+    ``module`` is a path when it ends in ``.py`` or holds a ``/`` (a file, or
+    the folder of a package), relative to the config file like every path;
+    otherwise it names one of the product's plugins, in `plugins_dir`; and
+    without it, the table's own name does. A product plugin is
+    ``plugins_dir/NAME.py`` or the package ``plugins_dir/NAME/``.
+    """
+    value = table._string("module")
+    if value is None:
+        return None  # not a string: reported
+    if isinstance(value, _Missing):
+        wanted, report = name, table.error_here
+    elif value.endswith(".py"):
+        return table.path("module", must_exist=True, suffix=".py")
+    elif "/" in value or "\\" in value:
+        folder = table.path("module")
+        if folder is None or not table.ok("module"):
+            return None
+        if not (folder / "__init__.py").is_file():
+            found = ("it holds no __init__.py" if folder.is_dir() else
+                     "not a folder" if folder.exists() else "not found")
+            table.error("module", f"expected a plugin's .py file or a package folder holding"
+                                  f" __init__.py, got {_quote(value)} ({folder}: {found})")
+            return None
+        return folder / "__init__.py"
+    else:
+        wanted, report = value, partial(table.error, "module")
+    if _PLUGIN_NAME_RE.fullmatch(wanted):
+        for candidate in (plugins_dir / f"{wanted}.py", plugins_dir / wanted / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    shipped = _product_plugins(plugins_dir)
+    report(f"no plugin {_quote(wanted)} among the product's plugins in {plugins_dir} (there "
+           + (f"are: {', '.join(shipped)}" if shipped else "are none yet")
+           + '); for a plugin of your own, give module = "path/to/plugin.py", relative to'
+           " the folder of the config file")
+    return None
+
+
+def _product_plugins(plugins_dir: Path) -> list[str]:
+    """The names of the plugins in `plugins_dir`, for messages."""
+    if not plugins_dir.is_dir():
+        return []
+    found = {path.stem for path in plugins_dir.glob("*.py") if path.name != "__init__.py"}
+    found |= {path.parent.name for path in plugins_dir.glob("*/__init__.py")}
+    return sorted(name for name in found if _PLUGIN_NAME_RE.fullmatch(name))
 
 
 def _read_users(t: _Table) -> dict[str, UserConfig]:

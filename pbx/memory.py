@@ -51,8 +51,9 @@ def leave_tls_unloaded() -> bool:
     (measured: 52 -> 40 MB for the imports of the service). Called with the
     config in hand, before the reactor is imported (`pbx.tap`), it marks
     pyOpenSSL unavailable, which Twisted takes as TLS not installed. A TLS
-    listener cannot appear later: a reload keeps the [sip] section (see
-    `PbxService.reload`). False when it is too late (already imported).
+    listener cannot appear later: one added by a reload is refused, the log
+    saying to restart (`pbx.listening.Binder`). False when it is too late
+    (already imported).
     """
     if "OpenSSL" in sys.modules or "twisted.internet.reactor" in sys.modules:
         return False

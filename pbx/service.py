@@ -2,16 +2,29 @@
 
 Theory of operation
 -------------------
-`PbxService` is a `MultiService`. Nothing is started until the whole config
-has been checked (`pbx.config`); then, in `privilegedStartService` (before
-the reactor runs, while twistd may still hold privileges), it opens the
-SQLite store, loads the bindings saved by the last run, raises the soft
-open-file limit to the hard one and sizes the connection table below it,
-and binds every listener (each stream listener asks `Connections.admit` at
-every accept: per-source and total limits). If any listener cannot be
-bound, or the TLS certificate or key is unusable, the ones already bound
-are closed and start-up stops with the file, the key and the reason:
-nothing runs half-configured.
+`PbxService` is a `MultiService` whose named children start in this order
+and stop in the reverse, each stop waiting for the one before it
+[buildbot's master service]::
+
+    pbx
+      store          the SQLite store: opened, the last run's bindings loaded
+      listeners      one `pbx.listening.SipListener` per transport ("udp", "tcp", ...)
+      calls          at stop: calls ended, waiting answers sent, connections closed
+      flush          the group commit's safety net (`FLUSH_INTERVAL_S`)
+      housekeeping   bindings expired, the guard and nonce table swept, memory trimmed
+      plugins        started once the core is up, stopped before it goes
+
+(the admin web will be one more child). Nothing is started until the whole
+config has been checked (`pbx.config`). Then, in `privilegedStartService`
+(before the reactor runs, while twistd may still hold privileges), the
+dialplan and the plugins are imported and checked, and each child opens
+what it holds: the store, then the listeners (the soft open-file limit
+raised to the hard one and the connection table sized below it first; each
+stream listener asks `Connections.admit` at every accept: per-source and
+total limits). If any of it fails (a listener that cannot be bound, a TLS
+certificate or key that is unusable) what was opened is let go and
+start-up stops with the file, the key and the reason: nothing runs
+half-configured.
 
 Binding changes and call records are written by the store's group commit
 (`pbx.store.GroupCommit`): a transaction a couple of milliseconds after the
@@ -21,17 +34,19 @@ A write that fails keeps everything in memory and is retried; the failure
 is logged when it starts, while it lasts and when it ends, and REGISTERs
 that could not be stored are answered 503. Periodic jobs keep the tables
 bounded: expired bindings are removed as their time comes, and the
-authentication guard and nonce table are swept. A clean stop ends the
-calls, commits (sending the answers that waited for it), stops listening,
-and commits what is left.
+authentication guard and nonce table are swept. A clean stop stops the
+plugins, ends the calls, commits (sending the answers that waited for it),
+stops listening, and commits what is left.
 
 ``SIGHUP`` re-reads the config file. A config that no longer validates is
 refused with every problem logged, and the running one stays. Otherwise the
 users are swapped in at once (a removed user's bindings go away), every
 [registrar] and [security] key applies in place (the objects are changed,
-not rebuilt, so bindings, calls and the nonces phones hold stay valid),
-and each other changed key that is read only at start-up is logged by name
-with the reason it needs a restart.
+not rebuilt, so bindings, calls and the nonces phones hold stay valid), a
+listener whose address changed is replaced and the others are left alone
+(`pbx.listening.Listeners.reconfigure`; a new certificate replaces the TLS
+ones), and each other changed key that is read only at start-up is logged
+by name with the reason it needs a restart.
 
 Nonces are made with a secret kept in ``data_dir/nonce.key`` (created on
 first start, 0600), so a phone holding a nonce across a restart is told
@@ -52,12 +67,11 @@ from types import FrameType
 from typing import IO, Any
 from urllib.parse import quote
 
-from twisted.application.service import MultiService
+from twisted.application.internet import TimerService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet import reactor as global_reactor
-from twisted.internet.defer import gatherResults
-from twisted.internet.error import CannotListenError
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
 
 from pbx import compiled
@@ -76,15 +90,15 @@ from pbx.core.plugins import PluginError, PluginHost
 from pbx.core.registrar import Registrar, RegistrarSettings
 from pbx.core.router import DialplanError, DialplanLoader
 from pbx.core.user_secrets import UserSecrets
+from pbx.listening import Binder, Listeners
 from pbx.memory import CollectionPauses, give_back_free_memory
 from pbx.sip.digest_server import DigestAuthenticator
 from pbx.sip.peer import Peer
 from pbx.sip.timers import TimerSettings
 from pbx.sip.transaction import TransactionLayer
 from pbx.store import INSERT_CDR, BindingWriter, GroupCommit, RowQueue, Store, StoreError
-from pbx.transport.connections import AdmittingFactory, Connections
-from pbx.transport.stream import SipStreamClientFactory, SipStreamFactory, StreamTimeouts
-from pbx.transport.udp import SipDatagramProtocol, listen_udp
+from pbx.transport.connections import Connections
+from pbx.transport.stream import StreamTimeouts
 
 FLUSH_INTERVAL_S = 0.2
 """How often the service checks that nothing pending is left without a commit scheduled.
@@ -108,28 +122,23 @@ RESTART_REASONS: Mapping[str, str] = {
     "sip.t2_ms": "the transaction timers are set at start-up",
     "sip.t4_ms": "the transaction timers are set at start-up",
     "sip.max_transactions": "the transaction table is sized at start-up",
-    "sip.tls_cert": "the TLS listeners load it at start-up",
-    "sip.tls_key": "the TLS listeners load it at start-up",
     "sip.message_timeout_s": "the stream listeners are set up with it at start-up",
     "sip.idle_timeout_s": "the stream listeners are set up with it at start-up",
     "sip.handshake_timeout_s": "the stream listeners are set up with it at start-up",
     "sip.max_connections": "the connection table is fitted to the open-file limit at start-up",
     "sip.max_connections_per_source": "the connection table is set up at start-up",
 }
-"""Why a changed key waits for a restart; a listener's reason is `LISTENER_REASON`."""
-LISTENER_REASON = "listening sockets are opened at start-up"
+"""Why a changed key waits for a restart."""
+PLUGINS_REASON = "plugins are loaded and started at start-up"
 RELOADED_SECTIONS = ("registrar", "security", "dialplan")
 """Sections a reload applies whole (users are compared on their own)."""
-RELOADED_KEYS = ("pbx.debug", "pbx.log_requests", "sip.public_address", "sip.user_agent")
+LISTENER_KEYS = ("sip.udp", "sip.tcp", "sip.tls", "sip.ws", "sip.wss", "sip.tls_cert",
+                 "sip.tls_key")
+"""Keys a reload applies by replacing the listeners they concern (`pbx.listening`)."""
+RELOADED_KEYS = ("pbx.debug", "pbx.log_requests", "sip.public_address", "sip.user_agent",
+                 *LISTENER_KEYS)
 """Keys of other sections a reload applies."""
 HOUSEKEEPING_INTERVAL_S = 1.0
-FILES_KEPT_FREE = 100
-"""Descriptors kept out of the connection count: listeners, the SQLite files (database,
-WAL, shared memory), logs, the reactor's own, outbound connections being opened, and
-connections closed to make room whose sockets are not shut yet (at most
-`pbx.transport.connections.MAX_EVICTIONS_IN_FLIGHT`). Never more than half the limit."""
-UNLIMITED_FILES = 1 << 20
-"""What an unlimited open-file limit is taken for: Linux's default fs.nr_open."""
 TRIM_AFTER_PEAK = 5_000
 """Transactions held (live and tombstones) that count as a burst worth trimming after.
 
@@ -157,14 +166,12 @@ class PbxService(MultiService):
         self.force_debug = force_debug
         # Any: the reactor provides many interfaces (time, UDP, TCP, SSL, threads).
         self.reactor: Any = reactor if reactor is not None else global_reactor
-        self.ports: dict[str, IListeningPort] = {}
         self.store: Store | None = None
         self.writer: BindingWriter | None = None
         self.group: GroupCommit | None = None
         """The store's group commit, from start-up (`pbx.store`)."""
         self.cdr_queue = RowQueue(INSERT_CDR)
         """Call records of ended calls, written in the next group commit."""
-        self._loops: list[LoopingCall] = []
         self._previous_sighup: Any = None
         self._json_log: IO[str] | None = None
         self._json_observer: Any = None
@@ -250,52 +257,97 @@ class PbxService(MultiService):
             _UserDirectory(self), self.calls.actions, requests=self.endpoint.plugin_requests,
             outbound=Outbound(sender=self.calls, location=self.location),
             events=self.plugin_events, timers=self.calls)
+        # The tree: started in this order, stopped in the reverse (see the module notes).
+        self.listeners = Listeners(
+            Binder(reactor=self.reactor, endpoint=self.endpoint, connections=self.connections,
+                   stream_timeouts=self.stream_timeouts, config_path=config.path,
+                   tls_files=self._tls_files),
+            sip.listeners, max_connections=sip.max_connections)
+        for child in (
+            StoreService(self),
+            self.listeners,
+            CallsService(self),
+            _every("flush", FLUSH_INTERVAL_S, self._flush, self.reactor),
+            _every("housekeeping", HOUSEKEEPING_INTERVAL_S, self._housekeeping, self.reactor),
+            PluginsService(self.plugins, self.plugin_dialogs),
+        ):
+            child.setServiceParent(self)
+        self.listeners_settled: Deferred[list[str]] = succeed([])
+        """The listeners the last reload changed, once they are in place (`reload`)."""
 
     # -------------------------------------------------------- lifecycle
 
     def privilegedStartService(self) -> None:
+        """Load the code the config names, then open each child in order: the store, then
+        the listeners. A child that fails stops start-up, and the ones opened before it
+        let go of what they hold: nothing runs half-configured."""
+        Service.privilegedStartService(self)
+        config = self.config
+        try:
+            self.dialplan.load(config.dialplan.module)
+        except DialplanError as error:
+            raise SystemExit(f"{config.path}: dialplan.module: {error}") from None
+        try:
+            self.plugins.load(config.plugins)
+        except PluginError as error:
+            raise SystemExit(f"{config.path}: plugins: {error}") from None
+        self.endpoint.request_handlers = self.plugins.request_handlers
+        opened: list[IService] = []
+        try:
+            for child in self:
+                child.privilegedStartService()
+                opened.append(child)
+        except BaseException:
+            for child in reversed(opened):
+                release = getattr(child, "release", None)
+                if release is not None:
+                    release()
+            raise
+
+    def open_store(self) -> Store:
+        """The store of ``data_dir``, the bindings of the last run loaded (`StoreService`)."""
         config = self.config
         data_dir = config.pbx.data_dir
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
-            self.store = Store.open(data_dir / "pbx.sqlite3")
+            store = Store.open(data_dir / "pbx.sqlite3")
         except (OSError, StoreError) as error:
             raise SystemExit(f"{config.path}: pbx.data_dir: {error}") from None
         try:
             self._keep_nonce_secret(data_dir / NONCE_SECRET_FILE)
         except OSError as error:
-            self.store.close()
+            store.close()
             raise SystemExit(f"{config.path}: pbx.data_dir: {error}") from None
-        try:
-            self.dialplan.load(config.dialplan.module)
-        except DialplanError as error:
-            self.store.close()
-            raise SystemExit(f"{config.path}: dialplan.module: {error}") from None
-        try:
-            self.plugins.load(config.plugins)
-        except PluginError as error:
-            self.store.close()
-            raise SystemExit(f"{config.path}: plugins: {error}") from None
-        self.endpoint.request_handlers = self.plugins.request_handlers
-        self._start_saving(self.store)
+        self.store = store
+        self._start_saving(store)
         assert self.writer is not None and self.group is not None
-        dropped = self.location.load(self.store.load_bindings(self.secrets.user_name),
+        dropped = self.location.load(store.load_bindings(self.secrets.user_name),
                                      self.reactor.seconds())
         if dropped:
             self.writer.changes.record_removals(dropped)
             self.group.schedule()
         self.log.info("Loaded {count} binding(s) from {path}", count=len(self.location),
-                      path=str(self.store.path))
-        self._fit_connections_to_file_limit()
-        try:
-            self._listen_all()
-        except SystemExit:
-            for port in self.ports.values():
-                port.stopListening()
-            self.ports.clear()
+                      path=str(store.path))
+        return store
+
+    def close_store(self, *, stopping: bool) -> None:
+        """Commit what is left and close the store; `stopping`: a clean stop, to report."""
+        saved = self._commit_now()
+        unsaved = 0
+        if self.group is not None:
+            unsaved = self.group.pending
+            self.group.close()
+        if self.store is not None:
             self.store.close()
-            raise
-        super().privilegedStartService()
+            self.store = None
+        if not stopping:
+            return
+        if saved:
+            self.log.info("Stopped; bindings saved")
+        else:
+            self.log.error("Stopped; {unsaved} change(s) to bindings and call records could "
+                           "NOT be saved (see the errors above): they are lost",
+                           unsaved=unsaved)
 
     def _start_saving(self, store: Store) -> None:
         """Write bindings and call records to `store` in group commits, and hold the
@@ -344,144 +396,24 @@ class PbxService(MultiService):
         self.authenticator = self._make_authenticator(secret)
         self.auth.authenticator = self.authenticator
 
-    def _fit_connections_to_file_limit(self) -> None:
-        """Raise the soft open-file limit to the hard one, and hold no more connections than fit.
-
-        Each connection is a descriptor. Distributions start services with a
-        soft limit of 1,024 (a leftover of select()) and a hard one far
-        higher, which a process may raise itself to. Below that limit
-        `Connections` keeps ``FILES_KEPT_FREE`` descriptors spare, so the
-        kernel never refuses an accept (EMFILE): a full table closes its
-        oldest idle connection or refuses the newcomer, once, cleanly.
-        """
-        try:
-            import resource
-        except ImportError:  # not a POSIX system: nothing to raise
-            return
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        raised_from: int | None = None
-        if soft != hard:
-            target = hard if hard != resource.RLIM_INFINITY else max(soft, UNLIMITED_FILES)
-            try:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            except (ValueError, OSError) as error:
-                self.log.warn("Could not raise the open-file limit from {soft} to {hard}: "
-                              "{error}", soft=soft, hard=target, error=str(error))
-            else:
-                raised_from, soft = soft, target
-        if soft == resource.RLIM_INFINITY:
-            soft = UNLIMITED_FILES
-        configured = self.config.sip.max_connections
-        allowed = max(1, soft - min(FILES_KEPT_FREE, soft // 2))
-        self.connections.max_connections = min(configured, allowed)
-        connections = self.connections.max_connections
-        if raised_from is None:
-            self.log.info("Open-file limit {limit}: at most {connections} stream connections "
-                          "at once", limit=soft, connections=connections)
-        else:
-            self.log.info("Open-file limit raised from {before} to {limit}: at most "
-                          "{connections} stream connections at once", before=raised_from,
-                          limit=soft, connections=connections)
-        if allowed < configured:
-            self.log.info("sip.max_connections is {configured}: raise the hard open-file limit "
-                          "(ulimit -Hn, systemd's LimitNOFILE=) to hold that many",
-                          configured=configured)
-
     def _carries_flow(self, connection_id: int) -> bool:
         """Whether a registration arrived over this connection: the phone's only way in."""
         return bool(self.location.bindings_by_connection(connection_id))
 
-    def _listen_all(self) -> None:
+    def _tls_files(self) -> tuple[Path, Path]:
+        """The certificate and key of the TLS listeners: the configured pair, else a
+        self-signed one made in ``data_dir`` on first use (`pbx.listening.Binder`)."""
         sip = self.config.sip
-        path = self.config.path
-        context: Any = None
-        if sip.needs_tls:
-            if sip.tls_cert is not None and sip.tls_key is not None:
-                cert_key = (sip.tls_cert, sip.tls_key)
-            else:
-                from pbx.transport.tls import ensure_self_signed
+        if sip.tls_cert is not None and sip.tls_key is not None:
+            return sip.tls_cert, sip.tls_key
+        from pbx.transport.tls import ensure_self_signed
 
-                cert, key, created = ensure_self_signed(self.config.pbx.data_dir, sip.domain)
-                cert_key = (cert, key)
-                self.log.warn(
-                    "No tls_cert configured: {made} self-signed certificate {cert} for "
-                    "{domain}; phones must be told to trust it",
-                    made="made a" if created else "using the", cert=str(cert), domain=sip.domain)
-            from OpenSSL import SSL
-
-            from pbx.transport.tls import TlsFileError, server_context
-
-            try:
-                context = server_context(*cert_key)
-            except TlsFileError as error:
-                raise SystemExit(f"{path}: sip.{error.key}: {error}") from None
-            except SSL.Error as error:
-                raise SystemExit(f"{path}: sip.tls_cert, sip.tls_key: {cert_key[0]}, "
-                                 f"{cert_key[1]}: OpenSSL refused them: {error}") from None
-        for name, listen in sip.listeners.items():
-            try:
-                self.ports[name] = self._listen(name, listen, context)
-            except CannotListenError as error:
-                raise SystemExit(
-                    f"{path}: sip.{name}: cannot listen on {listen}: "
-                    f"{error.socketError}") from None
-            except (OSError, ValueError) as error:
-                raise SystemExit(f"{path}: sip.{name}: {error}") from None
-            self.log.info("Listening for SIP over {transport} on {address}",
-                          transport=name.upper(), address=str(self.bound(name)))
-
-    def _listen(self, name: str, listen: Listen, context: Any) -> IListeningPort:
-        """Bind listener `name`; a stream listener asks `Connections.admit` at each accept."""
-        reactor = self.reactor
-        host = listen.host
-        if name == "udp":
-            protocol = SipDatagramProtocol(self.endpoint, self.connections)
-            port: IListeningPort = listen_udp(reactor, listen.port, protocol, interface=host)
-            return port
-        factory: Any
-        if name in ("tcp", "tls"):
-            factory = SipStreamFactory(name, self.endpoint, self.connections, reactor,
-                                       self.stream_timeouts)
-        else:
-            # autobahn (and, for TLS, cryptography) cost memory every process
-            # pays once imported: a PBX without these listeners never loads them.
-            from pbx.transport.ws import SipWebSocketFactory
-
-            factory = SipWebSocketFactory(
-                name, self.endpoint, self.connections, reactor,
-                handshake_timeout_s=self.stream_timeouts.handshake_s,
-                message_timeout_s=self.stream_timeouts.message_s)
-        if name in ("tls", "wss"):
-            # What listenSSL does, with the admission check outside the TLS
-            # wrapper (which cannot refuse a connection itself).
-            from pbx.transport.tls import SipTlsFactory
-
-            assert context is not None
-            factory = SipTlsFactory(context, False, factory)
-            if name == "tls":
-                self.connections.connectors["tls"] = self._connect_tls
-        elif name == "tcp":
-            self.connections.connectors["tcp"] = self._connect_tcp
-        port = reactor.listenTCP(listen.port, AdmittingFactory(factory, self.connections, reactor),
-                                 interface=host)
-        return port
-
-    def _connect_tcp(self, peer: Peer, data: bytes,
-                     on_failure: Callable[[], None] | None) -> None:
-        factory = SipStreamClientFactory(peer, data, self.endpoint, self.connections,
-                                         self.reactor, self.stream_timeouts,
-                                         on_failure=on_failure)
-        self.reactor.connectTCP(peer.host, peer.port, factory, timeout=10)
-
-    def _connect_tls(self, peer: Peer, data: bytes,
-                     on_failure: Callable[[], None] | None) -> None:
-        factory = SipStreamClientFactory(peer, data, self.endpoint, self.connections,
-                                         self.reactor, self.stream_timeouts,
-                                         on_failure=on_failure)
-        from pbx.transport.tls import client_context
-
-        self.reactor.connectSSL(peer.host, peer.port, factory, client_context(peer.host),
-                                timeout=10)
+        cert, key, created = ensure_self_signed(self.config.pbx.data_dir, sip.domain)
+        self.log.warn(
+            "No tls_cert configured: {made} self-signed certificate {cert} for "
+            "{domain}; phones must be told to trust it",
+            made="made a" if created else "using the", cert=str(cert), domain=sip.domain)
+        return cert, key
 
     def local_address(self, peer: Peer) -> tuple[str, int]:
         """Our host and port as `peer` should see them, for Via and Contact.
@@ -490,8 +422,10 @@ class PbxService(MultiService):
         (bound to every interface) the address the kernel would send from
         to reach that peer.
         """
-        name = peer.transport if peer.transport in self.ports else next(iter(self.ports), "")
-        listen = self.bound(name) if name else Listen(host="127.0.0.1", port=5060)
+        listener = self.listeners.namedServices.get(peer.transport)
+        if listener is None or listener.port is None:
+            listener = next(iter(self.listeners.bound().values()), None)
+        listen = Listen(host="127.0.0.1", port=5060) if listener is None else listener.bound()
         host = self.config.sip.public_address or listen.host
         if host in ("0.0.0.0", "::", ""):
             host = self._route_source(peer.host)
@@ -513,20 +447,23 @@ class PbxService(MultiService):
 
     def bound(self, name: str) -> Listen:
         """Where listener `name` really listens (port 0 in the config means any)."""
-        address = self.ports[name].getHost()
-        return Listen(host=str(getattr(address, "host", "")),
-                      port=int(getattr(address, "port", 0)))
+        return self.listeners[name].bound()
+
+    @property
+    def ports(self) -> dict[str, IListeningPort]:
+        """The listening ports bound now, by transport."""
+        return {name: listener.port for name, listener in self.listeners.bound().items()
+                if listener.port is not None}
 
     def startService(self) -> None:
-        super().startService()
+        Service.startService(self)
         self.log.info("SIP core and registrar: {mode}", mode=compiled.MODE)
         if self.config.pbx.log_format == "json":
             self._start_json_log()
-        self.plugins.start_all()
+        for child in self:
+            child.startService()
         _tune_garbage_collector()
         self._gc_pauses.install()
-        self._every(FLUSH_INTERVAL_S, self._flush)
-        self._every(HOUSEKEEPING_INTERVAL_S, self._housekeeping)
         if hasattr(signal, "SIGHUP") and self.reactor is global_reactor:
             self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
 
@@ -546,47 +483,23 @@ class PbxService(MultiService):
             self._json_log.close()
             self._json_log = None
 
-    def _every(self, interval_s: float, work: Any) -> None:
-        loop = LoopingCall(work)
-        loop.clock = self.reactor
-        loop.start(interval_s, now=False)
-        self._loops.append(loop)
-
-    def stopService(self) -> Any:
+    def stopService(self) -> Deferred[None]:
+        """Stop the children one after the other, in the reverse of their start, each
+        once the one before has finished: plugins, timers, calls, listeners, store."""
         self._gc_pauses.uninstall()
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
-        for loop in self._loops:
-            if loop.running:
-                loop.stop()
-        self._loops.clear()
-        self.calls.hangup_all()
-        self.plugin_dialogs.end_all()  # pluginapi
-        # While the sockets are open: the answers waiting for it go out.
-        self._commit_now()
-        self.endpoint.stop()
-        self.connections.close_all()
-        stopping = [port.stopListening() for port in self.ports.values()]
-        self.ports.clear()
-        saved = self._commit_now()
-        unsaved = 0
-        if self.group is not None:
-            unsaved = self.group.pending
-            self.group.close()
-        if self.store is not None:
-            self.store.close()
-            self.store = None
-        if saved:
-            self.log.info("Stopped; bindings saved")
-        else:
-            self.log.error("Stopped; {unsaved} change(s) to bindings and call records could "
-                           "NOT be saved (see the errors above): they are lost",
-                           unsaved=unsaved)
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_children())
+
+    async def _stop_children(self) -> None:
+        for child in reversed(list(self)):
+            try:
+                await maybeDeferred(child.stopService)
+            except Exception:
+                self.log.failure("Stopping {service} failed", service=child.name)
         self._stop_json_log()
-        super().stopService()
-        stopping.append(self.plugins.stop_all())
-        return gatherResults([d for d in stopping if d is not None])
 
     # ------------------------------------------------------ periodic work
 
@@ -687,8 +600,23 @@ class PbxService(MultiService):
         self.endpoint.request_log.enabled = new.pbx.log_requests
         self.endpoint.server_header = new.sip.user_agent
 
+    async def _apply_listeners(self, before: Deferred[list[str]], wanted: Mapping[str, Listen],
+                               *, tls_changed: bool) -> list[str]:
+        """Replace the listeners that changed, once the last reload's are in place."""
+        try:
+            await before
+            return await self.listeners.reconfigure(wanted, tls_changed=tls_changed)
+        except Exception:
+            self.log.failure("Replacing the listeners failed")
+            return []
+
     def reload(self) -> bool:
-        """Re-read the config file; True when the new one was applied."""
+        """Re-read the config file; True when the new one was applied.
+
+        Listeners are replaced after it returns (a changed one's socket must
+        close before its address is bound again): `listeners_settled` fires
+        with the transports changed once they are in place.
+        """
         try:
             new = load_config(self.config_path)
         except ConfigError as error:
@@ -714,6 +642,8 @@ class PbxService(MultiService):
         changed = _changed_keys(self.config, new)
         applied = [key for key in changed if _reloads(key)]
         needs_restart = {key: _restart_reason(key) for key in changed if not _reloads(key)}
+        if new.plugins != self.config.plugins:
+            needs_restart["plugins"] = PLUGINS_REASON
         self._apply_registrar_and_security(new)
         self.config = new
         self.log.info("Reloaded {path}: users added {added}, changed {changed}, removed "
@@ -723,6 +653,10 @@ class PbxService(MultiService):
         for key, reason in needs_restart.items():
             self.log.warn("Changed {key} takes effect at the next restart: {reason}",
                           key=key, reason=reason)
+        if any(key in LISTENER_KEYS for key in changed):
+            tls_changed = "sip.tls_cert" in changed or "sip.tls_key" in changed
+            self.listeners_settled = Deferred.fromCoroutine(self._apply_listeners(
+                self.listeners_settled, new.sip.listeners, tls_changed=tls_changed))
         del new
         gc.collect()  # the old config's users, and what parsing the new one left
         give_back_free_memory()
@@ -773,9 +707,6 @@ def _reloads(key: str) -> bool:
 
 
 def _restart_reason(key: str) -> str:
-    section, name = key.split(".", 1)
-    if section == "sip" and name in ("udp", "tcp", "tls", "ws", "wss"):
-        return LISTENER_REASON
     return RESTART_REASONS.get(key, "read only at start-up")
 
 
@@ -816,3 +747,74 @@ class _UserDirectory:
     def is_registered(self, extension: str) -> bool:
         service = self._service
         return bool(service.location.bindings(extension, service.reactor.seconds()))
+
+
+# ------------------------------------------------------------- the children
+
+
+class StoreService(Service):
+    """The SQLite store: opened first, so the last run's bindings are in place before
+    anything listens; saved and closed last, once nothing can change them any more."""
+
+    def __init__(self, pbx: PbxService) -> None:
+        self.setName("store")
+        self._pbx = pbx
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._pbx.open_store()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._pbx.close_store(stopping=True)
+
+    def release(self) -> None:
+        """Close the store of a start-up that failed after it was opened."""
+        self._pbx.close_store(stopping=False)
+
+
+class CallsService(Service):
+    """The calls and the connections phones opened: at stop, the calls are ended and the
+    answers waiting for a commit sent while the sockets are still open, then every
+    connection is closed, before the listeners stop."""
+
+    def __init__(self, pbx: PbxService) -> None:
+        self.setName("calls")
+        self._pbx = pbx
+
+    def stopService(self) -> None:
+        super().stopService()
+        pbx = self._pbx
+        pbx.calls.hangup_all()
+        pbx._commit_now()
+        pbx.endpoint.stop()
+        pbx.connections.close_all()
+
+
+class PluginsService(Service):
+    """The plugins: started once the core is up (store open, listeners bound), stopped
+    before any of it goes."""
+
+    def __init__(self, host: PluginHost, dialogs: PluginDialogs) -> None:
+        self.setName("plugins")
+        self.host = host
+        self.dialogs = dialogs
+
+    def startService(self) -> None:
+        super().startService()
+        self.host.start_all()  # each plugin's failure is logged, and the others start
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        # The dialogs plugins own end first (each plugin hears it and may send a
+        # last NOTIFY while the sockets are open), then the plugins stop.
+        self.dialogs.end_all()
+        return self.host.stop_all()
+
+
+def _every(name: str, interval_s: float, work: Callable[[], None], clock: Any) -> TimerService:
+    """A named child that calls `work` every `interval_s` on `clock`, from its start."""
+    timer = TimerService(interval_s, work)
+    timer.clock = clock
+    timer.setName(name)
+    return timer

@@ -1,7 +1,9 @@
 """Loading, checking, starting and stopping plugins (`pbx.dialplan.Plugin`).
 
-Each ``[plugins.NAME]`` table of the config names a Python file that
-defines ``create_plugin(settings) -> Plugin``. It is imported, called with
+Each ``[plugins.NAME]`` table of the config names a Python file (a module,
+or a package's ``__init__.py``: `pbx.config` resolves product plugins in
+``plugins/`` and paths of the administrator's own) that defines
+``create_plugin(settings) -> Plugin``. It is imported, called with
 the plugin's own ``settings`` table, and the object it returns is checked
 against the `Plugin` protocol before anything starts [buildbot
 ``plugins/db.py``]; a failure names the plugin and the file, and stops
@@ -15,13 +17,13 @@ import importlib.util
 import inspect
 import itertools
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
-from pbx.config import PluginConfig
 from pbx.core.events import PluginEvents
 from pbx.core.outbound import Outbound
 from pbx.core.plugin_messages import Timers
@@ -44,6 +46,23 @@ _numbers = itertools.count(1)
 P = ParamSpec("P")
 R = TypeVar("R")
 S = TypeVar("S")
+
+
+class PluginSource(Protocol):
+    """Where a plugin comes from, as the service hands it over (`pbx.config.PluginConfig`).
+
+    A protocol rather than the config's class: the core is given plain
+    values and never imports `pbx.config`, which is read by the service.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def module(self) -> Path: ...
+
+    @property
+    def settings(self) -> Mapping[str, object]: ...
 
 
 class PluginError(Exception):
@@ -135,14 +154,16 @@ class PluginHost:
 
     # ------------------------------------------------------------- lifecycle
 
-    def load(self, configs: tuple[PluginConfig, ...]) -> None:
+    def load(self, configs: Iterable[PluginSource]) -> None:
         """Import and check every configured plugin; PluginError on the first bad one."""
         for config in configs:
             self.plugins.append(self._load_one(config))
 
-    def _load_one(self, config: PluginConfig) -> Plugin:
+    def _load_one(self, config: PluginSource) -> Plugin:
         where = f"plugin {config.name!r} ({config.module})"
         name = f"pbx_plugin_{next(_numbers)}"
+        # A package's __init__.py is imported as a package (its folder its path),
+        # so it imports its own modules relatively: "from . import mailbox".
         spec = importlib.util.spec_from_file_location(name, config.module)
         if spec is None or spec.loader is None:
             raise PluginError(f"{where}: not a Python file")

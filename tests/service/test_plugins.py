@@ -113,3 +113,54 @@ async def test_a_bad_plugin_stops_start_up_naming_it(
     message = str(stopped.value)
     assert "plugins:" in message and "plugin 'bad'" in message and str(plugin_file) in message
     assert expected in message
+
+
+PACKAGE_INIT = '''
+from pbx.dialplan import IncomingRequest
+
+from .answers import ACCEPTED
+
+
+class Answering:
+    name = "answering"
+
+    async def start(self, api):
+        api.add_request_handler("MESSAGE", self.message)
+
+    async def stop(self):
+        pass
+
+    async def message(self, request: IncomingRequest) -> int:
+        return ACCEPTED
+
+
+def create_plugin(settings):
+    return Answering()
+'''
+
+
+@pytest.mark.parametrize("named", ["by name", "by folder"])
+@pytest_twisted.ensureDeferred
+async def test_a_package_plugin_named_in_the_product_folder_or_by_path_is_loaded(
+    pbx_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, named: str,
+) -> None:
+    """``[plugins.NAME]`` alone loads plugins/NAME/ (its modules imported relatively)."""
+    package = tmp_path / "plugins" / "answering"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(PACKAGE_INIT)
+    (package / "answers.py").write_text("ACCEPTED = 202\n")
+    monkeypatch.setattr("pbx.config.PLUGINS_DIR", tmp_path / "plugins")
+    table = {} if named == "by name" else {"module": str(package)}
+    pbx = await pbx_factory({"plugins": {"answering": table}})
+    phone = await pbx.phone("1001")
+
+    options = await phone.request("OPTIONS")
+    assert "MESSAGE" in {m.strip() for m in options.get("Allow").split(",")}
+    uri = "sip:1002@pbx.test"
+    first = await phone.request("MESSAGE", to_user="1002", request_uri=uri, body=b"hi",
+                                content_type="text/plain")
+    auth = proxy_authorization(first, user="1001", password=phone.password, uri=uri)
+    accepted = await phone.request("MESSAGE", to_user="1002", request_uri=uri, body=b"hi",
+                                   content_type="text/plain",
+                                   headers=[("Proxy-Authorization", auth)])
+    assert accepted.status == 202

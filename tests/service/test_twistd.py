@@ -162,3 +162,43 @@ def test_check_of_a_good_config_says_ok_and_starts_nothing(tmp_path: Path) -> No
 
     assert (result.returncode, result.stdout, result.stderr) == (0, f"{config}: OK\n", "")
     assert not (tmp_path / "data").exists() and not (tmp_path / "pbx.log").exists()
+
+
+def accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            return True
+    except ConnectionRefusedError:
+        return False
+
+
+def test_a_reload_adds_a_listener_and_names_tls_as_needing_a_restart(tmp_path: Path) -> None:
+    """SIGHUP adds a TCP listener at once. A TLS one cannot come to a process that started
+    without TLS (pbx.memory.leave_tls_unloaded): the log says to restart, and the rest runs."""
+    udp, tcp, tls = (free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM),
+                     free_port(socket.SOCK_STREAM))
+    lines = ["[pbx]", f'data_dir = "{tmp_path / "data"}"',
+             "[sip]", 'domain = "pbx.test"', f'udp = "127.0.0.1:{udp}"',
+             "[users.1001]", 'password = "secret"']
+    process, log = start_twistd(tmp_path, lines)
+    try:
+        assert answer_to_options(process, log, udp).startswith(b"SIP/2.0 200")
+        lines[5:5] = [f'tcp = "127.0.0.1:{tcp}"', f'tls = "127.0.0.1:{tls}"']
+        (tmp_path / "pbx.toml").write_text("\n".join(lines) + "\n")
+
+        process.send_signal(signal.SIGHUP)
+
+        deadline = time.monotonic() + 30
+        while not accepts(tcp):  # until the reload has run
+            assert time.monotonic() < deadline, log.read_text()
+            # A round trip to the PBX: it has had a turn of its reactor.
+            assert answer_to_options(process, log, udp).startswith(b"SIP/2.0 200")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    text = log.read_text()
+    assert f"Listening for SIP over TCP on 127.0.0.1:{tcp}" in text
+    assert "Reload could not listen for SIP over TLS: " in text, text
+    assert "sip.tls, sip.wss: TLS support was left unloaded at start-up, when no listener " \
+           "needed it; restart the PBX to add one" in text
+    assert "Listening for SIP over TLS" not in text
