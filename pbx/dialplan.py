@@ -55,7 +55,20 @@ import functools
 import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeAlias, TypeVar, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    ParamSpec,
+    Protocol,
+    TypeAlias,
+    TypeVar,
+    overload,
+)
+
+if TYPE_CHECKING:
+    from pbx.media.seam import MediaFactory
 
 __all__ = [
     "Answered",
@@ -709,8 +722,21 @@ class ActionService(Protocol):
         """
 
 
+class MediaService(Protocol):
+    """The audio of calls: where a relay, a recorder or a conference plugs in."""
+
+    def use_media(self, factory: MediaFactory) -> None:
+        """Give every call from now on a `pbx.media.seam.MediaSession` made by `factory`.
+
+        Every SDP body that crosses from one leg to the other goes through
+        the call's session (docs/media-seam.md); a factory that raises
+        `pbx.media.seam.MediaRefused` refuses the call with 503. One plugin
+        only: a second raises ``ValueError``. Calls already up keep theirs.
+        """
+
+
 class PluginApi(RequestService, DialogService, OutboundService, EventService, TaskService,
-                ActionService, Protocol):
+                ActionService, MediaService, Protocol):
     """What a plugin gets in ``start``: one `Protocol` per service, and the users."""
 
     users: Users

@@ -256,7 +256,7 @@ class PbxService(MultiService):
         self.plugins = PluginHost(
             _UserDirectory(self), self.calls.actions, requests=self.endpoint.plugin_requests,
             outbound=Outbound(sender=self.calls, location=self.location),
-            events=self.plugin_events, timers=self.calls)
+            events=self.plugin_events, timers=self.calls, media=self.calls.use_media)
         # The tree: started in this order, stopped in the reverse (see the module notes).
         self.listeners = Listeners(
             Binder(reactor=self.reactor, endpoint=self.endpoint, connections=self.connections,

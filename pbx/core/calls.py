@@ -257,6 +257,10 @@ class CallManager:
     def __len__(self) -> int:
         return len(self.calls)
 
+    def use_media(self, factory: MediaFactory) -> None:
+        """Every call from now on gets a media session from `factory` (a plugin's)."""
+        self.media_factory = factory
+
     # ------------------------------------------------------------ entry points
 
     def new_invite(self, transaction: ServerTransaction[Peer], request: Request,

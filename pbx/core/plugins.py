@@ -41,6 +41,7 @@ from pbx.dialplan import (
     RequestHandler,
     Users,
 )
+from pbx.media.seam import MediaFactory
 
 _numbers = itertools.count(1)
 P = ParamSpec("P")
@@ -81,7 +82,8 @@ class PluginHost:
 
     def __init__(self, users: Users, actions: dict[str, Callable[..., Awaitable[Any]]], *,
                  requests: PluginRequests | None = None, outbound: Outbound | None = None,
-                 events: PluginEvents | None = None, timers: Timers | None = None) -> None:
+                 events: PluginEvents | None = None, timers: Timers | None = None,
+                 media: Callable[[MediaFactory], None] | None = None) -> None:
         self.users = users
         self.actions = actions
         self.request_handlers: dict[str, RequestHandler] = {}
@@ -90,8 +92,18 @@ class PluginHost:
         self._outbound = outbound
         self._events = events
         self._timers = timers
+        self._media = media
+        self._media_taken = False
 
     # ------------------------------------------------------------- PluginApi
+
+    def use_media(self, factory: MediaFactory) -> None:
+        if self._media is None:
+            raise RuntimeError("this PBX has no media seam to plug into")
+        if self._media_taken:
+            raise ValueError("the calls' media is already provided by another plugin")
+        self._media_taken = True
+        self._media(factory)
 
     def add_call_action(self, name: str, action: Callable[..., Awaitable[Any]]) -> None:
         if not name.isidentifier() or name.startswith("_"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 
 from pbx.media.seam import (
@@ -147,3 +148,48 @@ async def test_a_reinvite_without_sdp_gets_the_answer_from_the_other_phones_ack(
     assert ack.get("content-type") == "application/sdp"
     assert (await outgoing.bye()).status == 200
     await incoming.next_request("BYE")
+
+
+PLUGIN = '''
+from pathlib import Path
+from typing import Any
+
+DOC = Path({doc!r})
+
+
+class Relay:
+    name = "relay"
+
+    async def start(self, api: Any) -> None:
+        code = DOC.read_text().split("```python\\n", 1)[1].split("```", 1)[0]
+        namespace: dict[str, Any] = {{}}
+        exec(compile(code, str(DOC), "exec"), namespace)
+        api.use_media(namespace["factory"])
+
+    async def stop(self) -> None:
+        pass
+
+
+def create_plugin(settings: dict[str, object]) -> Relay:
+    return Relay()
+'''
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_plugin_gives_every_call_its_media_session(
+        pbx_factory: Any, tmp_path: Path) -> None:
+    """The relay of issue 22 is a plugin: `api.use_media` is all it needs of the call."""
+    plugin_file = tmp_path / "relay.py"
+    plugin_file.write_text(PLUGIN.format(doc=str(DOC)))
+    pbx = await pbx_factory({"plugins": {"relay": {"module": str(plugin_file)}}})
+    caller = await pbx.softphone("1001")
+    callee = await pbx.softphone("1002", behaviour=ring_then_answer(0))
+
+    outgoing = await caller.call("1002")
+    incoming = await callee.next_call()
+    assert incoming.invite is not None
+    assert media_of(incoming.invite.body) == ("127.0.0.1", CALLER_SIDE_PORT + 2)
+    answer = await outgoing.final_response()
+    assert media_of(answer.body) == ("127.0.0.1", CALLER_SIDE_PORT)
+    with pytest.raises(ValueError, match="already provided by another plugin"):
+        pbx.service.plugins.use_media(lambda call: PassThroughMedia())
