@@ -404,6 +404,26 @@ class Message:
             via = headers._via = _top_via(headers)
         return via
 
+    def set_top_via(self, via: Via, text: str | None = None) -> None:
+        """Replace the top Via value by `via`, which becomes its parsed view.
+
+        For what a receiver or a proxy writes into the top Via (RFC 3581
+        ``received``/``rport``, `pbx.sip.via`): the value is not parsed again,
+        and ``text``, when the caller has the wire form cheaper than
+        ``str(via)``, is written as given. Other Via values stay as they are;
+        several values on the first line are split onto lines of their own.
+        """
+        headers = self.headers
+        new_top = text if text is not None else str(via)
+        line = headers.get("via") or ""
+        if "," not in line:
+            headers.set_first_value("via", new_top)
+        else:
+            values = headers.values("via")
+            values[0] = new_top
+            headers.set_all("via", values)
+        headers._via = via
+
     @property
     def from_addr(self) -> NameAddr:
         headers = self.headers
