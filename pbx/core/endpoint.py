@@ -42,7 +42,6 @@ from pbx.core.pike import SourceLimiter
 from pbx.core.registrar import Registrar
 from pbx.core.tags import new_tag
 from pbx.core.timers import Timer, Timers
-from pbx.core.uas import UasPolicy
 from pbx.dialplan import RequestHandler
 from pbx.sip.errors import SipParseError
 from pbx.sip.message import Request, make_error_response, parse_message
@@ -93,7 +92,6 @@ class SipEndpoint:
         self.clock = clock
         self.connections = connections
         self.layer = layer
-        self.calls = calls
         # One timer heap and one pair of ownership tables for the core: the
         # calls' when not given (they are made before the endpoint).
         if timers is None:
@@ -131,10 +129,6 @@ class SipEndpoint:
     @request_handlers.setter
     def request_handlers(self, handlers: dict[str, RequestHandler]) -> None:
         self.dispatcher.request_handlers = handlers
-
-    @property
-    def policy(self) -> UasPolicy:
-        return self.dispatcher.policy
 
     @property
     def writer(self) -> PendingBindings | None:

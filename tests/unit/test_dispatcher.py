@@ -260,3 +260,17 @@ def test_a_refer_without_exactly_one_refer_to_is_a_bad_request(phones: Phones) -
                    to_tag=tag, extra=("Refer-To: <sip:1003@pbx.test>",
                                       "Refer-To: <sip:1099@pbx.test>"))
     assert phones.last(CALLER).status == 400
+
+
+def test_what_a_call_sends_outside_any_event_goes_out_once_on_the_next_turn(
+        phones: Phones) -> None:
+    """Work done outside an event (here the service's stop hanging up) is queued and
+    flushed by the reactor, once: each party gets one BYE."""
+    phones.call(transfers=False)
+
+    def byes(peer: Peer) -> int:
+        return len([m for m in phones.to(peer) if isinstance(m, Request) and m.method == "BYE"])
+
+    phones.service.calls.hangup_all()
+    phones.clock.advance(0)
+    assert (byes(CALLER), byes(CALLEE)) == (1, 1)
