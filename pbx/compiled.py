@@ -66,9 +66,11 @@ MODULES: tuple[str, ...] = (
     "pbx.core.registrar",
     "pbx.core.merged_requests",
     "pbx.core.tags",
+    "pbx.core.timers",
     "pbx.core.owners",
     "pbx.core.dispatcher",
     "pbx.core.endpoint",
+    "pbx.transport.connections",
     "pbx.transport.datagrams",
 )
 """The modules `tools/compile.py` compiles: the path of every request."""

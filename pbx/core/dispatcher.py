@@ -144,7 +144,7 @@ class Dispatcher:
         if calls is not None:
             self._own_handlers["INVITE"] = self.handle_new_invite
         self._handlers = self._own_handlers
-        self._later: set[Timer] = set()  # slowed-down answers, cancelled by stop()
+        self._later: list[Timer] = []  # slowed-down answers, cancelled by stop()
         self.merged = MergedRequests()
         """Requests in progress and answered within Timer J, for §8.2.2.2's 482."""
 
@@ -361,7 +361,7 @@ class Dispatcher:
                           removed=[b.contact for b in changes.removed])
         if outcome.delay_s > 0:
             response = outcome.response
-            self._later.add(self.timers.call_later(
+            self._later.append(self.timers.call_later(
                 outcome.delay_s,
                 lambda: self._answer_later(transaction, request, peer, response)))
             return None
@@ -449,7 +449,7 @@ class Dispatcher:
     def _answer_later(self, transaction: ServerTransaction[Peer], request: Request,
                       peer: Peer, response: Response) -> None:
         """An answer decided after its request's event (slowed down, or a plugin's)."""
-        self._later = {timer for timer in self._later if timer.active()}
+        self._later = [timer for timer in self._later if timer.active()]
         if transaction.state is TransactionState.TERMINATED:
             return
         self.respond(transaction, request, peer, response, self.timers.clock.seconds())

@@ -63,11 +63,14 @@ class Timer:
 
 
 class Timers:
-    """Timers of the core on one reactor timer, with the flush after them (see above)."""
+    """Timers of the core on one reactor timer, with the flush after them (see above).
 
-    log = Logger()
+    Compiled (`pbx.compiled`): the endpoint tells it of every flush (`flushed`).
+    """
 
     def __init__(self, clock: IReactorTime, after: Callable[[], None] = _nothing) -> None:
+        # The instance's, with its namespace spelt out (see pbx.core.endpoint).
+        self.log = Logger(namespace="pbx.core.timers.Timers")
         self.clock = clock
         self.after = after
         """Runs once after the timers due at a moment have run, and for `flush_soon`:

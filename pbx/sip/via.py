@@ -26,8 +26,8 @@ def stamp_received(request: Request, source: Peer) -> None:
     ``received`` is added when the Via's sent-by host is not the source
     address; a valueless ``rport`` gets the source port. Every request
     pays for this, so the common case (one Via value on its line,
-    ``rport`` asked for, the host already right or not) edits the text in
-    place, and the request keeps the stamped `Via` as its parsed view
+    ``rport`` asked for, no ``received`` needed) edits the text in place,
+    and the request keeps the stamped `Via` as its parsed view
     (`Request.set_top_via`) instead of parsing it again.
     """
     via = request.top_via
