@@ -61,7 +61,7 @@ from pbx.core.pending_bindings import CommitGate
 from pbx.core.router import DialplanLoader, run_dialplan
 from pbx.core.timers import Timers
 from pbx.dialplan import Call as DialplanCall
-from pbx.dialplan import Party, Referral, Users
+from pbx.dialplan import Party, ReferHandler, Referral, Users
 from pbx.dialplan import Reject as Refused
 from pbx.sip.dialog import Dialog
 from pbx.sip.errors import SipParseError
@@ -141,8 +141,12 @@ class CallManager:
         self._invites: dict[ServerTransaction[Peer], Call] = {}
         self.timers = timers if timers is not None else Timers(clock)
         """The core's timers: what a call's timer queues is flushed after it runs."""
-        self._dialplan_calls: dict[Call, DialplanCall] = {}
-        """The dialplan's view of each call, for its hooks (`on_refer`)."""
+        self._handling: dict[Call, DialplanCall] = {}
+        """The dialplan's view of each call whose handler is running: its hooks
+        (``on_refer``) may be set or changed at any time until it returns."""
+        self._refer_hooks: dict[Call, ReferHandler] = {}
+        """The ``on_refer`` a handler left set when it returned: all that is kept of
+        the dialplan's view of a call once its handler is done (memory per call)."""
         self._contacts: dict[tuple[str, str, int, str | None], str] = {}
         """Our Contact by transport, address and user: every dialog keeps one, the same text."""
 
@@ -199,12 +203,17 @@ class CallManager:
         self._invites[transaction] = call
         self.log.info("Call {call_id} from {caller} to {dialed}", call_id=request.call_id,
                       caller=user, dialed=dialed)
+        handling = self._handling
+
+        def keep_public(public: DialplanCall) -> None:
+            handling[call] = public
+
         run_dialplan(
             self.dialplan.handler, call,
             caller=Party(user=user, display_name=caller_name, uri=from_addr.uri_text),
             dialed=dialed, users=self.users, resolve=self.resolve,
-            actions=self.actions, log=self.log,
-            on_public=lambda public: self._dialplan_calls.__setitem__(call, public))
+            actions=self.actions, log=self.log, on_public=keep_public,
+        ).addBoth(self._handler_done, call)
         return None
 
     def caller_cancel(self, invite: ServerTransaction[Peer]) -> bool:
@@ -213,6 +222,13 @@ class CallManager:
             return False
         call.caller_cancelled()
         return True
+
+    def _handler_done(self, result: object, call: Call) -> object:
+        """The dialplan's handler returned: keep only the hook it left set, if any."""
+        public = self._handling.pop(call, None)
+        if public is not None and public.on_refer is not None and not call.ended:
+            self._refer_hooks[call] = public.on_refer
+        return result
 
     def invite_ended(self, transaction: ServerTransaction[Peer]) -> None:
         """A caller's INVITE transaction is over: a CANCEL can no longer match it."""
@@ -245,8 +261,8 @@ class CallManager:
             self.respond(transaction, make_response(
                 request, 400, "A REFER needs exactly one Refer-To"))
             return
-        public = self._dialplan_calls.get(call)
-        hook = None if public is None else public.on_refer
+        public = self._handling.get(call)
+        hook = public.on_refer if public is not None else self._refer_hooks.get(call)
         if hook is None:
             self.respond(transaction, make_response(request, 603, "Transfer not enabled"))
             return
@@ -392,7 +408,8 @@ class CallManager:
 
     def call_ended(self, call: Call) -> None:
         self.calls.discard(call)
-        self._dialplan_calls.pop(call, None)
+        self._handling.pop(call, None)
+        self._refer_hooks.pop(call, None)
         record = call.record
         duration = 0.0
         if record.answered_at is not None and record.ended_at is not None:
