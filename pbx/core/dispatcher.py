@@ -45,7 +45,7 @@ from twisted.python.failure import Failure
 from pbx.core.auth import PROXY_AUTH, Denied, SecurityEvent
 from pbx.core.calls import CallManager
 from pbx.core.merged_requests import MergedRequests
-from pbx.core.owners import Owners
+from pbx.core.owners import Owners, ResponseOwner
 from pbx.core.pending_bindings import CommitGate, PendingBindings
 from pbx.core.registrar import RegisterOutcome, Registrar
 from pbx.core.tags import new_tag
@@ -71,6 +71,7 @@ from pbx.sip.transaction import (
     ClientTransaction,
     ServerNonInviteTransaction,
     ServerTransaction,
+    TableFullError,
     TransactionLayer,
     TransactionState,
 )
@@ -443,6 +444,26 @@ class Dispatcher:
 
         Deferred.fromCoroutine(decide()).addCallbacks(answer, failed)
         return None
+
+    # -------------------------------------------------------------- sending
+
+    def send_request(self, request: Request, peer: Peer,
+                     owner: ResponseOwner) -> ClientTransaction[Peer] | None:
+        """Send a request the PBX makes outside a call (a plugin's NOTIFY or MESSAGE).
+
+        Its responses, its time-out (408) or transport error (503), and the
+        end of its transaction go to `owner`. Queued in the layer and flushed
+        on the reactor's next turn, or by the flush under way. None when the
+        transaction table is full: nothing was sent.
+        """
+        try:
+            transaction = self.layer.send_request(request, peer, self.timers.clock.seconds(),
+                                                  reliable=peer.is_reliable)
+        except TableFullError:
+            return None
+        self.owners.own_responses(transaction, owner)
+        self.timers.flush_soon()
+        return transaction
 
     # -------------------------------------------------------------- answering
 

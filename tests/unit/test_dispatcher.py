@@ -274,3 +274,54 @@ def test_what_a_call_sends_outside_any_event_goes_out_once_on_the_next_turn(
     phones.service.calls.hangup_all()
     phones.clock.advance(0)
     assert (byes(CALLER), byes(CALLEE)) == (1, 1)
+
+
+class Outcome:
+    """A `ResponseOwner` that writes down what it is told."""
+
+    def __init__(self) -> None:
+        self.heard: list[str] = []
+
+    def on_response(self, response: Response) -> None:
+        self.heard.append(str(response.status))
+
+    def on_failure(self, status: int) -> None:
+        self.heard.append(f"failed {status}")
+
+    def on_ended(self) -> None:
+        self.heard.append("ended")
+
+
+def outbound_options(n: int) -> Request:
+    from pbx.sip.transaction import new_branch
+
+    message = parse_message((
+        "OPTIONS sip:1002@127.0.0.1:5072 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5060;branch={new_branch()};rport\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:pbx.test>;tag=pbx\r\nTo: <sip:1002@pbx.test>\r\n"
+        f"Call-ID: out-{n}@pbx.test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode())
+    assert isinstance(message, Request)
+    return message
+
+
+def test_a_request_sent_outside_a_call_reports_its_outcome_to_its_owner(
+        phones: Phones) -> None:
+    """The seam for a plugin's NOTIFY or MESSAGE: responses and time-outs reach the owner."""
+    dispatcher = phones.service.endpoint.dispatcher
+    answered, unanswered = Outcome(), Outcome()
+    assert dispatcher.send_request(outbound_options(1), CALLEE, answered) is not None
+    assert dispatcher.send_request(outbound_options(2), CALLEE, unanswered) is not None
+    phones.clock.advance(0)  # sent on the reactor's next turn
+    sent = [m for m in phones.to(CALLEE) if isinstance(m, Request) and m.method == "OPTIONS"]
+    assert [m.call_id for m in sent] == ["out-1@pbx.test", "out-2@pbx.test"]
+
+    first = sent[0]
+    phones.send(CALLEE, [
+        "SIP/2.0 200 OK", f"Via: {first.headers.get('Via')}", f"From: {first.headers.get('From')}",
+        f"To: {first.headers.get('To')};tag=phone", f"Call-ID: {first.call_id}",
+        f"CSeq: {first.headers.get('CSeq')}"])
+    assert answered.heard == ["200"]
+    for _ in range(70):  # past Timer F (64*T1) and Timer K
+        phones.clock.advance(0.5)
+    assert answered.heard == ["200", "ended"]
+    assert unanswered.heard == ["failed 408", "ended"]
