@@ -47,6 +47,7 @@ MODULES: tuple[str, ...] = (
     "pbx.sip.uri",
     "pbx.sip.headers",
     "pbx.sip.message",
+    "pbx.sip.via",
     "pbx.sip.digest",
     "pbx.sip.digest_server",
     "pbx.sip.timers",
@@ -64,7 +65,12 @@ MODULES: tuple[str, ...] = (
     "pbx.core.pending_bindings",
     "pbx.core.registrar",
     "pbx.core.merged_requests",
+    "pbx.core.tags",
+    "pbx.core.timers",
+    "pbx.core.owners",
+    "pbx.core.dispatcher",
     "pbx.core.endpoint",
+    "pbx.transport.connections",
     "pbx.transport.datagrams",
 )
 """The modules `tools/compile.py` compiles: the path of every request."""

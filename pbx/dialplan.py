@@ -92,6 +92,8 @@ __all__ = [
     "Plugin",
     "PluginApi",
     "PluginDialog",
+    "ReferHandler",
+    "Referral",
     "RegistrationChanged",
     "RegistrationState",
     "Reject",
@@ -276,6 +278,11 @@ class Call:
         self._actions = dict(actions or {})
         self.outgoing_headers: dict[str, str] = {}
         """Headers to add to the INVITEs the PBX sends for this call."""
+        self.on_refer: ReferHandler | None = None
+        """Who answers a REFER (a transfer request) that either party sends in this
+        call: set it to an ``async def`` that returns the status (or raises
+        `Reject`). Left None, a REFER is answered 603 Decline: the PBX does not
+        transfer calls by itself (see `Referral`)."""
 
     @property
     def answered(self) -> bool:
@@ -383,6 +390,32 @@ class _Route:
             return dialed.startswith(self.prefix)
         assert self.pattern is not None
         return self.pattern.fullmatch(dialed) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Referral:
+    """A REFER received within a call (RFC 3515): a party asks for a transfer.
+
+    The hook (`Call.on_refer`) answers it with a final status. Transfer is
+    not done by the PBX yet: a 202 Accepted commits whoever answers it to
+    carrying the transfer out and reporting its progress (RFC 3515 §2.4.4,
+    NOTIFY with a message/sipfrag body), which the public API does not offer
+    yet; until it does, a hook refuses (``Reject(603)``) or answers after
+    doing something else with the call.
+    """
+
+    refer_to: str
+    """The Refer-To header's value: where the party asks to be transferred."""
+    referred_by: str | None
+    """The Referred-By header's value (RFC 3892), if there is one."""
+    by: str
+    """Which party sent it: "caller" or "callee"."""
+    headers: Mapping[str, str]
+    """The REFER's headers, names lower-case."""
+
+
+ReferHandler = Callable[[Referral], Awaitable[int]]
+"""Returns the status to answer a REFER with, or raises `Reject`."""
 
 
 class Dialplan:

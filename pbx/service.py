@@ -246,15 +246,16 @@ class PbxService(MultiService):
         # pluginapi: the services plugins get (docs/plugins.md), on the call manager's
         # sending and timers and the endpoint's answering.
         self.plugin_events = PluginEvents(domain=sip.domain)
-        self.plugin_events.source = self.endpoint
+        dispatcher = self.endpoint.dispatcher
+        self.plugin_events.source = dispatcher
         self.calls.events = self.plugin_events
-        self.plugin_dialogs = PluginDialogs(sender=self.calls, responder=self.endpoint,
+        self.plugin_dialogs = PluginDialogs(sender=self.calls, responder=dispatcher,
                                             timers=self.calls)
-        self.endpoint.plugin_dialogs = self.plugin_dialogs
-        self.endpoint.plugin_requests = PluginRequests(responder=self.endpoint,
-                                                       dialogs=self.plugin_dialogs)
+        dispatcher.plugin_dialogs = self.plugin_dialogs
+        dispatcher.plugin_requests = PluginRequests(responder=dispatcher,
+                                                    dialogs=self.plugin_dialogs)
         self.plugins = PluginHost(
-            _UserDirectory(self), self.calls.actions, requests=self.endpoint.plugin_requests,
+            _UserDirectory(self), self.calls.actions, requests=dispatcher.plugin_requests,
             outbound=Outbound(sender=self.calls, location=self.location),
             events=self.plugin_events, timers=self.calls, media=self.calls.use_media)
         # The tree: started in this order, stopped in the reverse (see the module notes).

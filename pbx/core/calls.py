@@ -8,17 +8,20 @@ endpoint hands it:
 - a new INVITE (no To tag): authenticated with 407 (`pbx.core.auth`,
   proxy-style, RFC 3261 §22.3; the caller must be the From user), answered
   100 Trying at once, made into a `Call`, and given to the dialplan;
-- a request inside a dialog: looked up by (Call-ID, our tag, their tag) and
-  given to its leg's call, else 481;
 - CANCEL: matched to its INVITE by the transaction layer; 200 to the
-  CANCEL here, the call does the rest;
-- an ACK for a 2xx: to its call;
-- responses, time-outs and transport errors for requests a call sent: to
-  the `ResponseOwner` that sent them.
+  CANCEL here, the call does the rest.
 
-It also implements `CallServices`: sending through the transaction layer,
-timers on the reactor, our Via and Contact per transport, tags and
-Call-IDs. Every table is bounded by the calls in progress, and `max_calls`
+Each leg's dialog is registered with the dispatcher's tables
+(`pbx.core.owners`) as a `LegDialog`, which gives the leg's call the
+requests and the ACKs within it (a REFER goes to the dialplan's
+``on_refer`` hook, `refer`); each request a call sends is registered with
+its `ResponseOwner`, which gets its responses, time-outs and transport
+errors.
+
+It also implements `CallServices`: sending through the transaction layer
+(queued there, and flushed by the endpoint: `Timers.flush_soon`), timers
+(`pbx.core.timers`, flushed after they run), our Via and Contact per
+transport, tags and Call-IDs. Every table is bounded by the calls in progress, and `max_calls`
 bounds those: past it, a new INVITE gets 503.
 
 A call's record (CDR) is handed to ``record_cdr`` when it ends, and the
@@ -31,15 +34,16 @@ whatever the disk says) and the record stays queued for the retry.
 
 from __future__ import annotations
 
-import heapq
 import json
 import os
 import random
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from pbx.core.auth import PROXY_AUTH, Denied, RequestAuthenticator, SecurityEvent
 from pbx.core.call import (
@@ -54,11 +58,15 @@ from pbx.core.call import (
 from pbx.core.events import PluginEvents
 from pbx.core.location import LocationService
 from pbx.core.media import CallMedia, media_leg
+from pbx.core.owners import Owners
 from pbx.core.pending_bindings import CommitGate
 from pbx.core.router import DialplanLoader, run_dialplan
-from pbx.dialplan import Party, Users
+from pbx.core.timers import Timers
+from pbx.dialplan import Call as DialplanCall
+from pbx.dialplan import Party, ReferHandler, Referral, Users
+from pbx.dialplan import Reject as Refused
 from pbx.media.seam import MediaCall, MediaFactory, MediaRefused, Side
-from pbx.sip.dialog import Dialog, DialogId, dialog_id_of_request
+from pbx.sip.dialog import Dialog
 from pbx.sip.errors import SipParseError
 from pbx.sip.message import Request, Response, make_response
 from pbx.sip.peer import Peer
@@ -93,117 +101,6 @@ class LocalAddress(Protocol):
     def __call__(self, peer: Peer) -> tuple[str, int]: ...
 
 
-class CallTimer:
-    """One timer of a call (a `Cancellable`): an entry in `CallTimers`' heap."""
-
-    __slots__ = ("at", "timers", "work")
-
-    def __init__(self, at: float, work: Callable[[], None], timers: CallTimers) -> None:
-        self.at = at
-        self.work: Callable[[], None] | None = work
-        self.timers = timers
-
-    def __lt__(self, other: CallTimer) -> bool:
-        return self.at < other.at
-
-    def active(self) -> bool:
-        return self.work is not None
-
-    def cancel(self) -> None:
-        if self.work is not None:
-            self.work = None
-            self.timers.cancelled()
-
-
-class CallTimers:
-    """The timers of every call, on one reactor timer.
-
-    Every answered call keeps a session timer (RFC 4028) for each leg for
-    as long as it lasts. A Twisted `DelayedCall` costs some 600 bytes (an
-    instance dict, three bound methods, an argument tuple and a keyword
-    dict); an entry here costs a fifth of that, and the reactor holds a
-    single `DelayedCall` for the earliest deadline. Times are exact, as the
-    reactor's; cancelled entries wait in the heap like the reactor's do,
-    and the heap is rebuilt without them once they are more than half of it.
-    """
-
-    log = Logger()
-
-    def __init__(self, clock: IReactorTime, after: Callable[[], None]) -> None:
-        self.clock = clock
-        self.after = after
-        """Run once after the timers due at a moment have run (the endpoint's pump)."""
-        self._heap: list[CallTimer] = []
-        self._cancelled = 0
-        self._wakeup: IDelayedCall | None = None
-
-    def __len__(self) -> int:
-        return len(self._heap) - self._cancelled
-
-    def call_later(self, delay_s: float, work: Callable[[], None]) -> CallTimer:
-        timer = CallTimer(self.clock.seconds() + max(0.0, delay_s), work, self)
-        heap = self._heap
-        heapq.heappush(heap, timer)
-        if heap[0] is timer:
-            self._arm()
-        return timer
-
-    def cancelled(self) -> None:
-        self._cancelled += 1
-        heap = self._heap
-        if self._cancelled == len(heap):
-            # None left: nothing of ours stays pending in the reactor.
-            heap.clear()
-            self._cancelled = 0
-            if self._wakeup is not None and self._wakeup.active():
-                self._wakeup.cancel()
-            self._wakeup = None
-        elif self._cancelled > 64 and self._cancelled * 2 > len(heap):
-            heap[:] = [timer for timer in heap if timer.work is not None]  # in place: see _run
-            heapq.heapify(heap)
-            self._cancelled = 0
-
-    def _arm(self) -> None:
-        heap = self._heap
-        while heap and heap[0].work is None:
-            heapq.heappop(heap)
-            self._cancelled -= 1
-        wakeup = self._wakeup
-        if not heap:
-            if wakeup is not None and wakeup.active():
-                wakeup.cancel()
-            self._wakeup = None
-            return
-        at = heap[0].at
-        if wakeup is not None and wakeup.active():
-            if wakeup.getTime() == at:
-                return
-            wakeup.cancel()
-        self._wakeup = self.clock.callLater(max(0.0, at - self.clock.seconds()), self._run)
-
-    def _run(self) -> None:
-        self._wakeup = None
-        heap = self._heap
-        now = self.clock.seconds()
-        ran = False
-        try:
-            while heap and heap[0].at <= now:
-                timer = heapq.heappop(heap)
-                work, timer.work = timer.work, None
-                if work is None:
-                    self._cancelled -= 1
-                    continue
-                ran = True
-                try:
-                    work()
-                except Exception:
-                    self.log.failure("A call's timer failed")
-            if ran:
-                self.after()
-        finally:
-            self._arm()
-
-
 class CallManager:
     log = Logger()
 
@@ -222,6 +119,8 @@ class CallManager:
         record_cdr: Callable[[tuple[object, ...]], None],
         on_security_event: Callable[[SecurityEvent], None],
         max_calls: int = 10_000,
+        timers: Timers | None = None,
+        owners: Owners | None = None,
     ) -> None:
         self.clock = clock
         self.layer = layer
@@ -243,12 +142,17 @@ class CallManager:
         """Makes each new call's media session (`pbx.media.seam`): a relay plugin
         sets it. None: no session, and bodies cross the calls unchanged."""
         self.calls: set[Call] = set()
-        self._dialogs: dict[DialogId, Leg] = {}
-        self._owners: dict[ClientTransaction[Peer], ResponseOwner] = {}
+        self.owners = owners if owners is not None else Owners()
+        """The dispatcher's tables: each leg's dialog, each request's responses."""
         self._invites: dict[ServerTransaction[Peer], Call] = {}
-        self.pump: Callable[[], None] = lambda: None
-        """Set by the endpoint: drain the layer after work done outside an event."""
-        self.timers = CallTimers(clock, after=lambda: self.pump())
+        self.timers = timers if timers is not None else Timers(clock)
+        """The core's timers: what a call's timer queues is flushed after it runs."""
+        self._handling: dict[Call, DialplanCall] = {}
+        """The dialplan's view of each call whose handler is running: its hooks
+        (``on_refer``) may be set or changed at any time until it returns."""
+        self._refer_hooks: dict[Call, ReferHandler] = {}
+        """The ``on_refer`` a handler left set when it returned: all that is kept of
+        the dialplan's view of a call once its handler is done (memory per call)."""
         self._contacts: dict[tuple[str, str, int, str | None], str] = {}
         """Our Contact by transport, address and user: every dialog keeps one, the same text."""
         self.events: PluginEvents | None = None
@@ -317,11 +221,17 @@ class CallManager:
         self._invites[transaction] = call
         self.log.info("Call {call_id} from {caller} to {dialed}", call_id=request.call_id,
                       caller=user, dialed=dialed)
+        handling = self._handling
+
+        def keep_public(public: DialplanCall) -> None:
+            handling[call] = public
+
         run_dialplan(
             self.dialplan.handler, call,
             caller=Party(user=user, display_name=caller_name, uri=from_addr.uri_text),
             dialed=dialed, users=self.users, resolve=self.resolve,
-            actions=self.actions, log=self.log)
+            actions=self.actions, log=self.log, on_public=keep_public,
+        ).addBoth(self._handler_done, call)
         return None
 
     def _media_for(self, request: Request, peer: Peer, user: str,
@@ -344,14 +254,6 @@ class CallManager:
         return CallMedia(session, call_id=request.call_id, caller=caller,
                          local_address=self.local_address)
 
-    def in_dialog(self, transaction: ServerTransaction[Peer], request: Request) -> bool:
-        """A request with a To tag; False when no dialog matches (the endpoint says 481)."""
-        leg = self._dialogs.get(dialog_id_of_request(request))
-        if leg is None or leg.call is None:
-            return False
-        leg.call.in_dialog_request(leg, transaction, request)
-        return True
-
     def caller_cancel(self, invite: ServerTransaction[Peer]) -> bool:
         call = self._invites.get(invite)
         if call is None:
@@ -359,28 +261,74 @@ class CallManager:
         call.caller_cancelled()
         return True
 
-    def ack(self, request: Request) -> None:
-        leg = self._dialogs.get(dialog_id_of_request(request))
-        if leg is not None and leg.call is not None:
-            leg.call.ack_received(leg, request)
+    def _handler_done(self, result: object, call: Call) -> object:
+        """The dialplan's handler returned: keep only the hook it left set, if any."""
+        public = self._handling.pop(call, None)
+        if public is not None and public.on_refer is not None and not call.ended:
+            self._refer_hooks[call] = public.on_refer
+        return result
 
-    def response(self, transaction: ClientTransaction[Peer], response: Response) -> None:
-        owner = self._owners.get(transaction)
-        if owner is not None:
-            owner.on_response(response)
+    def invite_ended(self, transaction: ServerTransaction[Peer]) -> None:
+        """A caller's INVITE transaction is over: a CANCEL can no longer match it."""
+        self._invites.pop(transaction, None)
 
-    def failure(self, transaction: ClientTransaction[Peer], status: int) -> None:
-        owner = self._owners.get(transaction)
-        if owner is not None:
-            owner.on_failure(status)
+    # ------------------------------------------------------------ REFER
 
-    def transaction_ended(self, transaction: object) -> None:
-        if isinstance(transaction, ClientTransaction):
-            owner = self._owners.pop(transaction, None)
-            if owner is not None:
-                owner.on_ended()
-        elif isinstance(transaction, ServerTransaction):
-            self._invites.pop(transaction, None)
+    def refer(self, leg: Leg, transaction: ServerTransaction[Peer], request: Request) -> None:
+        """A REFER within a call: handed to the dialplan's ``on_refer`` hook.
+
+        Transfer itself is not done by the core (a later issue): whoever set
+        the hook decides the answer. With no hook the answer is 603 Decline,
+        what Asterisk's chan_pjsip answers an endpoint whose transfers are
+        turned off (``allow_transfer = no``): the REFER was understood and
+        is refused by policy, where 501 would claim the PBX does not know
+        REFER, which its Allow says it does, and 405 would contradict that
+        Allow. RFC 3515 §2.4.2: 400 unless there is exactly one Refer-To.
+        """
+        call = leg.call
+        dialog = leg.dialog
+        if call is None or dialog is None:
+            self.respond(transaction, make_response(request, 481))
+            return
+        refused = dialog.receive_request(request)
+        if refused is not None:
+            self.respond(transaction, make_response(request, refused))
+            return
+        refer_to = request.headers.values("refer-to")
+        if len(refer_to) != 1:
+            self.respond(transaction, make_response(
+                request, 400, "A REFER needs exactly one Refer-To"))
+            return
+        public = self._handling.get(call)
+        hook = public.on_refer if public is not None else self._refer_hooks.get(call)
+        if hook is None:
+            self.respond(transaction, make_response(request, 603, "Transfer not enabled"))
+            return
+        referral = Referral(
+            refer_to=refer_to[0], referred_by=request.headers.get("referred-by"),
+            by=leg.side,
+            headers={name.lower(): value for name, value in reversed(list(request.headers))})
+
+        async def decide() -> tuple[int, str | None]:
+            try:
+                return await hook(referral), None
+            except Refused as refusal:
+                return refusal.status, refusal.reason
+
+        def answer(decided: tuple[int, str | None]) -> None:
+            status, reason = decided
+            if not 200 <= status < 700:
+                self.log.warn("on_refer returned {status}, not a final status: 500 instead",
+                              status=status)
+                status, reason = 500, "Bad answer from on_refer"
+            self.respond(transaction, make_response(request, status, reason))
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("on_refer failed for call {call_id}", failure=failure,
+                             call_id=call.record.call_id)
+            self.respond(transaction, make_response(request, 500, "on_refer failed"))
+
+        Deferred.fromCoroutine(decide()).addCallbacks(answer, failed)
 
     # ------------------------------------------------------------- targets
 
@@ -442,7 +390,7 @@ class CallManager:
         except Exception as error:
             self.log.debug("Not sent: {status} ({error})", status=response.status,
                            error=str(error))
-        self.pump()
+        self.timers.flush_soon()
 
     def send_request(self, request: Request, peer: Peer,
                      owner: ResponseOwner) -> ClientTransaction[Peer] | None:
@@ -451,8 +399,8 @@ class CallManager:
                                                   reliable=peer.is_reliable)
         except TableFullError:
             return None
-        self._owners[transaction] = owner
-        self.pump()
+        self.owners.own_responses(transaction, owner)
+        self.timers.flush_soon()
         return transaction
 
     def send_ack(self, request: Request, peer: Peer) -> None:
@@ -460,7 +408,7 @@ class CallManager:
 
     def cancel(self, transaction: ClientInviteTransaction[Peer]) -> None:
         self.layer.cancel(transaction, self.now())
-        self.pump()
+        self.timers.flush_soon()
 
     def call_later(self, delay_s: float, work: Callable[[], None]) -> Cancellable:
         return self.timers.call_later(delay_s, work)
@@ -491,10 +439,10 @@ class CallManager:
         return f"{_random.getrandbits(96):024x}@{self.domain}"
 
     def register_dialog(self, dialog: Dialog, leg: Leg) -> None:
-        self._dialogs[dialog.id] = leg
+        self.owners.own_dialog(dialog.id, LegDialog(self, leg))
 
     def forget_dialog(self, dialog: Dialog) -> None:
-        self._dialogs.pop(dialog.id, None)
+        self.owners.release_dialog(dialog.id)
 
     def callee_ringing(self, call: Call, callee: str) -> None:
         if self.events is not None:
@@ -508,6 +456,8 @@ class CallManager:
         self.calls.discard(call)
         if self.events is not None:
             self.events.call_ended(call)
+        self._handling.pop(call, None)
+        self._refer_hooks.pop(call, None)
         record = call.record
         duration = 0.0
         if record.answered_at is not None and record.ended_at is not None:
@@ -532,3 +482,35 @@ class CallManager:
             if call.state is not CallState.ENDED:
                 call.hangup()
 
+
+
+class LegDialog:
+    """The `DialogOwner` of one leg's dialog: its requests go to the leg's call.
+
+    A REFER goes to the dialplan instead (`CallManager.refer`); an ACK goes to
+    the call: on the caller's leg it stops the 2xx retransmissions, and on
+    either leg it may carry the answer to an offer the PBX relayed in a 2xx.
+    """
+
+    __slots__ = ("calls", "leg")
+
+    def __init__(self, calls: CallManager, leg: Leg) -> None:
+        self.calls = calls
+        self.leg = leg
+
+    def in_dialog_request(self, transaction: ServerTransaction[Peer], request: Request) -> None:
+        leg = self.leg
+        call = leg.call
+        if call is None:
+            self.calls.respond(transaction, make_response(request, 481))
+            return
+        if request.method == "REFER":
+            self.calls.refer(leg, transaction, request)
+            return
+        call.in_dialog_request(leg, transaction, request)
+
+    def in_dialog_ack(self, request: Request) -> None:
+        leg = self.leg
+        call = leg.call
+        if call is not None:
+            call.ack_received(leg, request)

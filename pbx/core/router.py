@@ -165,14 +165,21 @@ def run_dialplan(
     resolve: Callable[[str], list[Target]],
     actions: dict[str, Callable[..., Awaitable[Any]]],
     log: Logger,
+    on_public: Callable[[Call], None] | None = None,
 ) -> Deferred[None]:
-    """Run `handler` for `call`; what it leaves undecided is decided here."""
+    """Run `handler` for `call`; what it leaves undecided is decided here.
+
+    ``on_public`` is given the dialplan's `Call` before the handler runs: the
+    core keeps it for the hooks a handler sets on it (``on_refer``).
+    """
     invite = call.a.invite
     control = _Control(call, resolve)
     public = Call(caller=caller, dialed=dialed, request_uri=str(invite.uri),
                   headers=_ReadOnlyHeaders(invite.headers), users=users,
                   control=control, actions=actions)
     control.outgoing_headers = public.outgoing_headers
+    if on_public is not None:
+        on_public(public)
 
     def finished(_: object) -> None:
         if not call.ended and call.state is not CallState.ANSWERED:

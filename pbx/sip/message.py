@@ -404,6 +404,29 @@ class Message:
             via = headers._via = _top_via(headers)
         return via
 
+    def set_top_via(self, via: Via, text: str | None = None) -> None:
+        """Replace the top Via value by `via`, which becomes its parsed view.
+
+        For what a receiver or a proxy writes into the top Via (RFC 3581
+        ``received``/``rport``, `pbx.sip.via`): the value is not parsed again.
+        ``text`` is the new first Via line, for a caller that knows that line
+        held the top Via alone and has the wire form cheaper than
+        ``str(via)``. Other Via values stay as they are; several values on
+        the first line are split onto lines of their own.
+        """
+        headers = self.headers
+        if text is not None:
+            headers.set_first_value("via", text)
+        else:
+            line = headers.get("via") or ""
+            if "," not in line:
+                headers.set_first_value("via", str(via))
+            else:
+                values = headers.values("via")
+                values[0] = str(via)
+                headers.set_all("via", values)
+        headers._via = via
+
     @property
     def from_addr(self) -> NameAddr:
         headers = self.headers

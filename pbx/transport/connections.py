@@ -118,17 +118,25 @@ def _no_flow(connection_id: int) -> bool:
 
 
 class Connections:
-    """Open stream connections: routing by id and address, and admission. Bounded."""
+    """Where every message the core sends leaves, and the open stream connections
+    (routing by id and address, and admission). Bounded.
 
-    log = Logger()
+    Compiled (`pbx.compiled`): `send` is on the path of every answer, and as
+    interpreted code it cost more than the UDP path it leads to.
+    """
 
     def __init__(self, max_connections: int = 10_000, max_per_source: int = 256) -> None:
+        # The instance's, with its namespace spelt out: a Logger as a class
+        # attribute names itself after the class only in interpreted code.
+        self.log = Logger(namespace="pbx.transport.connections.Connections")
         self._by_id: dict[int, Connection] = {}
         self._by_address: dict[tuple[str, str, int], Connection] = {}
         self._ids = itertools.count(1)
         self.max_connections = max_connections
         self.max_per_source = max_per_source
         self.udp_send: Callable[[bytes, str, int], None] | None = None
+        """The UDP listener's send (data, host, port), which `send` uses for UDP
+        peers; set while it listens (`pbx.transport.udp`)."""
         self.connectors: dict[str, Connector] = {}
         self.carries_flow: Callable[[int], bool] = _no_flow
         """Whether a binding rides on the connection of this id (set by the service)."""

@@ -59,6 +59,7 @@ class PluginOffice:
 
     def take(self, port: int) -> list[Request | Response]:
         """Everything sent to the phone at `port` since last asked, parsed."""
+        self.clock.advance(0)  # what was sent outside an event leaves on the next turn
         mine = [parse_message(data) for data, to in self.sent if to == port]
         self.sent = [(data, to) for data, to in self.sent if to != port]
         return mine

@@ -23,6 +23,7 @@ from twisted.internet.task import Clock
 from pbx.config import parse_config
 from pbx.core.call import Call
 from pbx.core.calls import CallManager
+from pbx.core.timers import Timers
 from pbx.service import PbxService
 from pbx.sip.digest import Challenge, authorization_for, select_challenge
 from pbx.sip.message import Message, Request, Response, parse_message
@@ -178,11 +179,11 @@ class Office:
 def _reachable(root: object) -> Iterator[object]:
     """Everything `root` holds on to, short of the PBX itself and code.
 
-    The call's services (the `CallManager`), the clock, classes, modules
-    and functions' globals are shared by every call and not followed; a
-    function's closure is.
+    The call's services (the `CallManager` and the core's `Timers`), the
+    clock, classes, modules and functions' globals are shared by every call
+    and not followed; a function's closure is.
     """
-    shared = (CallManager, Clock, type, types.ModuleType)
+    shared = (CallManager, Timers, Clock, type, types.ModuleType)
     seen = {id(root)}
     todo = [root]
     while todo:

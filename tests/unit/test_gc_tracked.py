@@ -64,7 +64,7 @@ def test_answered_requests_waiting_out_timer_j_are_not_tracked(tmp_path: Path) -
 
     assert len(sent) == requests + 1 and sent[-1].startswith(b"SIP/2.0 200")
     assert service.layer.tombstones == requests + 1  # all still absorbing retransmissions
-    assert len(service.endpoint.merged) == requests + 1
+    assert len(service.endpoint.dispatcher.merged) == requests + 1
     growth = tracked_after_collections() - before
     assert growth < requests * 0.05, f"{growth / requests:.2f} tracked objects a request"
 

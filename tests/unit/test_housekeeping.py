@@ -45,14 +45,14 @@ def test_merged_request_entries_go_once_their_transactions_are_over(tmp_path: Pa
     for n in range(20):
         service.endpoint.receive_data(options(n), PHONE, datagram=True)
     assert len(sent) == 20 and all(s.startswith(b"SIP/2.0 200") for s in sent)
-    assert len(service.endpoint.merged) == 20  # each answered request is remembered
+    assert len(service.endpoint.dispatcher.merged) == 20  # each answered request is remembered
 
     # Timer J (64*T1 over UDP) and a little more, with no other traffic.
     for _ in range(40):
         clock.advance(1.0)
     service._housekeeping()
 
-    assert len(service.endpoint.merged) == 0
+    assert len(service.endpoint.dispatcher.merged) == 0
     # ... and a retransmission of an old request is a new request again, not a loop.
     service.endpoint.receive_data(options(3), PHONE, datagram=True)
     assert sent[-1].startswith(b"SIP/2.0 200")
@@ -78,11 +78,11 @@ def test_an_entry_taken_again_by_a_later_request_outlives_the_first_ones_time(
     endpoint.receive_data(options(1), PHONE, datagram=True)  # the same request, new again
     assert [s[:11] for s in sent] == [b"SIP/2.0 200", b"SIP/2.0 200"]
     service._housekeeping()
-    assert len(endpoint.merged) == 1  # the second answer's Timer J runs until 65 s
+    assert len(endpoint.dispatcher.merged) == 1  # the second answer's Timer J runs until 65 s
 
     clock.advance(33.0)
     service._housekeeping()
-    assert len(endpoint.merged) == 0
+    assert len(endpoint.dispatcher.merged) == 0
 
 
 def test_memory_is_handed_back_once_a_burst_of_requests_is_over(

@@ -306,10 +306,10 @@ def test_registration_changes_are_told_in_order(tmp_path: Path) -> None:
 def test_no_listener_no_registration_hook(tmp_path: Path) -> None:
     """A PBX whose plugins do not listen pays nothing per REGISTER: nothing is hooked."""
     office = PluginOffice(tmp_path)
-    assert office.service.endpoint.binding_listener is None
+    assert office.service.endpoint.dispatcher.binding_listener is None
     changes: list[RegistrationChanged] = []
     office.service.plugins.on_registration(changes.append)
-    assert office.service.endpoint.binding_listener is not None
+    assert office.service.endpoint.dispatcher.binding_listener is not None
     office.phone("1002", 6002).register()
     assert [c.state for c in changes] == [RegistrationState.REGISTERED]
 

@@ -1,21 +1,22 @@
-"""The calls' timers share one reactor timer (`pbx.core.calls.CallTimers`), on a test clock."""
+"""The core's timers share one reactor timer, and the flush runs once after them
+(`pbx.core.timers.Timers`), on a test clock."""
 
 from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from pbx.core.calls import CallTimers
+from pbx.core.timers import Timers
 
 
-def make() -> tuple[Clock, CallTimers, list[str]]:
+def make() -> tuple[Clock, Timers, list[str]]:
     clock = Clock()
     clock.advance(1_000)
     ran: list[str] = []
-    timers = CallTimers(clock, after=lambda: ran.append("pump"))
+    timers = Timers(clock, after=lambda: ran.append("flush"))
     return clock, timers, ran
 
 
-def test_timers_run_at_their_time_in_order_and_the_pump_after_them() -> None:
+def test_timers_run_at_their_time_in_order_and_the_flush_after_them() -> None:
     clock, timers, ran = make()
     timers.call_later(1.5, lambda: ran.append("b"))
     timers.call_later(0.5, lambda: ran.append("a"))
@@ -25,9 +26,9 @@ def test_timers_run_at_their_time_in_order_and_the_pump_after_them() -> None:
     clock.advance(0.49)
     assert ran == []
     clock.advance(0.01)
-    assert ran == ["a", "pump"]
+    assert ran == ["a", "flush"]
     clock.advance(1.0)
-    assert sorted(ran[2:4]) == ["b", "c"] and ran[4:] == ["pump"]
+    assert sorted(ran[2:4]) == ["b", "c"] and ran[4:] == ["flush"]
     assert len(timers) == 0 and clock.getDelayedCalls() == []
 
 
@@ -50,7 +51,7 @@ def test_a_sooner_timer_moves_the_reactor_timer_forward() -> None:
     timers.call_later(900, lambda: ran.append("refresh"))
     timers.call_later(0.5, lambda: ran.append("retransmit"))
     clock.advance(0.5)
-    assert ran == ["retransmit", "pump"]
+    assert ran == ["retransmit", "flush"]
     (wakeup,) = clock.getDelayedCalls()
     assert wakeup.getTime() == 1_900
 
@@ -69,9 +70,9 @@ def test_work_may_set_timers_and_a_failing_one_does_not_stop_the_others() -> Non
     timers.call_later(1, fails)
     timers.call_later(1, again)
     clock.advance(1)
-    assert ran == ["again", "now", "pump"]
+    assert ran == ["again", "now", "flush"]
     clock.advance(1)
-    assert ran[-2:] == ["later", "pump"]
+    assert ran[-2:] == ["later", "flush"]
     assert len(timers) == 0
 
 
@@ -84,5 +85,46 @@ def test_cancelled_entries_are_swept_once_they_are_most_of_the_heap() -> None:
     assert len(timers) == 10
     assert len(timers._heap) < 100  # swept, not kept until their time
     clock.advance(200)
-    assert [r for r in ran if r != "pump"] == [f"kept{n}" for n in range(10)]
+    assert [r for r in ran if r != "flush"] == [f"kept{n}" for n in range(10)]
     assert all(not timer.active() for timer in kept)
+
+
+def test_flush_soon_coalesces_into_one_flush_on_the_next_turn() -> None:
+    clock, timers, ran = make()
+    timers.flush_soon()
+    timers.flush_soon()
+    timers.flush_soon()
+    assert ran == [] and len(clock.getDelayedCalls()) == 1
+    clock.advance(0)
+    assert ran == ["flush"] and clock.getDelayedCalls() == []
+
+
+def test_a_flush_that_ran_meanwhile_takes_the_place_of_the_one_asked_for() -> None:
+    clock, timers, ran = make()
+    timers.flush_soon()
+    timers.flushed()  # an event's flush sent everything
+    clock.advance(0)
+    assert ran == [] and clock.getDelayedCalls() == []
+
+
+def test_work_of_timers_due_together_is_flushed_once() -> None:
+    """Each work item asks for a flush, as a call's sending does; one flush runs."""
+    clock = Clock()
+    ran: list[str] = []
+    timers = Timers(clock)
+
+    def flush() -> None:  # what the endpoint's flush does, as the timers see it
+        ran.append("flush")
+        timers.flushed()
+
+    timers.after = flush
+
+    def sends() -> None:
+        ran.append("send")
+        timers.flush_soon()
+
+    timers.call_later(1, sends)
+    timers.call_later(1, sends)
+    clock.advance(1)
+    assert ran == ["send", "send", "flush"]
+    assert clock.getDelayedCalls() == []
