@@ -227,7 +227,7 @@ class PbxService(MultiService):
             domain=sip.domain,
             local_address=self.local_address,
             dialplan=self.dialplan,
-            record_cdr=self.cdr_queue.append,
+            record_cdr=lambda cdr: self.cdr_queue.append(cdr.row()),
             on_security_event=self._write_security_event,
         )
         self.endpoint = SipEndpoint(

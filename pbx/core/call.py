@@ -44,6 +44,7 @@ Life of a call::
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -358,9 +359,38 @@ class _Bye:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class CallDetailRecord:
+    """A finished call, as stored: one row of the ``cdr`` table, fields in its column order.
+
+    `pbx.store.CDR_COLUMNS` names the same fields in the same order (a test
+    holds them together); `row` is what the store's insert takes.
+    """
+
+    call_id: str
+    caller: str
+    caller_name: str | None
+    dialed: str
+    targets: str  # JSON list of what was tried, in order
+    answered_by: str | None
+    started_at: float
+    answered_at: float | None
+    ended_at: float | None
+    duration_s: float  # answer to end; 0 for a call nobody answered
+    hangup_by: str | None  # "caller", "callee" or "pbx"
+    status: int  # 200 for an answered call, else the caller's final status
+    reason: str | None
+
+    def row(self) -> tuple[object, ...]:
+        """The values in column order, for an INSERT."""
+        return (self.call_id, self.caller, self.caller_name, self.dialed, self.targets,
+                self.answered_by, self.started_at, self.answered_at, self.ended_at,
+                self.duration_s, self.hangup_by, self.status, self.reason)
+
+
 @dataclass(slots=True)
 class CallRecord:
-    """What the CDR writer stores when the call ends."""
+    """What is known of a call as it goes; `finished` makes its `CallDetailRecord`."""
 
     call_id: str
     caller: str
@@ -374,6 +404,20 @@ class CallRecord:
     hangup_by: str | None = None  # "caller", "callee", "pbx"
     status: int | None = None
     reason: str | None = None
+
+    def finished(self) -> CallDetailRecord:
+        """The record to store, once the call has ended."""
+        duration = 0.0
+        if self.answered_at is not None and self.ended_at is not None:
+            duration = round(self.ended_at - self.answered_at, 3)
+        return CallDetailRecord(
+            call_id=self.call_id, caller=self.caller, caller_name=self.caller_name,
+            dialed=self.dialed, targets=json.dumps(self.targets),
+            answered_by=self.answered_by, started_at=self.started_at,
+            answered_at=self.answered_at, ended_at=self.ended_at, duration_s=duration,
+            hangup_by=self.hangup_by,
+            status=200 if self.answered_at is not None else (self.status or 480),
+            reason=self.reason)
 
 
 class Call:

@@ -34,7 +34,6 @@ whatever the disk says) and the record stays queued for the retry.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Callable
@@ -48,6 +47,7 @@ from twisted.python.failure import Failure
 from pbx.core.auth import PROXY_AUTH, Denied, RequestAuthenticator, SecurityEvent
 from pbx.core.call import (
     Call,
+    CallDetailRecord,
     CallState,
     Cancellable,
     Leg,
@@ -61,16 +61,17 @@ from pbx.core.media import CallMedia, media_leg
 from pbx.core.owners import Owners
 from pbx.core.pending_bindings import CommitGate
 from pbx.core.router import DialplanLoader, run_dialplan
+from pbx.core.sender import Sender
+from pbx.core.tags import new_tag
 from pbx.core.timers import Timers
 from pbx.dialplan import Call as DialplanCall
-from pbx.dialplan import Party, ReferHandler, Referral, Users
-from pbx.dialplan import Reject as Refused
+from pbx.dialplan import Party, ReferHandler, Referral, Reject, Users
 from pbx.media.seam import MediaCall, MediaFactory, MediaRefused, Side
 from pbx.sip.dialog import Dialog
 from pbx.sip.errors import SipParseError
 from pbx.sip.message import Request, Response, make_response
 from pbx.sip.peer import Peer
-from pbx.sip.session_timer import Reject, Role, negotiate_uas
+from pbx.sip.session_timer import IntervalTooSmall, Role, negotiate_uas
 from pbx.sip.transaction import (
     ClientInviteTransaction,
     ClientTransaction,
@@ -88,11 +89,6 @@ SESSION_INTERVAL_S = 1800
 ends within about 20 minutes (the refresher's half interval plus margin)."""
 MIN_SE_S = 90
 _SHARED_CONTACTS = 4096
-
-
-class Sender(Protocol):
-    def send(self, data: bytes, peer: Peer,
-             on_failure: Callable[[], None] | None = None) -> bool: ...
 
 
 class LocalAddress(Protocol):
@@ -116,7 +112,7 @@ class CallManager:
         domain: str,
         local_address: LocalAddress,
         dialplan: DialplanLoader,
-        record_cdr: Callable[[tuple[object, ...]], None],
+        record_cdr: Callable[[CallDetailRecord], None],
         on_security_event: Callable[[SecurityEvent], None],
         max_calls: int = 10_000,
         timers: Timers | None = None,
@@ -195,7 +191,7 @@ class CallManager:
                                   preferred_refresher=Role.UAC)
         except SipParseError as error:
             return make_response(request, 400, error.reason, to_tag=self.new_tag())
-        if isinstance(timer, Reject):
+        if isinstance(timer, IntervalTooSmall):
             # RFC 4028 §6: too short an interval; the phone retries with ours.
             return make_response(request, 422, to_tag=self.new_tag(), headers=timer.headers())
         if len(self.calls) >= self.max_calls:
@@ -312,7 +308,7 @@ class CallManager:
         async def decide() -> tuple[int, str | None]:
             try:
                 return await hook(referral), None
-            except Refused as refusal:
+            except Reject as refusal:
                 return refusal.status, refusal.reason
 
         def answer(decided: tuple[int, str | None]) -> None:
@@ -433,7 +429,7 @@ class CallManager:
         return contact
 
     def new_tag(self) -> str:
-        return f"{_random.getrandbits(48):012x}"
+        return new_tag()
 
     def new_call_id(self) -> str:
         return f"{_random.getrandbits(96):024x}@{self.domain}"
@@ -458,23 +454,14 @@ class CallManager:
             self.events.call_ended(call)
         self._handling.pop(call, None)
         self._refer_hooks.pop(call, None)
-        record = call.record
-        duration = 0.0
-        if record.answered_at is not None and record.ended_at is not None:
-            duration = round(record.ended_at - record.answered_at, 3)
-        status = 200 if record.answered_at is not None else (record.status or 480)
-        self.record_cdr((
-            record.call_id, record.caller, record.caller_name, record.dialed,
-            json.dumps(record.targets), record.answered_by, record.started_at,
-            record.answered_at, record.ended_at, duration, record.hangup_by, status,
-            record.reason,
-        ))
+        cdr = call.record.finished()
+        self.record_cdr(cdr)
         self.log.info(
             "Call {call_id} from {caller} to {dialed} ended: {outcome}, hung up by "
-            "{hangup_by}, {duration_s}s", call_id=record.call_id, caller=record.caller,
-            dialed=record.dialed, outcome=f"answered by {record.answered_by}"
-            if record.answered_by else f"{status} {record.reason or ''}".strip(),
-            hangup_by=record.hangup_by, duration_s=duration)
+            "{hangup_by}, {duration_s}s", call_id=cdr.call_id, caller=cdr.caller,
+            dialed=cdr.dialed, outcome=f"answered by {cdr.answered_by}"
+            if cdr.answered_by else f"{cdr.status} {cdr.reason or ''}".strip(),
+            hangup_by=cdr.hangup_by, duration_s=cdr.duration_s)
 
     def hangup_all(self) -> None:
         """On stop: end every call cleanly (BYE or a final response)."""

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -41,6 +40,7 @@ from pbx.core.pending_bindings import CommitGate, PendingBindings
 from pbx.core.pike import SourceLimiter
 from pbx.core.registrar import Registrar
 from pbx.core.request_log import RequestLog
+from pbx.core.sender import Sender
 from pbx.core.tags import new_tag
 from pbx.core.timers import Timer, Timers
 from pbx.dialplan import RequestHandler
@@ -57,17 +57,6 @@ _DIGEST_RESPONSE = re.compile(r'(?i)(\bresponse\s*=\s*)("[^"]*"?|[^,\s]*)')
 """The one secret-derived value of digest credentials: what a password guesser
 would test offline. User name, realm, nonce, uri, algorithm, qop, nc and cnonce
 are what an admin needs to see why a phone fails, and are sent in clear anyway."""
-
-
-class Sender(Protocol):
-    """How the endpoint sends bytes: `pbx.transport.connections.Connections` is one.
-
-    A protocol rather than an import because the transports sit above the
-    core (DESIGN.md): they call the endpoint, it never imports them.
-    """
-
-    def send(self, data: bytes, peer: Peer,
-             on_failure: Callable[[], None] | None = None) -> bool: ...
 
 
 class SipEndpoint:

@@ -53,8 +53,8 @@ __all__ = [
     "MIN_SE_FLOOR_S",
     "OPTION_TAG",
     "RECOMMENDED_INTERVAL_S",
+    "IntervalTooSmall",
     "MinSE",
-    "Reject",
     "RetryWithLongerInterval",
     "Role",
     "SessionExpires",
@@ -213,7 +213,7 @@ class SessionTimerDecision:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Reject:
+class IntervalTooSmall:
     """A UAS's refusal: answer 422 Session Interval Too Small with our Min-SE (§6, §9)."""
 
     min_se_s: int
@@ -264,7 +264,7 @@ def negotiate_uas(
     min_se_s: int = MIN_SE_FLOOR_S,
     default_s: int = RECOMMENDED_INTERVAL_S,
     preferred_refresher: Role = Role.UAC,
-) -> SessionTimerDecision | Reject:
+) -> SessionTimerDecision | IntervalTooSmall:
     """What we, the UAS, answer to a session refresh request (RFC 4028 §9).
 
     ``min_se_s`` is the shortest interval we accept; ``default_s`` the
@@ -275,7 +275,7 @@ def negotiate_uas(
     watches.
 
     * A request that supports timers with a ``Session-Expires`` below our
-      minimum is rejected: `Reject` (422 with ``Min-SE``).
+      minimum is rejected: `IntervalTooSmall` (422 with ``Min-SE``).
     * A request that does not support timers cannot act on a 422 (a proxy
       added its ``Session-Expires``): its interval is raised to our minimum
       instead, as §8.1 tells proxies to and RFC 4028 erratum 1687 says a
@@ -299,7 +299,7 @@ def negotiate_uas(
     if asked is None:
         interval_s = max(default_s, floor)
     elif asked.interval_s < min_se_s and uac_supports:
-        return Reject(min_se_s=min_se_s)
+        return IntervalTooSmall(min_se_s=min_se_s)
     elif asked.interval_s < floor:
         interval_s = floor
     else:

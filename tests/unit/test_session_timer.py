@@ -15,8 +15,8 @@ import pytest
 from pbx.sip.errors import SipParseError
 from pbx.sip.message import Request, Response, parse_message
 from pbx.sip.session_timer import (
+    IntervalTooSmall,
     MinSE,
-    Reject,
     RetryWithLongerInterval,
     Role,
     SessionExpires,
@@ -101,13 +101,13 @@ def test_rfc_flow_interval_below_our_minimum_is_422_with_min_se() -> None:
     # §13: Session-Expires 50 from a UAC that supports timers.
     outcome = negotiate_uas(invite("Supported: timer", "Session-Expires: 50"),
                             min_se_s=3600, default_s=3600)
-    assert outcome == Reject(min_se_s=3600)
+    assert outcome == IntervalTooSmall(min_se_s=3600)
     assert outcome.status == 422
     assert outcome.headers() == [("Min-SE", "3600")]
     # Message 4: 3600 against a UAS whose minimum is 4000.
     again = negotiate_uas(invite("Supported: timer", "Session-Expires: 3600",
                                  "Min-SE: 3600"), min_se_s=4000, default_s=4000)
-    assert again == Reject(min_se_s=4000)
+    assert again == IntervalTooSmall(min_se_s=4000)
 
 
 def test_rfc_flow_accepted_retry_answers_4000_refreshed_by_the_uac() -> None:

@@ -12,11 +12,14 @@ import pytest
 from pbx.core.location import Binding, LocationService
 from pbx.store import (
     BUSY_TIMEOUT_MS,
+    CDR_COLUMNS,
     DATABASE_FILENAME,
+    INSERT_CDR,
     MIGRATIONS,
     PAGE_SIZE,
     WAL_AUTOCHECKPOINT_BYTES,
     BindingWriter,
+    RowQueue,
     Store,
     StoreError,
 )
@@ -285,3 +288,22 @@ def test_an_existing_database_keeps_its_page_size(db_path: Path) -> None:
     raw = sqlite3.connect(db_path)
     assert raw.execute("PRAGMA page_size").fetchone()[0] == 4096
     raw.close()
+
+
+def test_a_call_detail_record_has_the_cdr_tables_columns_in_order(db_path: Path) -> None:
+    """The core's record and the store's insert name the same thirteen fields."""
+    from pbx.core.call import CallDetailRecord, CallRecord
+
+    assert tuple(field.name for field in fields(CallDetailRecord)) == CDR_COLUMNS
+    record = CallRecord(call_id="c1", caller="1001", caller_name="Alice", dialed="1002",
+                        started_at=100.0, answered_at=101.0, ended_at=105.25,
+                        targets=["1002"], answered_by="1002", hangup_by="caller")
+    cdr = record.finished()
+    assert (cdr.duration_s, cdr.status, cdr.targets) == (4.25, 200, '["1002"]')
+    with Store.open(db_path) as store:
+        queue = RowQueue(INSERT_CDR)
+        queue.append(cdr.row())
+        store.write([queue])
+        (row,) = store.cdrs()
+    assert {name: row[name] for name in CDR_COLUMNS} == dict(zip(CDR_COLUMNS, cdr.row(),
+                                                                 strict=True))
