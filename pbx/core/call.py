@@ -5,7 +5,7 @@ Theory of operation
 The PBX answers the caller as a UAS (the *A-leg*) and calls each target as
 a UAC (the *B-legs*), each leg its own dialog with its own Call-ID, tags,
 CSeq space, Via and Contact [sippy ``b2bua.py``: one state per leg, a call
-controller relaying between them]. `Call` is that controller. It does no
+controller relaying between them]. `B2buaCall` is that controller. It does no
 I/O: it talks to the endpoint through `CallServices`, and the endpoint
 feeds it what the transaction layer reports, through the `ResponseOwner`
 each request it sent carries.
@@ -125,12 +125,12 @@ class CallServices(Protocol):
 
     def forget_dialog(self, dialog: Dialog) -> None: ...
 
-    def call_ended(self, call: Call) -> None: ...
+    def call_ended(self, call: B2buaCall) -> None: ...
 
     # pluginapi: call-state events for plugins (busy lamps); ENDED is `call_ended`.
-    def callee_ringing(self, call: Call, callee: str) -> None: ...
+    def callee_ringing(self, call: B2buaCall, callee: str) -> None: ...
 
-    def callee_answered(self, call: Call, callee: str) -> None: ...
+    def callee_answered(self, call: B2buaCall, callee: str) -> None: ...
 
     @property
     def t1_s(self) -> float: ...
@@ -175,7 +175,7 @@ class Leg:
     """What the two kinds of leg share: a peer, a dialog once there is one.
 
     ``call`` is None once the call has ended and let go of this leg (see
-    `Call._release`): a leg outlives its call only as the owner of a
+    `B2buaCall._release`): a leg outlives its call only as the owner of a
     request still in flight.
     """
 
@@ -183,8 +183,8 @@ class Leg:
 
     side = "?"
 
-    def __init__(self, call: Call, peer: Peer) -> None:
-        self.call: Call | None = call
+    def __init__(self, call: B2buaCall, peer: Peer) -> None:
+        self.call: B2buaCall | None = call
         self.peer = peer
         self.dialog: Dialog | None = None
         self.timer: LegTimer | None = None
@@ -215,7 +215,7 @@ class ALeg(Leg):
 
     side = "caller"
 
-    def __init__(self, call: Call, transaction: ServerTransaction[Peer], invite: Request,
+    def __init__(self, call: B2buaCall, transaction: ServerTransaction[Peer], invite: Request,
                  peer: Peer, local_tag: str) -> None:
         super().__init__(call, peer)
         self._transaction: ServerTransaction[Peer] | None = transaction
@@ -271,7 +271,7 @@ class BLeg(Leg):
 
     side = "callee"
 
-    def __init__(self, call: Call, target: Target, invite: Request) -> None:
+    def __init__(self, call: B2buaCall, target: Target, invite: Request) -> None:
         super().__init__(call, target.peer)
         self.target = target
         self._invite: Request | None = invite
@@ -323,7 +323,7 @@ class BLeg(Leg):
 class _Relay:
     """An in-dialog request relayed from one leg to the other (ResponseOwner)."""
 
-    call: Call
+    call: B2buaCall
     source: Leg
     transaction: ServerTransaction[Peer]
     request: Request
@@ -420,7 +420,7 @@ class CallRecord:
             reason=self.reason)
 
 
-class Call:
+class B2buaCall:
     """The controller of one call (see the module docstring).
 
     Memory: every phone in the office may be in a call at once, so an
@@ -1212,7 +1212,7 @@ def rank_final_status(status: int) -> tuple[int, int]:
     Within 4xx the RFC prefers 401/407/415/420/484 (they can be fixed);
     then busy (486) over unavailable (480) over the rest (a timeout, 408):
     the caller hears the most telling reason. A 503 is converted to 500 by
-    proxies, which a B2BUA does when it answers (see `Call.finish`). The only
+    proxies, which a B2BUA does when it answers (see `B2buaCall.finish`). The only
     ranking there is: `pbx.testing` runs dialplans on this very call logic.
     """
     if 600 <= status < 700:

@@ -1,13 +1,13 @@
-"""The calls in progress: their tables, and the services each `Call` uses.
+"""The calls in progress: their tables, and the services each `B2buaCall` uses.
 
 Theory of operation
 -------------------
-`CallManager` sits between the endpoint and the `Call` controllers. The
+`CallManager` sits between the endpoint and the `B2buaCall` controllers. The
 endpoint hands it:
 
 - a new INVITE (no To tag): authenticated with 407 (`pbx.core.auth`,
   proxy-style, RFC 3261 §22.3; the caller must be the From user), answered
-  100 Trying at once, made into a `Call`, and given to the dialplan;
+  100 Trying at once, made into a `B2buaCall`, and given to the dialplan;
 - CANCEL: matched to its INVITE by the transaction layer; 200 to the
   CANCEL here, the call does the rest.
 
@@ -46,7 +46,7 @@ from twisted.python.failure import Failure
 
 from pbx.core.auth import PROXY_AUTH, Denied, RequestAuthenticator, SecurityEvent
 from pbx.core.call import (
-    Call,
+    B2buaCall,
     CallDetailRecord,
     CallState,
     Cancellable,
@@ -137,16 +137,16 @@ class CallManager:
         self.media_factory: MediaFactory | None = None
         """Makes each new call's media session (`pbx.media.seam`): a relay plugin
         sets it. None: no session, and bodies cross the calls unchanged."""
-        self.calls: set[Call] = set()
+        self.calls: set[B2buaCall] = set()
         self.owners = owners if owners is not None else Owners()
         """The dispatcher's tables: each leg's dialog, each request's responses."""
-        self._invites: dict[ServerTransaction[Peer], Call] = {}
+        self._invites: dict[ServerTransaction[Peer], B2buaCall] = {}
         self.timers = timers if timers is not None else Timers(clock)
         """The core's timers: what a call's timer queues is flushed after it runs."""
-        self._handling: dict[Call, DialplanCall] = {}
+        self._handling: dict[B2buaCall, DialplanCall] = {}
         """The dialplan's view of each call whose handler is running: its hooks
         (``on_refer``) may be set or changed at any time until it returns."""
-        self._refer_hooks: dict[Call, ReferHandler] = {}
+        self._refer_hooks: dict[B2buaCall, ReferHandler] = {}
         """The ``on_refer`` a handler left set when it returned: all that is kept of
         the dialplan's view of a call once its handler is done (memory per call)."""
         self._contacts: dict[tuple[str, str, int, str | None], str] = {}
@@ -210,7 +210,7 @@ class CallManager:
         # what the callee's phone displays, the CDR keeps and the dialplan sees.
         caller_name = display_name(self.users.name(user)) or display_name(
             from_addr.display_name)
-        call = Call(self, transaction=transaction, invite=request, peer=peer,
+        call = B2buaCall(self, transaction=transaction, invite=request, peer=peer,
                     caller=user, caller_name=caller_name, dialed=dialed,
                     session_timer=timer, media=media)
         self.calls.add(call)
@@ -257,7 +257,7 @@ class CallManager:
         call.caller_cancelled()
         return True
 
-    def _handler_done(self, result: object, call: Call) -> object:
+    def _handler_done(self, result: object, call: B2buaCall) -> object:
         """The dialplan's handler returned: keep only the hook it left set, if any."""
         public = self._handling.pop(call, None)
         if public is not None and public.on_refer is not None and not call.ended:
@@ -440,15 +440,15 @@ class CallManager:
     def forget_dialog(self, dialog: Dialog) -> None:
         self.owners.release_dialog(dialog.id)
 
-    def callee_ringing(self, call: Call, callee: str) -> None:
+    def callee_ringing(self, call: B2buaCall, callee: str) -> None:
         if self.events is not None:
             self.events.callee_ringing(call, callee)
 
-    def callee_answered(self, call: Call, callee: str) -> None:
+    def callee_answered(self, call: B2buaCall, callee: str) -> None:
         if self.events is not None:
             self.events.callee_answered(call, callee)
 
-    def call_ended(self, call: Call) -> None:
+    def call_ended(self, call: B2buaCall) -> None:
         self.calls.discard(call)
         if self.events is not None:
             self.events.call_ended(call)

@@ -15,7 +15,7 @@ not listen pays nothing more (`RegistrationSource`).
 
 Calls: each callee is reported ``RINGING`` once per call, however many
 provisional responses its phones send; a call's callees are kept only
-until its ``ENDED``, which every call reaches (`pbx.core.call.Call._end`
+until its ``ENDED``, which every call reaches (`pbx.core.call.B2buaCall._end`
 is the one way out), so the table is bounded by the calls in progress.
 """
 
@@ -26,7 +26,7 @@ from typing import Protocol
 
 from twisted.logger import Logger
 
-from pbx.core.call import Call
+from pbx.core.call import B2buaCall
 from pbx.core.location import Binding, UpdateResult
 from pbx.dialplan import (
     CallPhase,
@@ -110,7 +110,7 @@ class PluginEvents:
 
     # ------------------------------------------------------------- calls
 
-    def callee_ringing(self, call: Call, callee: str) -> None:
+    def callee_ringing(self, call: B2buaCall, callee: str) -> None:
         if not self._call_listeners:
             return
         rung = self._callees.setdefault(call.record.call_id, [])
@@ -119,7 +119,7 @@ class PluginEvents:
         rung.append(callee)
         self._tell_call(call, CallPhase.RINGING, callee, tuple(rung))
 
-    def callee_answered(self, call: Call, callee: str) -> None:
+    def callee_answered(self, call: B2buaCall, callee: str) -> None:
         if not self._call_listeners:
             return
         rung = self._callees.setdefault(call.record.call_id, [])
@@ -127,7 +127,7 @@ class PluginEvents:
             rung.append(callee)  # answered at once, with no 180 first
         self._tell_call(call, CallPhase.ANSWERED, callee, tuple(rung))
 
-    def call_ended(self, call: Call) -> None:
+    def call_ended(self, call: B2buaCall) -> None:
         rung = self._callees.pop(call.record.call_id, None)
         if not self._call_listeners:
             return
@@ -136,7 +136,7 @@ class PluginEvents:
         self._tell_call(call, CallPhase.ENDED, record.answered_by, tuple(rung or ()),
                         status=status)
 
-    def _tell_call(self, call: Call, phase: CallPhase, callee: str | None,
+    def _tell_call(self, call: B2buaCall, phase: CallPhase, callee: str | None,
                    callees: tuple[str, ...], *, status: int | None = None) -> None:
         record = call.record
         event = CallStateChanged(

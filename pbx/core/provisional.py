@@ -20,7 +20,7 @@ from pbx.sip.reliable import RAck, ReliableProvisionalSender
 from pbx.sip.timers import TimerSettings
 
 if TYPE_CHECKING:
-    from pbx.core.call import Call, Cancellable
+    from pbx.core.call import B2buaCall, Cancellable
 
 
 class CallerProvisionals:
@@ -32,7 +32,7 @@ class CallerProvisionals:
 
     __slots__ = ("_timer", "call", "sender")
 
-    def __init__(self, call: Call) -> None:
+    def __init__(self, call: B2buaCall) -> None:
         self.call = call
         services = call.services
         self.sender = ReliableProvisionalSender(

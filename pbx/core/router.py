@@ -27,8 +27,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pbx.core.call import Call as CoreCall
-from pbx.core.call import CallState, DialOutcome, Target
+from pbx.core.call import B2buaCall, CallState, DialOutcome, Target
 from pbx.dialplan import (
     Answered,
     Call,
@@ -107,7 +106,7 @@ class DialplanLoader:
 class _Control:
     """The `pbx.dialplan.CallControl` of one core call."""
 
-    def __init__(self, call: CoreCall, resolve: Callable[[str], list[Target]]) -> None:
+    def __init__(self, call: B2buaCall, resolve: Callable[[str], list[Target]]) -> None:
         self.call = call
         self.resolve = resolve
         self.tried = False
@@ -157,7 +156,7 @@ class _Control:
 
 def run_dialplan(
     handler: Handler,
-    call: CoreCall,
+    call: B2buaCall,
     *,
     caller: Party,
     dialed: str,

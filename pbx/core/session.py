@@ -35,7 +35,7 @@ from pbx.sip.session_timer import (
 )
 
 if TYPE_CHECKING:
-    from pbx.core.call import Call, Cancellable, Leg
+    from pbx.core.call import B2buaCall, Cancellable, Leg
 
 RETRY_AFTER_GLARE_S = 2.0
 """A refresh that met a re-INVITE of the phone's (491) is tried again this soon."""
@@ -51,7 +51,7 @@ class LegTimer:
 
     __slots__ = ("_deadline", "allows_update", "call", "leg", "timer")
 
-    def __init__(self, call: Call, leg: Leg, timer: SessionTimer, *,
+    def __init__(self, call: B2buaCall, leg: Leg, timer: SessionTimer, *,
                  allows_update: bool) -> None:
         self.call = call
         self.leg = leg

@@ -1,6 +1,6 @@
 """The media seam of a call (`pbx.media.seam`): every body that crosses goes through it.
 
-The real `Call` runs against the recording `CallServices` of the session
+The real `B2buaCall` runs against the recording `CallServices` of the session
 timer tests, on a test clock. A `Recorder` session notes every crossing
 with the legs it joins, and every branch, connection and release; a
 `Rewriter` changes the bodies, and the tests check that what the other
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pbx.core.call import Call, CallState, DialOutcome, ResponseOwner, Target
+from pbx.core.call import B2buaCall, CallState, DialOutcome, ResponseOwner, Target
 from pbx.core.media import CallMedia, media_leg
 from pbx.media.seam import (
     Crossing,
@@ -144,7 +144,7 @@ class Scene:
             media = CallMedia(session, call_id=self.invite.call_id,
                               caller=media_leg(Side.CALLER, None, "1001", CALLER, local_address),
                               local_address=local_address)
-        self.call = Call(self.services, transaction=object(),  # type: ignore[arg-type]
+        self.call = B2buaCall(self.services, transaction=object(),  # type: ignore[arg-type]
                          invite=self.invite, peer=CALLER, caller="1001", caller_name=None,
                          dialed="1002", session_timer=negotiate_uas(self.invite),  # type: ignore[arg-type]
                          media=media)

@@ -21,7 +21,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from pbx.config import parse_config
-from pbx.core.call import Call
+from pbx.core.call import B2buaCall
 from pbx.core.calls import CallManager
 from pbx.core.timers import Timers
 from pbx.service import PbxService
@@ -280,7 +280,7 @@ def test_an_ended_call_is_freed_without_the_cyclic_collector(
         gc.enable()
 
 
-def _the_call(office: Office) -> weakref.ref[Call]:
+def _the_call(office: Office) -> weakref.ref[B2buaCall]:
     (call,) = office.calls.calls
     return weakref.ref(call)
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from pbx.core.call import Call, CallState, DialOutcome, Target
+from pbx.core.call import B2buaCall, CallState, DialOutcome, Target
 from pbx.sip.message import Request, make_response, parse_message
 from pbx.sip.session_timer import negotiate_uas
 from tests.unit.test_call_session_timer import CALLEE, CALLER, SDP_B, Services, invite
 
 
-def ringing_call(services: Services) -> tuple[Call, list[DialOutcome]]:
+def ringing_call(services: Services) -> tuple[B2buaCall, list[DialOutcome]]:
     caller_invite = invite("Require: 100rel", "Supported: 100rel")
-    call = Call(services, transaction=object(), invite=caller_invite,  # type: ignore[arg-type]
+    call = B2buaCall(services, transaction=object(), invite=caller_invite,  # type: ignore[arg-type]
                 peer=CALLER, caller="1001", caller_name=None, dialed="1002",
                 session_timer=negotiate_uas(caller_invite))  # type: ignore[arg-type]
     outcomes: list[DialOutcome] = []
@@ -23,7 +23,7 @@ def ringing_call(services: Services) -> tuple[Call, list[DialOutcome]]:
     return call, outcomes
 
 
-def prack(call: Call, rack: str, cseq: int = 2) -> Request:
+def prack(call: B2buaCall, rack: str, cseq: int = 2) -> Request:
     message = parse_message((
         "PRACK sip:192.0.2.10:5060 SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKprack{cseq}\r\nMax-Forwards: 70\r\n"

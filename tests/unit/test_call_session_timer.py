@@ -1,6 +1,6 @@
 """Session timers on a call (RFC 4028), on a test clock: a vanished phone ends its call.
 
-The real `Call` and `LegTimer` run against recording `CallServices`; time
+The real `B2buaCall` and `LegTimer` run against recording `CallServices`; time
 is Twisted's `task.Clock`, so minutes pass in microseconds.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet.task import Clock
 
-from pbx.core.call import Call, CallState, DialOutcome, ResponseOwner, Target
+from pbx.core.call import B2buaCall, CallState, DialOutcome, ResponseOwner, Target
 from pbx.sip.dialog import Dialog
 from pbx.sip.message import Request, Response, make_response, parse_message
 from pbx.sip.peer import Peer
@@ -33,7 +33,7 @@ class Services:
         self.responses: list[Response] = []
         self.requests: list[tuple[Request, Peer, ResponseOwner]] = []
         self.acks: list[Request] = []
-        self.ended: list[Call] = []
+        self.ended: list[B2buaCall] = []
         self._n = 0
         self.domain = "pbx.test"
         self.t1_s = 0.5
@@ -79,13 +79,13 @@ class Services:
     def forget_dialog(self, dialog: Dialog) -> None:
         return None
 
-    def callee_ringing(self, call: Call, callee: str) -> None:
+    def callee_ringing(self, call: B2buaCall, callee: str) -> None:
         pass
 
-    def callee_answered(self, call: Call, callee: str) -> None:
+    def callee_answered(self, call: B2buaCall, callee: str) -> None:
         pass
 
-    def call_ended(self, call: Call) -> None:
+    def call_ended(self, call: B2buaCall) -> None:
         self.ended.append(call)
 
     def sent(self, method: str, peer: Peer) -> list[Request]:
@@ -112,10 +112,10 @@ def invite(*headers: str) -> Request:
 
 
 def connected_call(services: Services, caller_invite: Request,
-                   callee_headers: list[tuple[str, str]]) -> Call:
+                   callee_headers: list[tuple[str, str]]) -> B2buaCall:
     """A call answered by the callee, with the timers each side negotiated."""
     decision = negotiate_uas(caller_invite)
-    call = Call(services, transaction=object(), invite=caller_invite,  # type: ignore[arg-type]
+    call = B2buaCall(services, transaction=object(), invite=caller_invite,  # type: ignore[arg-type]
                 peer=CALLER, caller="1001", caller_name=None, dialed="1002",
                 session_timer=decision)  # type: ignore[arg-type]
     outcomes: list[DialOutcome] = []
