@@ -3,8 +3,8 @@
 Why: every REGISTER and every call goes through the SIP core's parser, the
 transaction layer, the registrar and digest checks. That code is strictly
 typed (``mypy --strict``), and mypyc turns such modules into C extensions
-that run the very same source about 1.7 times as fast (a registration
-inside the endpoint: 413 -> 247 µs on the 2026-12-04 machine). Nothing in
+that run the very same source markedly faster (docs/benchmarks.md, "Why
+the hot path is written as it is"). Nothing in
 the source is written for the compiler beyond what any typed Python obeys.
 
 How: ``make`` builds the modules listed in `MODULES` in place (`tools/compile.py`,

@@ -110,8 +110,9 @@ YOUNG_GENERATION_THRESHOLD = 20_000
 
 A PBX allocates a few hundred short-lived objects per message and holds
 hundreds of thousands of long-lived ones (bindings, users, transactions);
-with the default, collections ran every couple of messages and cost a
-quarter of a REGISTER's time (measured: 360 → 280 µs per registration)."""
+with the default, collections ran every couple of messages and took a
+large share of a REGISTER's time (docs/benchmarks.md, "Why the hot path is
+written as it is")."""
 NONCE_SECRET_FILE = "nonce.key"
 NONCE_SECRET_BYTES = 32
 RESTART_REASONS: Mapping[str, str] = {

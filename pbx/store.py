@@ -123,8 +123,8 @@ Every commit appends each page it changed, whole, to the WAL. A refreshed
 binding changes a row of about 200 bytes in a random place of the table, so
 with a commit every couple of milliseconds nearly every row written costs a
 page of its own: with 1 KiB pages a registration writes a quarter of the bytes
-(and SQLite checksums a quarter), which took the cost of saving one from
-about 14 to 10 µs (docs/benchmarks.md, "Group commit"). A database created
+(and SQLite checksums a quarter), which made saving one markedly cheaper
+(docs/benchmarks.md, "Group commit"). A database created
 before keeps its page size: changing it means rewriting the whole file
 (``VACUUM`` outside WAL mode), not something to do at every start."""
 

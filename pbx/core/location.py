@@ -20,7 +20,8 @@ Theory of operation
   refreshing its registration sends the same text; only a miss pays for
   parsing with `pbx.sip.uri.parse_uri`. Parsed URIs are not kept: they would
   add several hundred bytes to every binding to save a parse on the rare
-  path (about 9 µs against 4 µs for a same-text refresh).
+  path (what it costs against a same-text refresh: docs/benchmarks.md, "Why
+  the hot path is written as it is").
 * ``_wheel`` files each binding under the whole second its expiry falls in
   (``_seconds`` is a heap of those seconds), for `expire`: 8 bytes a binding
   in a bucket's list, where a heap entry of (expiry, AOR, contact) cost 72.

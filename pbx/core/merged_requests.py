@@ -11,7 +11,8 @@ the keys are strings, a live entry is the transaction itself, and an
 answered one is its branch, with the time it stops counting in a dict of
 floats and a FIFO of parallel deques. Held as tuples, each request left
 four tracked objects for the collector's young passes to walk (thousands a
-second at full rate, measured as a few percent of a registrar's CPU).
+second at full rate, a measurable share of a registrar's CPU:
+docs/benchmarks.md, "Why the hot path is written as it is").
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ class MergedRequests:
 
         Only the expired front of the FIFO is visited: a registrar at
         thousands of REGISTERs a second holds some 100,000 entries, and
-        rebuilding the table every second cost 5% of its time.
+        rebuilding the table every second cost a noticeable share of its
+        time (docs/benchmarks.md, "Why the hot path is written as it is").
         """
         times = self._expiry_times
         keys = self._expiry_keys

@@ -26,8 +26,9 @@ def new_tag() -> str:
 
     From a PRNG seeded once from the OS: tags need to be unique and hard to
     guess, not secret, and one ``os.urandom`` system call per tag showed up
-    at 3% of a registration's cost. The random bytes come in blocks: a slice
-    of ready hex text is cheaper than formatting a number for every tag.
+    as a share of a registration's cost. The random bytes come in blocks: a slice
+    of ready hex text is cheaper than formatting a number for every tag
+    (docs/benchmarks.md, "Why the hot path is written as it is").
     """
     pool = _tags
     at = pool.at

@@ -4,7 +4,8 @@ The registrar asks three things of the users on every authenticated request
 (does this user have an HA1 for an algorithm, what is it, what is the
 configured spelling of the name) and the config's users answer them. Asked
 through the service's methods and the config's, that was about ten calls
-into interpreted Python per registration, a few percent of its cost; this
+into interpreted Python per registration, a measurable part of its cost
+(docs/benchmarks.md, "Why the hot path is written as it is"); this
 class answers them in the compiled request path (`pbx.compiled`) from the
 same `UserConfig` records, replaced as a whole on reload.
 

@@ -68,8 +68,9 @@ def _hashers() -> tuple[Callable[[bytes], Any], Callable[[bytes], Any]]:
     """MD5 and SHA-256 constructors, CPython's own where it has them.
 
     A digest hashes a few dozen bytes at a time, and for so little the cost
-    is in setting up the hash: OpenSSL's (through `hashlib`) takes about
-    1 µs, CPython's built-in `_md5` 0.4 µs and `_sha256` 0.7 µs (measured).
+    is in setting up the hash: CPython's built-in `_md5` and `_sha256` set
+    up faster than OpenSSL's (through `hashlib`) (docs/benchmarks.md, "Why
+    the hot path is written as it is").
     The results are the same; `hashlib`'s are the fallback on a Python
     built without them.
     """
@@ -99,7 +100,8 @@ class _Algorithm:
     session: bool
     sha256: bool
     """Hashed with SHA-256 (else MD5): `_h` calls the hash directly, not
-    through `hexdigest`, an object call that cost ~500 instructions a hash."""
+    through `hexdigest`, an object call that every hash would pay for
+    (docs/benchmarks.md, "Why the hot path is written as it is")."""
 
 
 # Keyed by upper case: algorithm tokens compare case-insensitively, and
@@ -555,7 +557,8 @@ def _credentials_plain(value: str) -> Credentials | None:
     """`Credentials.parse` of credentials as phones write them, else None.
 
     Every REGISTER a registrar accepts carries one of these, and parsing it
-    through `parse_auth_params` cost about 39,000 instructions (callgrind):
+    through `parse_auth_params` was costly (docs/benchmarks.md, "Why the hot
+    path is written as it is"):
     a dict of parameters, each name hashed and looked up, two ``str`` methods
     called by name over the whole value, then the dict read back into a
     `Credentials`. This reads the same text in one pass of ``str.find`` into
@@ -571,8 +574,9 @@ def _credentials_plain(value: str) -> Credentials | None:
     end = len(value)
     if end > MAX_AUTH_VALUE_CHARS or not value.startswith("Digest "):
         return None
-    # One pass in C, a third of str.isascii() and str.isprintable() called by
-    # name (~2,000 instructions against ~6,700): the table leaves the value
+    # One pass in C, a fraction of the cost of str.isascii() and
+    # str.isprintable() called by name (docs/benchmarks.md, "Why the hot path
+    # is written as it is"): the table leaves the value
     # unchanged only if it is all plain. A non-ASCII character is written
     # as backslashes, which the table changes.
     encoded = value.encode("ascii", "backslashreplace")
@@ -620,8 +624,9 @@ def _credentials_plain(value: str) -> Credentials | None:
             if not param or " " in param or '"' in param:
                 return None
             pos = stop
-        # By length first: a chain of ten string comparisons cost ~1,200
-        # instructions a header. A name given twice is the exact path's to refuse.
+        # By length first: a chain of ten string comparisons costs more, in
+        # every header (docs/benchmarks.md, "Why the hot path is written as it
+        # is"). A name given twice is the exact path's to refuse.
         length = equals - name_at
         if length == 5:
             if name == "nonce" and nonce is None:

@@ -233,7 +233,8 @@ class DigestAuthenticator:
         # of their texts that bounds them (about 200 KB). A phone answers a
         # challenge within milliseconds, so its nonce is nearly always here,
         # and a nonce found here is one we issued: the body is known without
-        # base64 decoding and without a MAC (~14,000 instructions, callgrind).
+        # base64 decoding and without a MAC (what they cost: docs/benchmarks.md,
+        # "Why the hot path is written as it is").
         # Any other nonce (older, from before a restart, a flood having
         # pushed it out, or forged) is checked by its MAC as before.
         self._recent: dict[str, bytes] = {}

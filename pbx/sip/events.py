@@ -16,8 +16,9 @@ Why plain classes and not frozen dataclasses: a registrar makes three of
 these for every request, and this module is compiled with the transaction
 layer (`pbx.compiled`). mypyc cannot compile a generic dataclass, and a
 frozen dataclass's generated ``__init__`` (one ``object.__setattr__`` per
-field) cost 1-1.5 µs an event; written out and compiled, an event costs
-about what a tuple does.
+field) is slow for something made three times a request; written out and
+compiled, an event costs about what a tuple does (docs/benchmarks.md, "Why
+the hot path is written as it is").
 """
 
 from __future__ import annotations

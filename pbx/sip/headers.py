@@ -239,9 +239,9 @@ def _token_params(text: str, start: int, brackets: bool) -> Params | None:
     ``brackets``: a value may also be an IPv6 reference (``received=[::1]``).
     Exactly the parameters `_SIMPLE_VIA` (with brackets) and `_SIMPLE_NAME_ADDR`
     accept, and split as `_simple_params` splits them, in one pass over the
-    characters: compiled, that is ~1,000 instructions for a Via's
-    ``;branch=...;rport`` where the regular expression and the split after it
-    took ~5,000.
+    characters: compiled, that costs a Via's ``;branch=...;rport`` a fraction
+    of what the regular expression and the split after it took
+    (docs/benchmarks.md, "Why the hot path is written as it is").
     """
     params: list[tuple[str, str | None]] = []
     end = len(text)
@@ -360,7 +360,8 @@ class Via:
         # A phone writes the same sent-protocol and sent-by in every Via it
         # sends, and only the branch changes: what stands before the first ";"
         # is looked up among those already read (`_VIA_HEADS`), and only the
-        # parameters are read anew. ~3,500 instructions a Via instead of ~14,000.
+        # parameters are read anew: most of a Via's parse is saved
+        # (docs/benchmarks.md, "Why the hot path is written as it is").
         semi = value.find(";")
         head = value if semi < 0 else value[:semi]
         known = _VIA_HEADS.get(head)
@@ -505,7 +506,8 @@ class NameAddr:
         # A From changes with its tag alone (a new one for each call or
         # registration): the display name and URI, up to the last ">", are
         # looked up among those already read (`_NAME_ADDR_HEADS`), and only the
-        # parameters are read anew. ~2,000 instructions instead of ~6,500.
+        # parameters are read anew: most of the parse is saved
+        # (docs/benchmarks.md, "Why the hot path is written as it is").
         close = value.rfind(">")
         head = value[: close + 1] if close >= 0 else value
         known = _NAME_ADDR_HEADS.get(head)

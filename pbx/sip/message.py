@@ -657,9 +657,10 @@ def _parse(
         # printable characters are taken out must be just the line ends the
         # split found: a control character, a tab, a stray CR or LF, or any
         # UTF-8 would be more, and takes the long way below. (Screening only
-        # the lines not in `_LINES`, by str.isprintable, cost as much: ~27
-        # instructions a character against ~12 a byte here, and a REGISTER's
-        # Via and Authorization are half its header section.)
+        # the lines not in `_LINES`, by str.isprintable, cost as much: it
+        # costs more a character than this does a byte, and a REGISTER's
+        # Via and Authorization are half its header section; the figures:
+        # docs/benchmarks.md, "Why the hot path is written as it is".)
         head_bytes, rest = data[:end], data[end + 4 :]
         unusual = head_bytes.translate(None, _PRINTABLE_ASCII)
         if unusual.isascii():
@@ -681,7 +682,8 @@ def _parse(
         if (printable and isinstance(message, Request)
                 and len(start_line) <= _LONGEST_REMEMBERED_LINE):
             # Only a request line that parsed without a word of complaint gets
-            # here: the same text needs no second parse (~3,600 instructions).
+            # here: the same text needs no second parse (docs/benchmarks.md,
+            # "Why the hot path is written as it is").
             if len(_REQUEST_LINES) >= _PARSED_CACHE_SIZE:
                 _REQUEST_LINES.clear()
             _REQUEST_LINES[start_line] = (message.method, message._uri_text)
@@ -815,8 +817,8 @@ _LINES: Final = _Generations()
 A phone sends the same Max-Forwards, To, Contact, Expires, User-Agent,
 Content-Length... in every REGISTER, and a call's requests repeat theirs:
 one dictionary lookup stands for splitting the line, finding its key,
-stripping its value and building its entry, ~1,300 instructions a line, for
-9 lines of the 11 of a REGISTER.
+stripping its value and building its entry, for 9 lines of the 11 of a
+REGISTER (docs/benchmarks.md, "Why the hot path is written as it is").
 Only lines of the exact fast path go in (printable ASCII, no fold), and
 never the headers that differ in every request (`_UNSHARED_KEYS`). The
 entries are tuples: immutable, as a shared value must be.
@@ -829,8 +831,8 @@ _UNSHARED_KEYS: Final = frozenset({"via", "authorization", "proxy-authorization"
 response) or in every call (the From tag, the Call-ID). The last two repeat
 once in a challenge round, but remembering them filled the table with lines
 used twice: it turned over every ~2,000 registrations, and its lookups missed
-the CPU caches (bench/register_cpu.py: 43.0 -> 40.2 µs a registration
-without them, with the stateless-tag change)."""
+the CPU caches: a registration is faster without them (docs/benchmarks.md,
+"Why the hot path is written as it is")."""
 _LONGEST_REMEMBERED_LINE: Final = 256
 """Longer lines are not kept: the caches are bounded in bytes, not only in lines."""
 
@@ -857,8 +859,9 @@ def _parse_header_lines(
     for index in range(1, len(lines)):
         line = lines[index]
         # Lines of `_UNSHARED_KEYS`, as phones spell them, are never kept:
-        # looking for one would be two dictionary misses (~200 ns each,
-        # mostly cache misses on the keys probed) for nothing.
+        # looking for one would be two dictionary misses (mostly cache misses
+        # on the keys probed) for nothing (docs/benchmarks.md, "Why the hot
+        # path is written as it is").
         entry: Any = (_LINES.get(line) if printable and not (
             line.startswith("Via:") or line.startswith("Authorization:")
             or line.startswith("From:") or line.startswith("Call-ID:")) else None)
@@ -937,7 +940,8 @@ def _check_and_frame(message: Request | Response, rest: bytes, datagram: bool) -
     # the stored (already stripped) values: every message pays for these two.
     first = message.headers._first or {}
     # The values nearly every message has ("70", "0") are known good without
-    # a conversion (int() from text, ~450 instructions each).
+    # a conversion (int() from text is not cheap: docs/benchmarks.md,
+    # "Why the hot path is written as it is").
     entry = first.get("max-forwards")
     if entry is not None:
         value = entry[2]

@@ -240,8 +240,9 @@ def stateless_tag(request: Request) -> str:
     via = request.top_via
     seed = f"{request.call_id}|{request.from_addr.tag}|{via.branch}|{request.cseq.number}"
     # The process's own SipHash of the text (its key is random per process):
-    # a tag must be unique, not secret, and this is ~15x cheaper than a
-    # BLAKE2b object, for every challenge. Another process gives another tag,
+    # a tag must be unique, not secret, and this is much cheaper than a
+    # BLAKE2b object, for every challenge (docs/benchmarks.md, "Why the hot
+    # path is written as it is"). Another process gives another tag,
     # as it gives another nonce.
     # hex() of the hash with a 49th bit set, less "0x1": 12 digits, leading
     # zeros kept, without the generic format() call a ":012x" costs compiled.

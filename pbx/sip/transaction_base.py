@@ -168,8 +168,9 @@ class Transaction(Generic[A]):
         """Over TCP/TLS/WS: no retransmissions, zero wait timers (§17 Table 4)."""
         self._state = self.INITIAL_STATE
         # The class's machine, in fields of this object: compiled, a ClassVar
-        # read through an instance is a generic attribute lookup (~1,000
-        # instructions), and every input and state change reads these.
+        # read through an instance is a generic attribute lookup, a slow one
+        # (docs/benchmarks.md, "Why the hot path is written as it is"), and
+        # every input and state change reads these.
         self._table = self.TABLE
         self._timer_plan = self.TIMERS
         self._retransmit_timer = self.RETRANSMIT_TIMER

@@ -3,7 +3,8 @@
 `pbx.transport.udp` plugs this into Twisted: its port's ``doRead`` hands the
 socket's ``recvfrom`` to `DatagramPath.read_burst`, and the core's sends come
 to `DatagramPath.send`. Twisted's own read loop and the protocol methods it
-calls run as Python, some 3-4 µs of interpreter work a datagram; here the
+calls run as Python, interpreter work on every datagram (docs/benchmarks.md,
+"Why the hot path is written as it is"); here the
 loop, the `Peer` cache and the held answers run compiled (a registrar reads
 and writes four datagrams a registration). Nothing here imports the reactor:
 the socket's methods and what to do with an error come in as callables.
@@ -28,8 +29,9 @@ PEER_CACHE_SIZE = 20_000
 MAX_HELD_SENDS = 32
 """Datagrams held back during one read burst before they go out anyway.
 
-Bounds the delay holding adds: at ~300 µs of work a message, the first
-answer of a full batch waits about 10 ms, far below T1 (500 ms).
+Bounds the delay holding adds: at the work a message costs, the first
+answer of a full batch waits far less than T1, 500 ms (docs/benchmarks.md,
+"Why the hot path is written as it is").
 """
 
 _READ_OVER = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED})
@@ -40,11 +42,11 @@ class DatagramPath:
     """Reads datagrams into the core and sends its answers, holding them during a burst.
 
     Why hold: a datagram sent to a program that sleeps waiting for it costs
-    the sender the wake-up (an inter-processor interrupt; 40-130 µs a send
-    on the virtual machines measured, 5 µs when the receiver is already
-    awake). Answering a burst of requests back to back wakes each peer once
-    instead of once per answer, so the busier the PBX, the less each answer
-    costs it. Nothing is held when a single datagram arrives: a burst of one
+    the sender the wake-up (an inter-processor interrupt, many times what a
+    send to a receiver already awake costs: docs/benchmarks.md, "Why the hot
+    path is written as it is"). Answering a burst of requests back to back
+    wakes each peer once instead of once per answer, so the busier the PBX,
+    the less each answer costs it. Nothing is held when a single datagram arrives: a burst of one
     ends with its own answer.
     """
 
