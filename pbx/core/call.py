@@ -49,6 +49,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from twisted.logger import Logger
+
 from pbx.core.media import CallMedia
 from pbx.core.provisional import CallerProvisionals
 from pbx.core.session import LegTimer
@@ -67,6 +69,8 @@ from pbx.sip.session_timer import (
 )
 from pbx.sip.transaction import ClientInviteTransaction, ClientTransaction, ServerTransaction
 from pbx.sip.uri import parse_request_uri
+
+_log = Logger(namespace="pbx.core.call")
 
 RELAYED_METHODS = frozenset({"INVITE", "UPDATE", "INFO", "MESSAGE"})
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, MESSAGE, PRACK"
@@ -297,8 +301,19 @@ class BLeg(Leg):
     # ResponseOwner of the INVITE
 
     def on_response(self, response: Response) -> None:
-        if self.call is not None:
-            self.call._b_response(self, response)
+        call = self.call
+        if call is None:
+            return
+        try:
+            call._b_response(self, response)
+        except SipParseError as error:
+            # A header the call needs (the Contact of a dialog) does not parse:
+            # this branch failed, as a proxy says of a downstream server that
+            # answered nonsense (502, RFC 3261 §21.5.3); the others go on.
+            _log.warn("Call {call_id}: bad {status} from {target}: {reason}; the branch "
+                      "failed (502)", call_id=call.record.call_id, status=response.status,
+                      target=self.target.label, reason=error.reason)
+            call._b_failed(self, 502, "Bad response from the callee")
 
     def on_failure(self, status: int) -> None:
         if self.call is None:
