@@ -52,6 +52,7 @@ from typing import Protocol
 from twisted.logger import Logger
 
 from pbx.core.media import CallMedia
+from pbx.core.owners import ResponseOwner
 from pbx.core.provisional import CallerProvisionals
 from pbx.core.session import LegTimer
 from pbx.media.seam import Crossing, MediaLeg, MediaRefused
@@ -82,18 +83,6 @@ class Cancellable(Protocol):
     def cancel(self) -> None: ...
 
     def active(self) -> bool: ...
-
-
-class ResponseOwner(Protocol):
-    """Who gets the responses to a request the call sent."""
-
-    def on_response(self, response: Response) -> None: ...
-
-    def on_failure(self, status: int) -> None:
-        """No response: 408 for a timeout (Timer B/F), 503 for a transport error."""
-
-    def on_ended(self) -> None:
-        """The request's transaction is over: nothing more will come for it."""
 
 
 class CallServices(Protocol):

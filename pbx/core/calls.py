@@ -51,14 +51,13 @@ from pbx.core.call import (
     CallState,
     Cancellable,
     Leg,
-    ResponseOwner,
     Target,
     display_name,
 )
 from pbx.core.events import PluginEvents
 from pbx.core.location import LocationService
 from pbx.core.media import CallMedia, media_leg
-from pbx.core.owners import Owners
+from pbx.core.owners import Owners, ResponseOwner
 from pbx.core.pending_bindings import CommitGate
 from pbx.core.router import DialplanLoader, run_dialplan
 from pbx.core.sender import Sender

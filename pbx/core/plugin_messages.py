@@ -17,7 +17,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pbx.core.call import Cancellable, ResponseOwner
+from pbx.core.call import Cancellable
+from pbx.core.owners import ResponseOwner
 from pbx.dialplan import IncomingRequest, Reject, Reply
 from pbx.sip.message import Request, Response, make_response
 from pbx.sip.peer import Peer

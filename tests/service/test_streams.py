@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -268,6 +268,18 @@ async def test_silent_connection_is_closed_after_the_idle_timeout(
 
 
 
+async def trickle(reactor: Any, link: Any, write: Callable[[bytes], object],
+                  data: bytes) -> float:
+    """Write `data` a byte every 50 ms until `link` is closed; the seconds that took."""
+    started = reactor.seconds()
+    for byte in data:
+        if link.is_closed:
+            break
+        write(bytes([byte]))
+        await ticks(reactor, 0.05)
+    return float(reactor.seconds() - started)
+
+
 @pytest.mark.parametrize("transport", ["tcp", "tls"])
 @pytest_twisted.ensureDeferred
 async def test_a_sender_trickling_bytes_is_closed_at_its_message_deadline(
@@ -279,13 +291,7 @@ async def test_a_sender_trickling_bytes_is_closed_at_its_message_deadline(
     other = await pbx.phone("1002", transport)
     request = slow.build("OPTIONS")
 
-    started = reactor.seconds()
-    for byte in request[:-1]:
-        if slow.link.is_closed:
-            break
-        slow.link.send(bytes([byte]))
-        await ticks(reactor, 0.05)
-    closed_after_s = reactor.seconds() - started
+    closed_after_s = await trickle(reactor, slow.link, slow.link.send, request[:-1])
 
     assert slow.link.is_closed
     assert closed_after_s >= 0.5
@@ -311,13 +317,7 @@ async def test_a_websocket_frame_trickled_in_is_closed_at_its_message_deadline(
     protocol = slow.link.protocol
     assert protocol is not None
 
-    started = reactor.seconds()
-    for byte in frame[:-1]:
-        if slow.link.is_closed:
-            break
-        protocol.transport.write(bytes([byte]))
-        await ticks(reactor, 0.05)
-    closed_after_s = reactor.seconds() - started
+    closed_after_s = await trickle(reactor, slow.link, protocol.transport.write, frame[:-1])
 
     assert slow.link.is_closed
     assert closed_after_s >= 0.5
@@ -341,13 +341,7 @@ async def test_a_tls_record_trickled_in_is_closed_at_the_message_deadline(
     tcp = protocol.transport.transport  # under the client's TLS: raw bytes on the wire
     record = b"\x17\x03\x03\x00\x40" + bytes(63)  # application data, one byte short
 
-    started = reactor.seconds()
-    for byte in record:
-        if slow.link.is_closed:
-            break
-        tcp.write(bytes([byte]))
-        await ticks(reactor, 0.05)
-    closed_after_s = reactor.seconds() - started
+    closed_after_s = await trickle(reactor, slow.link, tcp.write, record)
 
     assert slow.link.is_closed
     assert closed_after_s >= 0.5

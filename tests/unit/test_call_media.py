@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from pbx.core.call import B2buaCall, CallState, DialOutcome, ResponseOwner, Target
+from pbx.core.call import B2buaCall, CallState, DialOutcome, Target
 from pbx.core.media import CallMedia, media_leg
+from pbx.core.owners import ResponseOwner
 from pbx.media.seam import (
     Crossing,
     MediaLeg,

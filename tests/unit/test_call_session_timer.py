@@ -11,7 +11,8 @@ from typing import Any
 
 from twisted.internet.task import Clock
 
-from pbx.core.call import B2buaCall, CallState, DialOutcome, ResponseOwner, Target
+from pbx.core.call import B2buaCall, CallState, DialOutcome, Target
+from pbx.core.owners import ResponseOwner
 from pbx.sip.dialog import Dialog
 from pbx.sip.message import Request, Response, make_response, parse_message
 from pbx.sip.peer import Peer
